@@ -1,0 +1,83 @@
+"""The FastAPI application: validation, auth and translation of HTTP into catalog reads and jobs."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from service import errors
+from service.settings import Settings
+from storage.catalog import Catalog
+from storage.fs import Store
+from workers.engine import EngineConfig, JobEngine
+from workers.jobs import KINDS
+from workers.runtime import init_ray
+
+log = logging.getLogger("thresher")
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    engine: JobEngine
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        os.makedirs(settings.home, exist_ok=True)
+        init_ray(settings.resolved_ray_address)
+        catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
+        store = Store(settings.store_root)
+        engine = JobEngine(catalog, store, EngineConfig(
+            max_inflight=settings.max_inflight, max_concurrent_jobs=settings.max_concurrent_jobs,
+            task_retries=settings.task_retries, shard_size=settings.shard_size), KINDS)
+        registry = CollectorRegistry()
+        app.state.svc = ServiceState(
+            settings, catalog, store, engine, registry,
+            Counter("thresher_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
+            Histogram("thresher_http_request_seconds", "HTTP request latency", ["route"], registry=registry))
+        from service.routes.ops import JobStates
+        registry.register(JobStates(catalog))
+        app.state.keys = settings.keys_by_token()
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+            catalog.close()
+
+    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
+                  description="Data selection and pretraining curation: score, select, reweight, "
+                              "curriculum and mixture projection jobs over Ray, results as Parquet.")
+    from service.routes import corpora, jobs, manifests, ops, query
+    for module in (corpora, jobs, manifests, query, ops):
+        app.include_router(module.router)
+    from service.schemas import JOB_REQUESTS
+    errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        svc = getattr(request.app.state, "svc", None)
+        if svc is not None:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            svc.requests.labels(request.method, path, str(response.status_code)).inc()
+            svc.latency.labels(path).observe(time.perf_counter() - t0)
+        return response
+
+    return app

@@ -1,0 +1,101 @@
+"""Jobs: submit (with Idempotency-Key), list, show, cancel, and follow as server-sent events."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+from fastapi import APIRouter, Body, Header, Request
+from fastapi.responses import StreamingResponse
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Limit, NAMES, Svc, Tenant, owned, page
+from service.schemas import Job, JobList, JobRequest
+from storage.catalog import NotFound, new_id, now
+from workers.engine import TERMINAL
+from workers.specs import iter_refs
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+def job_view(rec: dict) -> Job:
+    return Job(**{k: v for k, v in rec.items() if k in Job.model_fields and v is not None})
+
+
+def check_refs(s, tenant: str, spec) -> None:
+    """Every corpus/model/manifest a spec names must exist and belong to the caller (else 404)."""
+    for table, id_, path in iter_refs(spec):
+        try:
+            s.catalog.get(table, id_, tenant)
+        except NotFound:
+            field = ".".join(str(p) for p in ("spec", *path))
+            raise ApiError(404, "not_found", f"{field}: {NAMES[table]} {id_!r} does not exist",
+                           {"field": field, "id": id_}) from None
+
+
+def submit_job(s, tenant: str, kind: str, name: str | None, spec: dict,
+               idempotency_key: str | None = None, request_hash: str | None = None) -> dict:
+    job = {"id": new_id("jobs"), "tenant": tenant, "kind": kind, "name": name, "state": "queued",
+           "spec": spec, "created_at": now(), "idempotency_key": idempotency_key,
+           "request_hash": request_hash, "attempts": 0}
+    s.engine.submit(job)
+    return s.catalog.get("jobs", job["id"])
+
+
+@router.post("", status_code=202, response_model=Job)
+def create_job(request: JobRequest = Body(...), tenant: str = Tenant, s=Svc,
+               idempotency_key: str | None = Header(None, description="same key + same body → same job")):
+    check_refs(s, tenant, request.spec)
+    body = request.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    if idempotency_key:
+        prior = s.catalog.find("jobs", tenant=tenant, idempotency_key=idempotency_key)
+        if prior:
+            if prior[0]["request_hash"] != digest:
+                raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a "
+                               "different request body", {"job_id": prior[0]["id"]})
+            return job_view(prior[0])
+    rec = submit_job(s, tenant, request.kind, request.name, body["spec"], idempotency_key, digest)
+    return job_view(rec)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(tenant: str = Tenant, s=Svc, limit: int = Limit, cursor: str | None = None,
+              state: str | None = None, kind: str | None = None):
+    filters = {k: v for k, v in (("state", state), ("kind", kind)) if v}
+    rows, nxt = page(s, "jobs", tenant, limit, cursor, **filters)
+    return JobList(items=[job_view(r) for r in rows], next_cursor=nxt)
+
+
+@router.get("/{job_id}", response_model=Job)
+def get_job(job_id: str, tenant: str = Tenant, s=Svc):
+    return job_view(owned(s, "jobs", job_id, tenant))
+
+
+@router.post("/{job_id}/cancel", response_model=Job)
+def cancel_job(job_id: str, tenant: str = Tenant, s=Svc):
+    owned(s, "jobs", job_id, tenant)
+    return job_view(s.engine.cancel(job_id))
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request, tenant: str = Tenant, s=Svc):
+    """Server-sent events: the job object each time it changes; the stream ends when the job does."""
+    owned(s, "jobs", job_id, tenant)
+
+    async def stream():
+        last = None
+        while True:
+            rec = s.catalog.get("jobs", job_id)
+            data = job_view(rec).model_dump_json()
+            if data != last:
+                last = data
+                yield f"event: job\ndata: {data}\n\n"
+            if rec["state"] in TERMINAL or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+

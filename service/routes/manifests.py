@@ -1,0 +1,95 @@
+"""Manifests: metadata, streamed downloads, per-shard filtered manifests, export as a corpus."""
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow.dataset as ds
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Limit, Svc, Tenant, owned, page
+from service.routes.jobs import job_view, submit_job
+from service.schemas import ExportRequest, Job, Manifest, ManifestList, ManifestShard, ShardList
+from storage.catalog import new_id, now
+from storage.encode import MEDIA_TYPES, encode
+from storage.manifests import dataset, manifest_parts, part_name
+
+router = APIRouter(prefix="/v1/manifests", tags=["manifests"], responses=ERROR_RESPONSES)
+Format = Literal["parquet", "csv", "jsonl"]
+DOWNLOAD = {200: {"content": {m: {} for m in MEDIA_TYPES.values()}}}
+
+
+def manifest_view(rec: dict) -> Manifest:
+    return Manifest(**{k: v for k, v in rec.items() if k in Manifest.model_fields})
+
+
+def _stream(s, parts, fmt: str, selected_only: bool, filename: str) -> StreamingResponse:
+    data = dataset(s.store, parts)
+    has_selected = "selected" in data.schema.names
+    flt = (ds.field("selected") == True) if selected_only and has_selected else None  # noqa: E712
+    batches = data.to_batches(filter=flt, batch_size=65_536)
+    return StreamingResponse(encode(batches, data.schema, fmt), media_type=MEDIA_TYPES[fmt],
+                             headers={"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
+
+
+@router.get("", response_model=ManifestList)
+def list_manifests(tenant: str = Tenant, s=Svc, limit: int = Limit, cursor: str | None = None):
+    rows, nxt = page(s, "manifests", tenant, limit, cursor)
+    return ManifestList(items=[manifest_view(r) for r in rows], next_cursor=nxt)
+
+
+@router.get("/{manifest_id}", response_model=Manifest)
+def get_manifest(manifest_id: str, tenant: str = Tenant, s=Svc):
+    return manifest_view(owned(s, "manifests", manifest_id, tenant))
+
+
+@router.get("/{manifest_id}/download", response_class=StreamingResponse, responses=DOWNLOAD)
+def download_manifest(manifest_id: str, format: Format = "parquet", selected_only: bool = False,
+                      tenant: str = Tenant, s=Svc):
+    owned(s, "manifests", manifest_id, tenant)
+    return _stream(s, manifest_parts(s.store, ("manifests", manifest_id)), format, selected_only, manifest_id)
+
+
+@router.get("/{manifest_id}/shards", response_model=ShardList)
+def list_shards(manifest_id: str, request: Request, tenant: str = Tenant, s=Svc):
+    owned(s, "manifests", manifest_id, tenant)
+    items = []
+    for parts in manifest_parts(s.store, ("manifests", manifest_id)):
+        shard = int(parts[-1].split("-")[1].split(".")[0])
+        meta = s.store.parquet_file(*parts)
+        selected = 0
+        if "selected" in meta.schema_arrow.names:
+            col = meta.read(columns=["selected"])["selected"]
+            selected = int(col.to_numpy(zero_copy_only=False).sum())
+        url = str(request.url_for("download_shard", manifest_id=manifest_id, shard=shard))
+        items.append(ManifestShard(shard=shard, num_rows=meta.metadata.num_rows, num_selected=selected, url=url))
+    return ShardList(items=items)
+
+
+@router.get("/{manifest_id}/shards/{shard}", response_class=StreamingResponse, responses=DOWNLOAD)
+def download_shard(manifest_id: str, shard: int, format: Format = "parquet", selected_only: bool = True,
+                   tenant: str = Tenant, s=Svc):
+    """One corpus shard's manifest rows (by default only the selected ones)."""
+    owned(s, "manifests", manifest_id, tenant)
+    part = ("manifests", manifest_id, part_name(shard))
+    if not s.store.exists(*part):
+        raise ApiError(404, "not_found", f"manifest {manifest_id} has no shard {shard}", {"shard": shard})
+    return _stream(s, [part], format, selected_only, f"{manifest_id}-{shard:05d}")
+
+
+@router.post("/{manifest_id}/export", status_code=202, response_model=Job)
+def export_manifest(manifest_id: str, body: ExportRequest | None = None, tenant: str = Tenant, s=Svc):
+    """Materialise the manifest's (selected) documents, with text, as a new corpus; the job's
+    result names it (`corpus_id`)."""
+    body = body or ExportRequest()
+    man = owned(s, "manifests", manifest_id, tenant)
+    if "selected" not in [c["name"] for c in man["columns"]] or "doc_id" not in [c["name"] for c in man["columns"]]:
+        raise ApiError(409, "not_a_selection", f"manifest {manifest_id} is not a document selection")
+    cid = new_id("corpora")
+    spec = {"manifest": manifest_id, "corpus_id": cid, "selected_only": body.selected_only}
+    name = body.name or f"{manifest_id}-{'selected' if body.selected_only else 'all'}"
+    job = submit_job(s, tenant, "export", f"export {manifest_id}", spec)
+    s.catalog.insert("corpora", {"id": cid, "tenant": tenant, "name": name, "state": "ingesting",
+                                 "created_at": now(), "job_id": job["id"], "sources": {}})
+    return job_view(job)

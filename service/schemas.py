@@ -1,0 +1,159 @@
+"""Response and request models of the HTTP API (they are the OpenAPI document's schemas)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, create_model
+
+from workers.jobs import KINDS
+
+
+class Corpus(BaseModel):
+    id: str
+    name: str
+    state: Literal["ingesting", "ready", "failed"]
+    num_docs: int | None = None
+    num_bytes: int | None = None
+    num_shards: int | None = None
+    num_empty: int | None = Field(None, description="documents with no text (stored, never scored)")
+    empty_doc_ids: list[str] = Field(default_factory=list, description="the first empty documents' ids")
+    sources: dict[str, int] = Field(default_factory=dict)
+    created_at: str
+    job_id: str | None = None
+    error: dict | None = None
+
+
+class Progress(BaseModel):
+    stage: str | None = None
+    done: float = 0
+    total: float = 0
+    unit: str | None = None
+    rate_per_s: float | None = None
+    eta_s: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    manifest_id: str | None = None
+    model_id: str | None = None
+    corpus_id: str | None = None
+    curriculum_id: str | None = None
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    name: str | None = None
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: Progress = Field(default_factory=Progress)
+    error: JobError | None = None
+    result: JobResult | None = None
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+class Column(BaseModel):
+    name: str
+    type: str
+
+
+class Manifest(BaseModel):
+    id: str
+    job_id: str | None
+    kind: str
+    num_rows: int
+    num_selected: int
+    columns: list[Column]
+    num_shards: int
+    created_at: str
+
+
+class ManifestShard(BaseModel):
+    shard: int
+    num_rows: int
+    num_selected: int
+    url: str
+
+
+class Model(BaseModel):
+    id: str
+    name: str | None
+    source: str = Field(description="trained (by a train_model job) or registered (a local checkpoint)")
+    job_id: str | None = None
+    created_at: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Page(BaseModel):
+    next_cursor: str | None = None
+
+
+class CorpusList(Page):
+    items: list[Corpus]
+
+
+class JobList(Page):
+    items: list[Job]
+
+
+class ManifestList(Page):
+    items: list[Manifest]
+
+
+class ModelList(Page):
+    items: list[Model]
+
+
+class ShardList(BaseModel):
+    items: list[ManifestShard]
+
+
+class RegisterCorpus(BaseModel):
+    """Register data the server can read (a file under an allowed root, or an object-store URI)."""
+    name: str = Field(min_length=1)
+    uri: str = Field(min_length=1)
+    format: Literal["jsonl", "parquet", "csv"] | None = None
+    text_field: str = "text"
+    id_field: str = "id"
+    source_field: str = "source"
+
+
+class QueryRequest(BaseModel):
+    sql: str = Field(min_length=1)
+    tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
+    limit: int = Field(1000, ge=1, le=100_000)
+
+
+class QueryResult(BaseModel):
+    columns: list[Column]
+    rows: list[list[Any]]
+    truncated: bool
+
+
+class ExportRequest(BaseModel):
+    selected_only: bool = True
+    name: str | None = None
+
+
+def _job_request_models():
+    models = []
+    for kind in KINDS.values():
+        if kind.internal:
+            continue
+        models.append(create_model(
+            f"{kind.name.title().replace('_', '')}JobRequest",
+            __doc__=kind.description,
+            kind=(Literal[kind.name], ...), name=(str | None, None), spec=(kind.spec, ...)))
+    return models
+
+
+JOB_REQUESTS = _job_request_models()
+JobRequest = Annotated[Union[tuple(JOB_REQUESTS)], Field(discriminator="kind")]
+PUBLIC_KINDS = {k.name for k in KINDS.values() if not k.internal}

@@ -1,0 +1,62 @@
+"""Service configuration, read from THRESHER_* environment variables (pydantic-settings)."""
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THRESHER_", extra="ignore")
+
+    home: str = ".thresher"
+    """Local directory for the catalog (DuckDB) and upload spooling."""
+    storage_uri: str | None = None
+    """Where corpora, manifests and models live: a directory or an object-store URI (s3://…, gs://…).
+    Default: <home>/store."""
+    ray_address: str | None = None
+    """Ray cluster to join; default: RAY_ADDRESS if set, else start a local Ray."""
+    api_keys: Annotated[list[str], NoDecode] = []
+    """`tenant:key` pairs (comma-separated in the environment). Empty: no auth, loopback only."""
+    max_upload_bytes: int = 2 * 1024**3
+    shard_size: int = 10_000
+    """Documents per corpus shard: the unit of parallel work and of resume."""
+    allowed_roots: Annotated[list[str], NoDecode] = []
+    """Server-side directories (or URI prefixes) that POST /v1/corpora {"uri": …} may read."""
+    host: str = "127.0.0.1"
+    port: int = 8321
+    max_inflight: int = 0
+    """Shard tasks in flight per job stage; 0 = twice the cluster's CPUs."""
+    max_concurrent_jobs: int = 2
+    task_retries: int = 3
+    query_timeout_s: float = 30.0
+    query_memory: str = "1GB"
+
+    @field_validator("api_keys", "allowed_roots", mode="before")
+    @classmethod
+    def _split_commas(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, v):
+        for pair in v:
+            tenant, sep, key = pair.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"API key entry {pair!r} must look like tenant:key")
+        return v
+
+    @property
+    def store_root(self) -> str:
+        return self.storage_uri or os.path.join(os.path.abspath(self.home), "store")
+
+    @property
+    def resolved_ray_address(self) -> str | None:
+        return self.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+    def keys_by_token(self) -> dict[str, str]:
+        return {key: tenant for tenant, _, key in (p.partition(":") for p in self.api_keys)}

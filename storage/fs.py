@@ -1,0 +1,141 @@
+"""One filesystem for everything Thresher stores: a local directory or an object store, via pyarrow.fs.
+
+Paths inside the store are tuples of parts joined with '/', so the same code runs on a laptop
+directory and on `s3://bucket/prefix`. Writes are atomic: data goes to a temporary name first and
+is renamed into place (object stores publish a whole object on close, which is atomic already).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class Store:
+    def __init__(self, root: str):
+        if "://" in root:
+            self.fs, base = pafs.FileSystem.from_uri(root)
+            self.local = isinstance(self.fs, pafs.LocalFileSystem)
+            self.scheme = root.split("://", 1)[0]
+        else:
+            self.fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+            self.local, self.scheme = True, "file"
+        self.base = base.rstrip("/")
+        self.root = root
+        if self.local:
+            os.makedirs(self.base, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """The path of `parts` inside the filesystem (what pyarrow calls a path)."""
+        return "/".join([self.base, *[str(p).strip("/") for p in parts]])
+
+    def uri(self, *parts: str) -> str:
+        """A location DuckDB and other readers understand: a plain path locally, a URI otherwise."""
+        p = self.path(*parts)
+        return p if self.local else f"{self.scheme}://{p}"
+
+    # -- queries -----------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def list(self, *parts: str, suffix: str = "") -> list[str]:
+        """Sorted base names of the files directly under `parts` (empty if it does not exist)."""
+        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+    def size(self, *parts: str) -> int:
+        return self.fs.get_file_info(self.path(*parts)).size
+
+    # -- reads -------------------------------------------------------------------------------
+    def open_input(self, *parts: str):
+        return self.fs.open_input_stream(self.path(*parts))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.open_input(*parts) as f:
+            return f.read()
+
+    def parquet_file(self, *parts: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self.path(*parts)))
+
+    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path(*parts), filesystem=self.fs, columns=columns)
+
+    def iter_batches(self, *parts: str, columns=None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+        yield from self.parquet_file(*parts).iter_batches(batch_size=batch_size, columns=columns)
+
+    # -- writes ------------------------------------------------------------------------------
+    def _tmp_and_final(self, parts) -> tuple[str, str]:
+        final = self.path(*parts)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if not self.local:
+            return final, final
+        return f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}", final
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        tmp, final = self._tmp_and_final(parts)
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def write_parquet(self, table: pa.Table, *parts: str, **kwargs) -> None:
+        """Write a whole table atomically: readers see the old file or the complete new one."""
+        tmp, final = self._tmp_and_final(parts)
+        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd", **kwargs)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def parquet_writer(self, schema: pa.Schema, *parts: str) -> "AtomicParquetWriter":
+        return AtomicParquetWriter(self, schema, parts)
+
+    def delete(self, *parts: str) -> None:
+        p = self.path(*parts)
+        info = self.fs.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(p)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(p)
+
+    def make_dir(self, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts), recursive=True)
+
+
+class AtomicParquetWriter:
+    """Streams record batches into a Parquet file that appears under its final name only on close()."""
+
+    def __init__(self, store: Store, schema: pa.Schema, parts):
+        self.store = store
+        self.tmp, self.final = store._tmp_and_final(parts)
+        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=store.fs, compression="zstd")
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        self.writer.write_table(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.tmp != self.final:
+            self.store.fs.move(self.tmp, self.final)
+
+    def abort(self) -> None:
+        self.writer.close()
+        try:
+            self.store.fs.delete_file(self.tmp)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.abort() if exc_type else self.close()

@@ -1,0 +1,146 @@
+"""Selection manifests: a selection is a query over per-shard score tables (Dolma-style).
+
+A job writes one score part per corpus shard (`doc_id, shard, row, source, n_tokens, score, …`),
+apart from the documents. `write_selection` ranks all parts with DuckDB and writes the manifest as
+one Parquet part per input shard with deterministic names, each written atomically; the caller
+commits the manifest (catalog row) only after every part is in place, so re-running a selection
+overwrites parts and never duplicates or loses a row.
+"""
+from __future__ import annotations
+
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from storage.fs import Store
+
+BASE_COLUMNS = ["doc_id", "corpus_id", "shard", "row", "source", "n_tokens", "score", "rank", "selected"]
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+def dataset(store: Store, parts: list[tuple[str, ...]]) -> ds.Dataset:
+    """An Arrow dataset over Parquet files in the store: DuckDB scans it lazily, on any filesystem."""
+    return ds.dataset([store.path(*p) for p in parts], filesystem=store.fs, format="parquet")
+
+
+def manifest_parts(store: Store, dest: tuple[str, ...]) -> list[tuple[str, ...]]:
+    return [(*dest, n) for n in store.list(*dest, suffix=".parquet")]
+
+
+def selection_size(select: dict, eligible: int) -> int:
+    """How many of `eligible` documents a `select` spec keeps."""
+    if "count" in select:
+        return min(int(select["count"]), eligible)
+    if "fraction" in select:
+        return min(eligible, int(round(float(select["fraction"]) * eligible)))
+    if "tau" in select:
+        return min(eligible, int(round(eligible / float(select["tau"]))))
+    raise ValueError(f"select must have fraction, count or tau: {select}")
+
+
+def write_selection(store: Store, score_parts: list[tuple[str, ...]], dest: tuple[str, ...], *,
+                    corpus_id: str, select: dict, mode: str = "global", key: str = "score") -> dict:
+    """Rank the score parts by `key` (higher is better) and write the manifest parts under `dest`.
+
+    Rows with a NULL score (e.g. empty documents) get no rank and are never selected.
+    `mode="per_shard"` applies the selection rule to each shard on its own.
+    Returns {num_rows, num_selected, num_shards, columns}.
+    """
+    con = duckdb.connect()
+    try:
+        con.register("scores", dataset(store, score_parts))
+        counts = con.execute(
+            "SELECT shard, count(*) FILTER (WHERE score IS NOT NULL) FROM scores GROUP BY shard").fetchall()
+        total = sum(c for _, c in counts)
+        if mode == "per_shard":
+            if "count" in select:  # split the count over shards in proportion to their size
+                quota = {s: int(round(select["count"] * c / total)) if total else 0 for s, c in counts}
+            else:
+                quota = {s: selection_size(select, c) for s, c in counts}
+            part_by = "PARTITION BY shard"
+        else:
+            quota = {s: selection_size(select, total) for s, _ in counts}
+            part_by = ""
+        con.register("quota", pa.table({"q_shard": pa.array(list(quota), pa.int32()),
+                                        "q_n": pa.array(list(quota.values()), pa.int64())}))
+        extra = [d[0] for d in con.execute("SELECT * FROM scores LIMIT 0").description
+                 if d[0] not in BASE_COLUMNS and d[0] != "rank_key"]
+        extra_sql = "".join(f", {duckdb_ident(c)}" for c in extra)
+        order = f"{duckdb_ident(key)} DESC NULLS LAST, doc_id"
+        sql = f"""
+            WITH ranked AS (
+              SELECT *, row_number() OVER (ORDER BY {order}) AS g_rank,
+                        row_number() OVER ({part_by} ORDER BY {order}) AS s_rank
+              FROM scores)
+            SELECT doc_id, ? AS corpus_id, shard::INTEGER AS shard, row::BIGINT AS row, source,
+                   n_tokens::BIGINT AS n_tokens, score::DOUBLE AS score,
+                   CASE WHEN score IS NULL THEN NULL ELSE g_rank END::BIGINT AS rank,
+                   (score IS NOT NULL AND s_rank <= q_n) AS selected {extra_sql}
+            FROM ranked JOIN quota ON shard = q_shard
+            ORDER BY shard, row"""
+        reader = con.sql(sql, params=[corpus_id]).to_arrow_reader(65_536)
+        num_rows = num_selected = 0
+        shards_written = []
+        writer, cur = None, None
+        schema = reader.schema
+        for batch in reader:
+            shard_col = batch.column("shard").to_numpy()
+            bounds = [0, *(np.flatnonzero(np.diff(shard_col)) + 1), len(shard_col)]
+            for start, end in zip(bounds[:-1], bounds[1:]):
+                s = int(shard_col[start])
+                if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
+                    if writer:
+                        writer.close()
+                    writer, cur = store.parquet_writer(schema, *dest, part_name(s)), s
+                    shards_written.append(s)
+                piece = batch.slice(start, end - start)
+                writer.write(piece)
+                num_rows += piece.num_rows
+                num_selected += int(pc.sum(piece.column("selected")).as_py() or 0)
+        if writer:
+            writer.close()
+        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
+        return {"num_rows": num_rows, "num_selected": num_selected,
+                "num_shards": len(shards_written), "columns": columns}
+    finally:
+        con.close()
+
+
+def duckdb_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def write_table_manifest(store: Store, table: pa.Table, dest: tuple[str, ...]) -> dict:
+    """A manifest that is not a selection (e.g. projection predictions): one part, as given."""
+    store.write_parquet(table, *dest, part_name(0))
+    sel = pc.sum(table.column("selected")).as_py() or 0 if "selected" in table.column_names else 0
+    return {"num_rows": table.num_rows, "num_selected": int(sel), "num_shards": 1,
+            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema]}
+
+
+def score_part(ids: pa.Array, shard: int, sources: pa.Array, n_tokens, score, **extra) -> pa.Table:
+    """The per-shard score table a job writes before selection; NaN scores become NULL."""
+    n = len(ids)
+    cols = {"doc_id": ids, "shard": pa.array(np.full(n, shard, dtype=np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int64)), "source": sources,
+            "n_tokens": pa.array(np.asarray(n_tokens, dtype=np.int64)),
+            "score": pa.array(np.asarray(score, dtype=np.float64), from_pandas=True)}
+    for k, v in extra.items():
+        cols[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(v), from_pandas=True)
+    return pa.table(cols)
+
+
+def selected_by_source(store: Store, parts: list[tuple[str, ...]]) -> dict[str, int]:
+    con = duckdb.connect()
+    try:
+        con.register("m", dataset(store, parts))
+        rows = con.execute("SELECT coalesce(source, ''), count(*) FROM m WHERE selected GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    finally:
+        con.close()
+    return {s: int(c) for s, c in rows}

@@ -1,0 +1,42 @@
+"""One real local Ray for the whole test session; services under test join it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("THRESHER_NO_BF16", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+KEYS = ["alice:key-alice", "bob:key-bob"]
+ALICE = {"Authorization": "Bearer key-alice"}
+BOB = {"Authorization": "Bearer key-bob"}
+
+
+def make_settings(home, address, **over):
+    from service.settings import Settings
+    return Settings(home=str(home), ray_address=address, api_keys=KEYS, shard_size=200,
+                    max_upload_bytes=5_000_000, **over)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, ray_address):
+    """A real app (catalog, storage, engine) on the session's Ray, driven through HTTP."""
+    from fastapi.testclient import TestClient
+    from service.app import create_app
+    home = tmp_path_factory.mktemp("home")
+    allowed = tmp_path_factory.mktemp("server-files")
+    settings = make_settings(home, ray_address, allowed_roots=[str(allowed)])
+    with TestClient(create_app(settings), headers=ALICE) as client:
+        client.allowed_root = allowed
+        yield client

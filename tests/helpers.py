@@ -1,0 +1,34 @@
+"""Helpers for driving the service over HTTP in tests."""
+from __future__ import annotations
+
+import time
+
+from tests.corpus_gen import jsonl
+
+
+def upload(client, rows, name="pool", **params):
+    r = client.post("/v1/corpora", params={"name": name, "format": "jsonl", **params}, content=jsonl(rows))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def submit(client, kind, spec, name=None, **kw):
+    r = client.post("/v1/jobs", json={"kind": kind, "name": name or kind, "spec": spec}, **kw)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def wait(client, job_id, timeout=120.0, states=("succeeded", "failed", "cancelled"), headers=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
+
+
+def run_ok(client, kind, spec, timeout=120.0):
+    job = wait(client, submit(client, kind, spec)["id"], timeout)
+    assert job["state"] == "succeeded", job
+    return job

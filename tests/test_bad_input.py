@@ -1,0 +1,108 @@
+"""Bad input answers a clear 4xx naming the problem, and changes nothing."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.corpus_gen import corpus, jsonl
+from tests.helpers import upload
+
+
+def corpus_state(service):
+    """What a failed request must not change: the catalog's corpora and the stored corpus folders."""
+    root = os.path.join(service.app.state.svc.store.base, "corpora")
+    return ([c["id"] for c in service.get("/v1/corpora", params={"limit": 1000}).json()["items"]],
+            sorted(os.listdir(root)) if os.path.isdir(root) else [])
+
+
+def post(service, body: bytes, **params):
+    return service.post("/v1/corpora", params={"name": "bad", "format": "jsonl", **params}, content=body)
+
+
+GOOD = jsonl(corpus(10, seed=1))
+
+
+@pytest.mark.parametrize("body, status, code, line", [
+    (GOOD + b'{"id": "x", "text": "unterminated\n' + GOOD.replace(b'"d', b'"e'), 400, None, 11),
+    (b'{"id": "a", "text": "ok"}\n{"id": "b", "txt": "no text"}\n', 422, None, 2),
+    (b'{"id": "a", "text": "ok"}\n{"id": "b", "text": 42}\n', 422, None, 2),
+    (b'{"id": "a", "text": "ok"}\n{"id": "a", "text": "again"}\n', 422, "duplicate_id", None),
+    (b"", 422, None, None),
+    (b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "bad \xff\xfe bytes"}\n', 400, None, 2),
+])
+def test_bad_uploads_change_nothing(service, body, status, code, line):
+    before = corpus_state(service)
+    r = post(service, body)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert r.status_code == status or (status == 400 and r.status_code == 422), (r.status_code, err)
+    if code:
+        assert err["code"] == code
+    if line:
+        assert err["details"]["line"] == line and str(line) in err["message"], err
+    assert corpus_state(service) == before
+
+
+def test_duplicate_ids_are_named(service):
+    r = post(service, b'{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "a", "text": "z"}\n')
+    assert r.status_code == 422
+    assert "a" in r.json()["error"]["message"]
+
+
+def test_upload_over_limit_is_413(service):
+    before = corpus_state(service)
+    big = jsonl(corpus(40_000, seed=2))
+    assert len(big) > 5_000_000
+    r = post(service, big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert corpus_state(service) == before
+
+
+def test_multipart_upload(service):
+    data = jsonl(corpus(20, seed=4))
+    r = service.post("/v1/corpora", data={"name": "mp"}, files={"file": ("docs.jsonl", data, "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    assert r.json()["num_docs"] == 20
+
+
+def test_empty_documents_are_reported(service):
+    rows = corpus(5, seed=3) + [{"id": "empty1", "text": ""}, {"id": "empty2", "text": "   "}]
+    c = upload(service, rows, name="with-empty")
+    assert c["num_empty"] == 2 and c["empty_doc_ids"] == ["empty1", "empty2"]
+
+
+def test_missing_name_and_unknown_format(service):
+    r = service.post("/v1/corpora", params={"format": "jsonl"}, content=GOOD)
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "name"
+    r = service.post("/v1/corpora", params={"name": "x"}, content=GOOD)
+    assert r.status_code == 415
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"pool": "cor_x", "select": {"fraction": 1.5}}, "spec.select.fraction"),
+    ({"pool": "cor_x", "select": {"fraction": 0.1, "count": 3}}, "spec.select"),
+    ({"pool": "cor_x", "select": {"count": 3}, "mode": "sideways"}, "spec.mode"),
+    ({"pool": "cor_x", "select": {"count": 3}, "bogus": 1}, "spec.bogus"),
+    ({"select": {"count": 3}}, "spec.pool"),
+])
+def test_bad_spec_field_is_named(service, spec, field):
+    n_jobs = len(service.get("/v1/jobs", params={"limit": 1000}).json()["items"])
+    r = service.post("/v1/jobs", json={"kind": "random", "spec": spec})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["field"] == field, r.json()
+    assert len(service.get("/v1/jobs", params={"limit": 1000}).json()["items"]) == n_jobs
+
+
+def test_unknown_kind_and_ids(service):
+    r = service.post("/v1/jobs", json={"kind": "telepathy", "spec": {}})
+    assert r.status_code == 422 and "kind" in r.json()["error"]["details"]["field"]
+    r = service.post("/v1/jobs", json={"kind": "random", "spec": {"pool": "cor_nope", "select": {"count": 1}}})
+    assert r.status_code == 404 and r.json()["error"]["details"]["field"] == "spec.pool"
+    for url in ("/v1/corpora/cor_nope", "/v1/jobs/job_nope", "/v1/manifests/man_nope",
+                "/v1/manifests/man_nope/shards", "/v1/corpora/cor_nope/sample"):
+        r = service.get(url)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", url
+    assert service.post("/v1/jobs/job_nope/cancel").status_code == 404
+    r = service.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422

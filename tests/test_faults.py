@@ -1,0 +1,118 @@
+"""Nothing is lost: a killed service or a killed Ray worker costs at most the shards in flight."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ALICE, KEYS
+from tests.corpus_gen import corpus, jsonl
+from tests.helpers import submit, upload, wait
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(home, port, ray_address) -> subprocess.Popen:
+    env = {**os.environ, "THRESHER_RAY_ADDRESS": ray_address, "THRESHER_API_KEYS": ",".join(KEYS),
+           "THRESHER_SHARD_SIZE": "20", "THRESHER_MAX_INFLIGHT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}")
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("service did not become ready")
+
+
+def test_killed_service_resumes_job_without_loss(tmp_path, ray_address):
+    port = free_port()
+    proc = start_service(tmp_path, port, ray_address)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE, timeout=30)
+    try:
+        rows = corpus(4000, seed=11, min_words=10, max_words=20)
+        pool = upload(client, rows, name="pool")
+        assert pool["num_shards"] == 200
+        target = upload(client, corpus(40, seed=12, domains=["finance"], prefix="t"), name="target")
+        job = submit(client, "dsir", {"pool": pool["id"], "target": target["id"], "select": {"fraction": 0.2}})
+        # Kill the service once some (not all) of the scoring shards are done.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            j = client.get(f"/v1/jobs/{job['id']}").json()
+            p = j["progress"]
+            if p["stage"] == "score" and 3 <= p["done"] < p["total"] - 20:
+                break
+            assert j["state"] in ("queued", "running"), j
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        scores = tmp_path / "store" / "jobs" / job["id"] / "scores"
+        before = {f.name: f.stat().st_mtime_ns for f in scores.iterdir() if f.name.startswith("part-")}
+        assert 3 <= len(before) < 200
+
+        proc = start_service(tmp_path, port, ray_address)
+        done = wait(client, job["id"], timeout=180)
+        assert done["state"] == "succeeded", done
+        after = {f.name: f.stat().st_mtime_ns for f in scores.iterdir() if f.name.startswith("part-")}
+        assert len(after) == 200
+        assert all(after[name] == mtime for name, mtime in before.items()), "finished shards were recomputed"
+        man = done["result"]["manifest_id"]
+        r = client.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE selected) FROM m",
+                                           "tables": {"m": man}}).json()
+        assert r["rows"] == [[4000, 4000, 800]]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def ray_task_processes(name: str):
+    return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.info["cmdline"][0].startswith(f"ray::{name}")]
+
+
+def test_killed_ray_worker_still_finishes(service):
+    pool = upload(service, corpus(6000, seed=13, min_words=60, max_words=90), name="big")
+    target = upload(service, corpus(100, seed=14, domains=["cooking"], prefix="t"), name="t")
+    job = submit(service, "dsir", {"pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1}})
+    killed = 0
+    deadline = time.monotonic() + 120
+    while not killed and time.monotonic() < deadline:
+        for p in ray_task_processes("dsir_scores"):
+            p.kill()
+            killed += 1
+        if service.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.005)
+    assert killed, "never caught a scoring task to kill"
+    done = wait(service, job["id"], timeout=180)
+    assert done["state"] == "succeeded", done
+    r = service.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id) FROM m",
+                                        "tables": {"m": done["result"]["manifest_id"]}}).json()
+    assert r["rows"] == [[6000, 6000]]
+
+
+def test_no_keys_refuses_public_bind(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "THRESHER_API_KEYS"}
+    r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--home", str(tmp_path), "--host", "0.0.0.0",
+                        "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "API keys" in (r.stdout + r.stderr)
+
+
+pytestmark = pytest.mark.timeout(400)

@@ -1,0 +1,292 @@
+"""The job engine: plans per-shard work, runs it on Ray, reports progress, survives restarts.
+
+Runs inside the service process (the Ray driver), which also owns the catalog. A job is a function
+`run(ctx, spec) -> result` of its kind (workers/jobs/); it does its heavy work through
+`ctx.run_tasks`, which submits one Ray task per item with bounded in-flight work, retries, progress
+and cancellation. Every task writes its output under a deterministic name in storage; a task whose
+output already exists is not run again. That is the whole resume story: after a restart, queued and
+running jobs are started again and recompute only the shards that were not finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+from storage.catalog import Catalog, NotFound, now
+from storage.fs import Store
+from workers.runtime import cluster_cpus
+
+log = logging.getLogger("thresher.engine")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Cancelled(Exception):
+    pass
+
+
+class JobFailed(Exception):
+    """A job cannot finish because of its input (the message says what to fix)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class Task:
+    """One unit of work: `submit()` starts it on Ray; `out` is the storage path it completes by
+    writing (None: no durable output, always run)."""
+    out: tuple[str, ...] | None
+    submit: Callable[[], "ray.ObjectRef"]
+    size: int = 1
+    key: Any = None
+
+
+@dataclass
+class EngineConfig:
+    max_inflight: int = 0
+    max_concurrent_jobs: int = 2
+    task_retries: int = 3
+    shard_size: int = 10_000
+
+
+def derived_id(prefix: str, job_id: str, role: str = "") -> str:
+    """Ids of what a job creates are derived from the job id, so a resumed job finds its own output."""
+    return f"{prefix}_{hashlib.sha1(f'{job_id}/{role}'.encode()).hexdigest()[:20]}"
+
+
+@dataclass
+class JobContext:
+    engine: "JobEngine"
+    job: dict
+    cancel_event: threading.Event
+    _stage: dict = field(default_factory=dict)
+    _last_write: float = 0.0
+
+    @property
+    def job_id(self) -> str:
+        return self.job["id"]
+
+    @property
+    def tenant(self) -> str:
+        return self.job["tenant"]
+
+    @property
+    def store(self) -> Store:
+        return self.engine.store
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.engine.catalog
+
+    @property
+    def work(self) -> tuple[str, str]:
+        """Where this job keeps intermediate files."""
+        return ("jobs", self.job_id)
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.engine.config
+
+    def check_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled()
+
+    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False) -> None:
+        t = time.monotonic()
+        if self._stage.get("stage") != stage:
+            self._stage = {"stage": stage, "t0": t, "done0": done}
+            force = True
+        if not force and t - self._last_write < 0.25 and done < total:
+            return
+        elapsed = t - self._stage["t0"]
+        rate = (done - self._stage["done0"]) / elapsed if elapsed > 0 else None
+        eta = (total - done) / rate if rate else None
+        self._last_write = t
+        self.catalog.update("jobs", self.job_id, progress={
+            "stage": stage, "done": done, "total": total, "unit": unit,
+            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None})
+
+    def corpus(self, corpus_id: str) -> dict:
+        rec = self.catalog.get("corpora", corpus_id, self.tenant)
+        if rec["state"] != "ready":
+            raise JobFailed("corpus_not_ready", f"corpus {corpus_id} is {rec['state']}, not ready")
+        return rec
+
+    def corpus_shards(self, corpus_id: str) -> list[tuple[int, tuple[str, ...]]]:
+        names = self.store.list("corpora", corpus_id, suffix=".parquet")
+        return [(int(n.split("-")[1].split(".")[0]), ("corpora", corpus_id, n)) for n in names]
+
+    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards") -> dict:
+        """Run tasks on Ray (skipping those whose output exists); returns {task.key: result}.
+
+        At most `max_inflight` tasks are in flight. Ray retries a task whose worker died; a task that
+        still fails fails the job. Cancellation is checked while waiting and stops in-flight tasks.
+        """
+        total = sum(t.size for t in tasks)
+        results: dict = {}
+        pending = []
+        done = 0
+        for t in tasks:
+            if t.out is not None and self.store.exists(*t.out):
+                done += t.size
+                results[t.key] = None
+            else:
+                pending.append(t)
+        self.progress(stage, done, total, unit, force=True)
+        limit = self.config.max_inflight or 2 * cluster_cpus()
+        inflight: dict = {}
+        try:
+            while pending or inflight:
+                self.check_cancelled()
+                while pending and len(inflight) < limit:
+                    t = pending.pop(0)
+                    inflight[t.submit()] = t
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    t = inflight.pop(ref)
+                    try:
+                        results[t.key] = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        cause = e.cause if getattr(e, "cause", None) else e
+                        if isinstance(cause, JobFailed):
+                            raise cause from None
+                        raise RuntimeError(f"{stage}: task {t.key} failed: {cause}") from None
+                    done += t.size
+                    self.progress(stage, done, total, unit, force=not pending and not inflight)
+        finally:
+            for ref in inflight:
+                ray.cancel(ref)
+        return results
+
+    def commit_manifest(self, man_id: str, kind: str, info: dict, meta: dict | None = None) -> dict:
+        """Register a manifest whose parts are all written (idempotent: a resumed job may commit twice)."""
+        try:
+            return self.catalog.get("manifests", man_id)
+        except NotFound:
+            return self.catalog.insert("manifests", {
+                "id": man_id, "tenant": self.tenant, "job_id": self.job_id, "kind": kind,
+                "created_at": now(), "meta": meta or {}, **info})
+
+    def task_options(self, **resources) -> dict:
+        """Ray options for shard tasks: declared resources and retries (worker death and errors)."""
+        return {"max_retries": self.config.task_retries, "retry_exceptions": [OSError, ray.exceptions.RayError],
+                "num_cpus": 1, **resources}
+
+
+class JobEngine:
+    def __init__(self, catalog: Catalog, store: Store, config: EngineConfig, kinds: dict):
+        self.catalog, self.store, self.config, self.kinds = catalog, store, config, kinds
+        self.queue: "queue.Queue[str | None]" = queue.Queue()
+        self.cancel_events: dict[str, threading.Event] = {}
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.config.max_concurrent_jobs):
+            th = threading.Thread(target=self._worker, name=f"thresher-job-{i}", daemon=True)
+            th.start()
+            self.threads.append(th)
+        # Resume: jobs that were queued or running when the last process stopped, oldest first.
+        unfinished = [j for j in self.catalog.find("jobs") if j["state"] in ("queued", "running")]
+        for job in sorted(unfinished, key=lambda j: j["created_at"]):
+            log.info("resuming job %s (%s)", job["id"], job["state"])
+            self.catalog.update("jobs", job["id"], state="queued")
+            self._enqueue(job["id"])
+
+    def stop(self) -> None:
+        for ev in list(self.cancel_events.values()):
+            ev.set()  # running jobs stop at their next check; their state stays resumable
+        self._stopping = True
+        for _ in self.threads:
+            self.queue.put(None)
+        for th in self.threads:
+            th.join(timeout=10)
+
+    # -- API used by the service -----------------------------------------------------------------
+    def submit(self, job: dict) -> None:
+        self.catalog.insert("jobs", job)
+        self._enqueue(job["id"])
+
+    def cancel(self, job_id: str) -> dict:
+        job = self.catalog.get("jobs", job_id)
+        if job["state"] in TERMINAL:
+            return job
+        ev = self.cancel_events.get(job_id)
+        if ev:
+            ev.set()
+        if job["state"] == "queued":
+            self.catalog.update("jobs", job_id, state="cancelled", finished_at=now())
+        return self.catalog.get("jobs", job_id)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _enqueue(self, job_id: str) -> None:
+        with self.lock:
+            self.cancel_events.setdefault(job_id, threading.Event())
+        self.queue.put(job_id)
+
+    _stopping = False
+
+    def _worker(self) -> None:
+        while True:
+            job_id = self.queue.get()
+            if job_id is None:
+                return
+            try:
+                self._run(job_id)
+            except Exception:  # noqa: BLE001 - a bug in one job must not kill the worker thread
+                log.exception("job %s crashed the engine", job_id)
+
+    def _run(self, job_id: str) -> None:
+        try:
+            job = self.catalog.get("jobs", job_id)
+        except NotFound:
+            return
+        if job["state"] != "queued":
+            return
+        ev = self.cancel_events[job_id]
+        if ev.is_set():
+            self.catalog.update("jobs", job_id, state="cancelled", finished_at=now())
+            return
+        kind = self.kinds[job["kind"]]
+        self.catalog.update("jobs", job_id, state="running", started_at=job["started_at"] or now(),
+                            attempts=(job["attempts"] or 0) + 1)
+        ctx = JobContext(self, job, ev)
+        try:
+            spec = kind.spec.model_validate(job["spec"])
+            result = kind.run(ctx, spec)
+        except Cancelled:
+            if self._stopping:
+                return  # the service is shutting down: leave the job running, to resume on start
+            self._finish(ctx, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+            kind.on_end(ctx, "cancelled")
+        except JobFailed as e:
+            self._finish(ctx, "failed", error={"code": e.code, "message": e.message})
+            kind.on_end(ctx, "failed")
+        except Exception as e:  # noqa: BLE001 - report, don't crash
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            self._finish(ctx, "failed", error={"code": "job_error", "message": f"{type(e).__name__}: {e}"})
+            kind.on_end(ctx, "failed")
+        else:
+            self._finish(ctx, "succeeded", result=result)
+        finally:
+            self.cancel_events.pop(job_id, None)
+
+    def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
+        fields = {"state": state, "finished_at": now(), "error": error}
+        if result is not None:
+            fields["result"] = result
+        prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
+        if prog and state == "succeeded":
+            prog.update(eta_s=0.0)
+            fields["progress"] = prog
+        self.catalog.update("jobs", ctx.job_id, **fields)

@@ -1,0 +1,151 @@
+"""Model-free selection kinds: `random` and `dsir` (ALGORITHMS.md §2), one Ray task per shard."""
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+import pyarrow.compute as pc
+import ray
+from pydantic import Field
+
+from scoring.hashing import DEFAULT_BUCKETS, ngram_counts, word_counts
+from storage.fs import Store
+from storage.manifests import score_part, selected_by_source, write_selection, manifest_parts
+from workers.engine import JobContext, Task, derived_id
+from workers.jobs import JobKind
+from workers.specs import CorpusId, Select, SelectMode, StrictModel
+
+
+def empty_mask(texts) -> np.ndarray:
+    """Documents with nothing but whitespace: reported at ingest, never scored or selected."""
+    lengths = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)
+    return lengths.to_numpy(zero_copy_only=False) == 0
+
+
+def save_array(store: Store, arr: np.ndarray, *parts: str) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    store.write_bytes(buf.getvalue(), *parts)
+
+
+def load_array(store: Store, *parts: str) -> np.ndarray:
+    return np.load(io.BytesIO(store.read_bytes(*parts)))
+
+
+def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select, mode: str,
+                     key: str = "score", meta: dict | None = None) -> dict:
+    """Rank the job's score parts into a manifest, commit it, and build the job result."""
+    ctx.check_cancelled()
+    ctx.progress("select", 0, 1, "steps", force=True)
+    man_id = derived_id("man", ctx.job_id)
+    dest = ("manifests", man_id)
+    score_parts = [(*ctx.work, "scores", n) for n in ctx.store.list(*ctx.work, "scores", suffix=".parquet")]
+    info = write_selection(ctx.store, score_parts, dest, corpus_id=pool, select=select.as_dict(), mode=mode, key=key)
+    ctx.commit_manifest(man_id, kind, info, meta)
+    ctx.progress("select", 1, 1, "steps", force=True)
+    summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
+               "selected_by_source": selected_by_source(ctx.store, manifest_parts(ctx.store, dest)), **(meta or {})}
+    return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}
+
+
+# -- random --------------------------------------------------------------------------------------
+
+class RandomSpec(StrictModel):
+    pool: CorpusId
+    select: Select
+    mode: SelectMode = "global"
+    seed: int = 0
+
+
+@ray.remote
+def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: int) -> int:
+    store = Store(store_root)
+    t = store.read_parquet(*parts, columns=["id", "text", "source"])
+    score = np.random.default_rng([seed, shard]).random(t.num_rows)
+    score[empty_mask(t["text"])] = np.nan
+    store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), score), *out)
+    return t.num_rows
+
+
+def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
+    ctx.corpus(spec.pool)
+    opts = ctx.task_options()
+    tasks = [Task(out=(*ctx.work, "scores", f"part-{s:05d}.parquet"), key=s,
+                  submit=lambda s=s, p=p: random_scores.options(**opts).remote(
+                      ctx.store.root, s, p, (*ctx.work, "scores", f"part-{s:05d}.parquet"), spec.seed))
+             for s, p in ctx.corpus_shards(spec.pool)]
+    ctx.run_tasks("score", tasks)
+    return finish_selection(ctx, "random", spec.pool, spec.select, spec.mode)
+
+
+# -- dsir ----------------------------------------------------------------------------------------
+
+class DsirSpec(StrictModel):
+    pool: CorpusId
+    target: CorpusId
+    select: Select
+    mode: SelectMode = "global"
+    seed: int = 0
+    buckets: int = Field(DEFAULT_BUCKETS, ge=16, le=1_000_000)
+    sampling: Literal["gumbel", "topk"] = Field(
+        "gumbel", description="gumbel: importance resampling without replacement (Gumbel top-k); "
+                             "topk: deterministic top-k by log importance weight")
+
+
+@ray.remote
+def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int) -> int:
+    store = Store(store_root)
+    t = store.read_parquet(*parts, columns=["text"])
+    save_array(store, np.asarray(ngram_counts(t["text"], buckets).sum(axis=0)).ravel(), *out)
+    return t.num_rows
+
+
+@ray.remote
+def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tuple,
+                buckets: int, seed: int) -> int:
+    store = Store(store_root)
+    t = store.read_parquet(*parts, columns=["id", "text", "source"])
+    counts = ngram_counts(t["text"], buckets)
+    logw = counts @ load_array(store, *ratio)
+    logw[empty_mask(t["text"])] = np.nan
+    gumbel = np.random.default_rng([seed, shard]).gumbel(size=t.num_rows)
+    store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), logw,
+                                   resample_key=logw + gumbel), *out)
+    return t.num_rows
+
+
+def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
+    ctx.corpus(spec.pool)
+    ctx.corpus(spec.target)
+    opts = ctx.task_options()
+    fit = []
+    for role, corpus in (("pool", spec.pool), ("target", spec.target)):
+        for s, p in ctx.corpus_shards(corpus):
+            out = (*ctx.work, "dsir", f"{role}-{s:05d}.npy")
+            fit.append(Task(out=out, key=(role, s),
+                            submit=lambda p=p, out=out: bucket_totals.options(**opts).remote(
+                                ctx.store.root, p, out, spec.buckets)))
+    ctx.run_tasks("fit", fit)
+    ratio = (*ctx.work, "dsir", "log_ratio.npy")
+    if not ctx.store.exists(*ratio):
+        totals = {"pool": np.zeros(spec.buckets), "target": np.zeros(spec.buckets)}
+        for t in fit:
+            totals[t.key[0]] += load_array(ctx.store, *t.out)
+        # Add-one smoothing keeps unseen buckets finite.
+        logp = {k: np.log((v + 1.0) / (v.sum() + spec.buckets)) for k, v in totals.items()}
+        save_array(ctx.store, logp["target"] - logp["pool"], *ratio)
+    scoring = [Task(out=(*ctx.work, "scores", f"part-{s:05d}.parquet"), key=s,
+                    submit=lambda s=s, p=p: dsir_scores.options(**opts).remote(
+                        ctx.store.root, s, p, (*ctx.work, "scores", f"part-{s:05d}.parquet"), ratio,
+                        spec.buckets, spec.seed))
+               for s, p in ctx.corpus_shards(spec.pool)]
+    ctx.run_tasks("score", scoring)
+    key = "resample_key" if spec.sampling == "gumbel" else "score"
+    return finish_selection(ctx, "dsir", spec.pool, spec.select, spec.mode, key=key)
+
+
+KINDS = [
+    JobKind("random", RandomSpec, run_random, "uniform random selection (a baseline)"),
+    JobKind("dsir", DsirSpec, run_dsir, "DSIR: hashed n-gram importance weights toward a target"),
+]

@@ -1,0 +1,41 @@
+"""The Ray runtime: a local Ray by default, an existing cluster when an address is given."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger("thresher.ray")
+NAMESPACE = "thresher"
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray on this machine. Idempotent."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Workers import this project's packages; locally they inherit our interpreter and sys.path,
+    # on a cluster the image must have Thresher installed (deploy/Dockerfile).
+    kwargs = dict(namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True)
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        log.info("starting a local Ray")
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def ray_reachable() -> bool:
+    try:
+        return ray.is_initialized() and bool(ray.cluster_resources())
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False

@@ -1,0 +1,64 @@
+"""Building blocks of job specs, shared by every job kind.
+
+Specs are pydantic models: the service validates requests with them (a bad field answers 422 with
+its path) and the engine re-validates the stored spec before running. Fields that name another
+resource are annotated with `Ref`, so the service can check they exist for the caller (404).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+@dataclass(frozen=True)
+class Ref:
+    table: str  # catalog table the id must exist in: corpora, models, manifests
+
+
+CorpusId = Annotated[str, Ref("corpora"), Field(min_length=1, description="a corpus id (cor_…)")]
+ModelId = Annotated[str, Ref("models"), Field(min_length=1, description="a model id (mdl_…)")]
+ManifestId = Annotated[str, Ref("manifests"), Field(min_length=1, description="a manifest id (man_…)")]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Select(StrictModel):
+    """How many documents to keep: exactly one of fraction, count or tau (keep 1/tau of the pool)."""
+    fraction: float | None = Field(None, gt=0, le=1)
+    count: int | None = Field(None, ge=1)
+    tau: float | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("fraction", "count", "tau") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of fraction, count or tau")
+        return self
+
+    def as_dict(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+SelectMode = Literal["global", "per_shard"]
+
+
+def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
+    """Yield (table, id, path) for every Ref-annotated field of a spec, nested models included."""
+    if isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            v = getattr(value, name)
+            ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
+            if ref and isinstance(v, str):
+                yield ref.table, v, (*path, name)
+            else:
+                yield from iter_refs(v, (*path, name))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from iter_refs(v, (*path, i))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from iter_refs(v, (*path, k))
