@@ -59,6 +59,8 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
         errors = []
         for e in exc.errors():
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")
             errors.append({"field": field_path(loc), "message": e["msg"], "type": e["type"]})
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         where = f"{first['field']}: " if first["field"] else ""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
+from fastapi import Body
 from pydantic import BaseModel, Field, create_model
 
 from workers.jobs import KINDS
@@ -155,5 +156,5 @@ def _job_request_models():
 
 
 JOB_REQUESTS = _job_request_models()
-JobRequest = Annotated[Union[tuple(JOB_REQUESTS)], Field(discriminator="kind")]
+JobRequest = Annotated[Union[tuple(JOB_REQUESTS)], Body(discriminator="kind")]
 PUBLIC_KINDS = {k.name for k in KINDS.values() if not k.internal}

@@ -125,6 +125,10 @@ class JobContext:
         names = self.store.list("corpora", corpus_id, suffix=".parquet")
         return [(int(n.split("-")[1].split(".")[0]), ("corpora", corpus_id, n)) for n in names]
 
+    def corpus_shard_sizes(self, corpus_id: str) -> dict[int, int]:
+        """Documents per shard, from the Parquet footers (no data read)."""
+        return {s: self.store.parquet_file(*p).metadata.num_rows for s, p in self.corpus_shards(corpus_id)}
+
     def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards") -> dict:
         """Run tasks on Ray (skipping those whose output exists); returns {task.key: result}.
 
@@ -167,6 +171,39 @@ class JobContext:
                 ray.cancel(ref)
         return results
 
+    def run_long(self, stage: str, unit: str, submit: Callable[["ray.actor.ActorHandle"], "ray.ObjectRef"]):
+        """Run one long Ray task that reports its own progress (e.g. training, in tokens).
+
+        `submit(board)` starts the task and hands it a ProgressBoard actor to call
+        `board.set.remote(done, total)` on; this polls the board into the job's progress.
+        """
+        board = ProgressBoard.remote()
+        ref = submit(board)
+        self.progress(stage, 0, 1, unit, force=True)
+        try:
+            while True:
+                self.check_cancelled()
+                ready, _ = ray.wait([ref], timeout=0.5)
+                done, total = ray.get(board.get.remote())
+                if total:
+                    self.progress(stage, done, total, unit)
+                if ready:
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        cause = e.cause if getattr(e, "cause", None) else e
+                        if isinstance(cause, JobFailed):
+                            raise cause from None
+                        raise RuntimeError(f"{stage} failed: {cause}") from None
+                    done, total = ray.get(board.get.remote())
+                    self.progress(stage, total or 1, total or 1, unit, force=True)
+                    return result
+        except Cancelled:
+            ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(board)
+
     def commit_manifest(self, man_id: str, kind: str, info: dict, meta: dict | None = None) -> dict:
         """Register a manifest whose parts are all written (idempotent: a resumed job may commit twice)."""
         try:
@@ -180,6 +217,20 @@ class JobContext:
         """Ray options for shard tasks: declared resources and retries (worker death and errors)."""
         return {"max_retries": self.config.task_retries, "retry_exceptions": [OSError, ray.exceptions.RayError],
                 "num_cpus": 1, **resources}
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Where a long task posts (done, total) for the driver to read."""
+
+    def __init__(self):
+        self.done, self.total = 0, 0
+
+    def set(self, done: float, total: float) -> None:
+        self.done, self.total = done, total
+
+    def get(self) -> tuple[float, float]:
+        return self.done, self.total
 
 
 class JobEngine:

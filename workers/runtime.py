@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 import ray
 
@@ -18,12 +20,17 @@ def init_ray(address: str | None = None) -> None:
     # Workers import this project's packages; locally they inherit our interpreter and sys.path,
     # on a cluster the image must have Thresher installed (deploy/Dockerfile).
     kwargs = dict(namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True)
+    # ray.init installs its own SIGTERM handler, which would skip the server's orderly shutdown.
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
         log.info("starting a local Ray")
         ray.init(include_dashboard=False, **kwargs)
+    if main and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def cluster_cpus() -> int:

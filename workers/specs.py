@@ -7,7 +7,7 @@ resource are annotated with `Ref`, so the service can check they exist for the c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,12 +46,25 @@ class Select(StrictModel):
 SelectMode = Literal["global", "per_shard"]
 
 
+def _ref_of(info) -> Ref | None:
+    """The Ref of a field, also when it hides in an Optional (`ModelId | None`)."""
+    found = next((m for m in info.metadata if isinstance(m, Ref)), None)
+    if found:
+        return found
+    for arg in get_args(info.annotation):
+        if get_origin(arg) is Annotated:
+            found = next((m for m in get_args(arg)[1:] if isinstance(m, Ref)), None)
+            if found:
+                return found
+    return None
+
+
 def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
     """Yield (table, id, path) for every Ref-annotated field of a spec, nested models included."""
     if isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
             v = getattr(value, name)
-            ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
+            ref = _ref_of(info)
             if ref and isinstance(v, str):
                 yield ref.table, v, (*path, name)
             else:

@@ -135,7 +135,7 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
             pass
 
 
-def _allowed(uri: str, roots: list[str]) -> str | None:
+def allowed_uri(uri: str, roots: list[str]) -> str | None:
     """The URI normalised if it lies under an allowed root, else None."""
     if uri.startswith("file://") or "://" not in uri:
         path = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
@@ -156,7 +156,7 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field}) from None
-    uri = _allowed(body.uri, s.settings.allowed_roots)
+    uri = allowed_uri(body.uri, s.settings.allowed_roots)
     if uri is None:
         raise ApiError(403, "forbidden_uri", f"{body.uri} is not under an allowed root "
                        "(THRESHER_ALLOWED_ROOTS)", {"field": "uri"})

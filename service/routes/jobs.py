@@ -5,7 +5,7 @@ import asyncio
 import hashlib
 import json
 
-from fastapi import APIRouter, Body, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from service.errors import ERROR_RESPONSES, ApiError
@@ -43,7 +43,7 @@ def submit_job(s, tenant: str, kind: str, name: str | None, spec: dict,
 
 
 @router.post("", status_code=202, response_model=Job)
-def create_job(request: JobRequest = Body(...), tenant: str = Tenant, s=Svc,
+def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
                idempotency_key: str | None = Header(None, description="same key + same body → same job")):
     check_refs(s, tenant, request.spec)
     body = request.model_dump(mode="json")
@@ -85,16 +85,20 @@ async def job_events(job_id: str, request: Request, tenant: str = Tenant, s=Svc)
     owned(s, "jobs", job_id, tenant)
 
     async def stream():
-        last = None
+        last, quiet = None, 0.0
         while True:
             rec = s.catalog.get("jobs", job_id)
             data = job_view(rec).model_dump_json()
             if data != last:
-                last = data
+                last, quiet = data, 0.0
                 yield f"event: job\ndata: {data}\n\n"
+            elif quiet >= 15:  # a comment line keeps proxies and clients from timing out
+                quiet = 0.0
+                yield ": keep-alive\n\n"
             if rec["state"] in TERMINAL or await request.is_disconnected():
                 return
             await asyncio.sleep(0.25)
+            quiet += 0.25
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 

@@ -33,15 +33,17 @@ def load_array(store: Store, *parts: str) -> np.ndarray:
     return np.load(io.BytesIO(store.read_bytes(*parts)))
 
 
-def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select, mode: str,
+def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select | None, mode: str,
                      key: str = "score", meta: dict | None = None) -> dict:
-    """Rank the job's score parts into a manifest, commit it, and build the job result."""
+    """Rank the job's score parts into a manifest, commit it, and build the job result.
+    `select=None` ranks without selecting (a plain scoring job)."""
     ctx.check_cancelled()
     ctx.progress("select", 0, 1, "steps", force=True)
     man_id = derived_id("man", ctx.job_id)
     dest = ("manifests", man_id)
     score_parts = [(*ctx.work, "scores", n) for n in ctx.store.list(*ctx.work, "scores", suffix=".parquet")]
-    info = write_selection(ctx.store, score_parts, dest, corpus_id=pool, select=select.as_dict(), mode=mode, key=key)
+    info = write_selection(ctx.store, score_parts, dest, corpus_id=pool, select=select.as_dict() if select else {"count": 0},
+                           mode=mode, key=key)
     ctx.commit_manifest(man_id, kind, info, meta)
     ctx.progress("select", 1, 1, "steps", force=True)
     summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],

@@ -1,0 +1,206 @@
+"""The CLI's parsing, rendering and error handling, without a running service."""
+import io
+import json
+import socket
+
+import httpx
+import pytest
+import typer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from service import cli
+
+runner = CliRunner()
+
+EXPECTED_COMMANDS = {
+    ("serve",),
+    ("corpora", "upload"), ("corpora", "list"), ("corpora", "show"),
+    ("jobs", "submit"), ("jobs", "watch"), ("jobs", "list"), ("jobs", "show"), ("jobs", "cancel"),
+    ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
+}
+
+
+def leaf_commands(command, path: tuple = ()) -> set[tuple]:
+    if hasattr(command, "commands"):  # a group (typer ships its own copy of click's classes)
+        return {leaf for name, sub in command.commands.items()
+                for leaf in leaf_commands(sub, (*path, name))}
+    return {path}
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
+
+
+def test_command_tree_is_the_documented_one():
+    assert leaf_commands(typer.main.get_command(cli.app)) == EXPECTED_COMMANDS
+
+
+@pytest.mark.parametrize("path", sorted(EXPECTED_COMMANDS), ids=" ".join)
+def test_every_command_has_help(path):
+    result = runner.invoke(cli.app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert " ".join(path) in result.output
+    assert "Usage" in result.output
+
+
+def test_global_options_come_from_the_environment():
+    result = runner.invoke(cli.app, ["--help"])
+    assert "THRESHER_URL" in result.output and "THRESHER_KEY" in result.output
+
+
+def test_spec_inline_json_and_at_file(tmp_path):
+    assert cli.parse_spec('{"pool": "cor_1", "select": {"fraction": 0.1}}') == {
+        "pool": "cor_1", "select": {"fraction": 0.1}}
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"pool": "cor_2", "seed": 7}))
+    assert cli.parse_spec(f"@{spec_file}") == {"pool": "cor_2", "seed": 7}
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ('{"pool": }', "line 1, column 10"),
+    ("[1, 2]", "must be a JSON object, got list"),
+    ("@/nonexistent/spec.json", "cannot read spec file"),
+])
+def test_bad_specs_are_rejected_with_the_reason(value, fragment):
+    with pytest.raises(typer.BadParameter, match=fragment.replace("[", r"\[")):
+        cli.parse_spec(value)
+
+
+def test_bad_spec_is_a_usage_error_before_any_request():
+    # Nothing listens at the URL: reaching the network would exit 1, a usage error exits 2.
+    result = runner.invoke(cli.app, ["--url", closed_port_url(), "jobs", "submit", "dsir",
+                                     "--spec", "{not json"])
+    assert result.exit_code == 2
+    assert "--spec" in result.output and "not valid JSON" in result.output
+
+
+def test_unreachable_server_is_reported_and_exits_1():
+    url = closed_port_url()
+    result = runner.invoke(cli.app, ["--url", url, "corpora", "list"])
+    assert result.exit_code == 1
+    assert f"Cannot reach the Thresher API at {url}" in result.stderr
+
+
+def test_api_error_envelope_is_decoded_and_rendered():
+    response = httpx.Response(422, json={"error": {
+        "code": "invalid_spec", "message": "select.fraction must be in (0, 1]",
+        "details": {"path": "spec.select.fraction", "allowed": [0, 1]}}})
+    error = cli.api_error_from_response(response)
+    assert (error.status, error.code) == (422, "invalid_spec")
+    assert cli.format_api_error(error) == (
+        "Error 422 (invalid_spec): select.fraction must be in (0, 1]\n"
+        "  path: spec.select.fraction\n"
+        "  allowed: [0, 1]")
+
+
+def test_non_envelope_error_keeps_the_status_and_text():
+    response = httpx.Response(502, text="<html>Bad gateway</html>")
+    error = cli.api_error_from_response(response)
+    assert cli.format_api_error(error) == "Error 502 (http_502): <html>Bad gateway</html>"
+    assert cli.format_api_error(cli.api_error_from_response(httpx.Response(503))) == (
+        "Error 503 (http_503): Service Unavailable")
+
+
+def test_commands_turn_api_errors_into_a_message_and_exit_1():
+    probe = typer.Typer()
+
+    @probe.command()
+    @cli.reports_api_errors
+    def fetch(corpus_id: str):
+        raise cli.ApiError(404, "not_found", f"no corpus {corpus_id}", {"id": corpus_id})
+
+    result = runner.invoke(probe, ["cor_missing"])
+    assert result.exit_code == 1
+    assert "Error 404 (not_found): no corpus cor_missing" in result.stderr
+    assert "id: cor_missing" in result.stderr
+
+
+def test_sse_parsing_follows_the_event_stream_rules():
+    lines = [": keep-alive", "", "event: job", 'data: {"state":', 'data: "running"}', "",
+             "data:no-space", "", "data: unterminated"]
+    assert list(cli.parse_sse(lines)) == [("job", '{"state":\n"running"}'),
+                                          ("message", "no-space")]
+
+
+def test_table_bindings():
+    assert cli.parse_table_bindings(["m=man_1", "prior=man_2"]) == {"m": "man_1", "prior": "man_2"}
+    for bad in ("man_1", "1m=man_1", "m=", "a b=man_1"):
+        with pytest.raises(typer.BadParameter):
+            cli.parse_table_bindings([bad])
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("pool.jsonl", "jsonl"), ("pool.JSONL.gz", "jsonl"), ("pool.ndjson.zst", "jsonl"),
+    ("data.v2.parquet", "parquet"), ("rows.csv.gz", "csv")])
+def test_format_is_inferred_past_compression(name, expected, tmp_path):
+    assert cli.infer_format(tmp_path / name) == expected
+
+
+def test_unknown_suffix_asks_for_format(tmp_path):
+    with pytest.raises(typer.BadParameter, match="--format"):
+        cli.infer_format(tmp_path / "pool.txt.gz")
+
+
+def test_loopback_detection():
+    assert all(map(cli.is_loopback_host, ["127.0.0.1", "127.8.0.1", "::1", "localhost"]))
+    assert not any(map(cli.is_loopback_host, ["0.0.0.0", "::", "10.0.0.5", "api.example.com"]))
+
+
+def test_progress_formatting():
+    assert cli.format_count(1200, 3000, "docs") == "1,200/3,000 docs"
+    assert cli.format_count(5, None, None) == "5"
+    assert cli.format_rate(850.4, "docs") == "850 docs/s"
+    assert cli.format_rate(2.5, None) == "2.50 items/s"
+    assert cli.format_rate(None, "docs") == ""
+    assert [cli.format_duration(s) for s in (None, 4.6, 65, 3725)] == ["", "5s", "1m05s", "1h02m"]
+
+
+def job_at(done: int, state: str = "running") -> dict:
+    return {"id": "job_1", "state": state, "progress": {
+        "stage": "score", "done": done, "total": 8, "unit": "shards", "rate_per_s": 4.0,
+        "eta_s": (8 - done) / 4}}
+
+
+def test_job_view_on_a_terminal_draws_a_live_bar():
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with cli.JobProgressView(console) as view:
+        for done in range(9):
+            view.update(job_at(done, "succeeded" if done == 8 else "running"))
+    # Frames are redrawn on a timer, so only the final one is certain.
+    final_frame = console.file.getvalue().rsplit("\r", 1)[-1]
+    assert "succeeded" in final_frame and "score" in final_frame
+    assert "8/8 shards" in final_frame and "4.00 shards/s" in final_frame
+
+
+def test_job_view_in_a_log_prints_a_line_per_quarter_and_state_change():
+    console = Console(file=io.StringIO(), force_terminal=False, width=120)
+    with cli.JobProgressView(console) as view:
+        for done in range(9):
+            view.update(job_at(done))
+        view.update(job_at(8, "succeeded"))
+    assert console.file.getvalue().splitlines() == [
+        "running  score  0/8 shards  4.00 shards/s  ETA 2s",
+        "running  score  2/8 shards  4.00 shards/s  ETA 2s",
+        "running  score  4/8 shards  4.00 shards/s  ETA 1s",
+        "running  score  6/8 shards  4.00 shards/s  ETA 0s",
+        "running  score  8/8 shards  4.00 shards/s  ETA 0s",
+        "succeeded  score  8/8 shards  4.00 shards/s  ETA 0s",
+    ]
+
+
+def test_serve_refuses_a_public_address_without_api_keys(monkeypatch):
+    monkeypatch.delenv("THRESHER_API_KEYS", raising=False)
+    result = runner.invoke(cli.app, ["serve", "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2
+    assert "Refusing to listen on 0.0.0.0 without API keys" in result.stderr
+
+
+def test_serve_reports_bad_configuration(monkeypatch):
+    monkeypatch.setenv("THRESHER_API_KEYS", "no-colon")
+    result = runner.invoke(cli.app, ["serve"])
+    assert result.exit_code == 2
+    assert "Invalid configuration" in result.stderr and "tenant:key" in result.stderr

@@ -1,0 +1,130 @@
+"""CoLoR-Filter and the model jobs end to end over HTTP, on a real local Ray."""
+from __future__ import annotations
+
+import io
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+
+from tests.conftest import ALICE, make_settings
+from tests.corpus_gen import corpus
+from tests.helpers import run_ok, submit, upload, wait
+
+FAST_TRAIN = {"preset": "tiny", "tokens": 150_000, "vocab_size": 512, "batch_size": 16, "seq_len": 64}
+FAST_FT = {"epochs": 2, "warmup_steps": 5, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def data(service):
+    pool = upload(service, corpus(1000, seed=21, min_words=15, max_words=40), name="pool")
+    target = upload(service, corpus(120, seed=22, domains=["astronomy"], prefix="t"), name="target")
+    return pool, target
+
+
+@pytest.fixture(scope="module")
+def color_job(service, data):
+    pool, target = data
+    return run_ok(service, "color_filter", {
+        "pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1},
+        "prior": {"train": FAST_TRAIN}, "conditional": {"finetune": FAST_FT}}, timeout=600)
+
+
+def test_color_filter_selects_target_domain(service, color_job):
+    man = color_job["result"]["manifest_id"]
+    q = service.post("/v1/query", json={"sql": "SELECT source, count(*) FROM m WHERE selected GROUP BY 1",
+                                        "tables": {"m": man}}).json()
+    counts = {r[0]: r[1] for r in q["rows"]}
+    assert sum(counts.values()) == 100
+    assert counts.get("astronomy", 0) >= 90, counts
+
+
+def test_manifest_columns_and_score_sign(service, color_job):
+    man = color_job["result"]["manifest_id"]
+    t = pq.read_table(io.BytesIO(service.get(f"/v1/manifests/{man}/download").content))
+    assert {"prior_loss", "cond_loss", "score", "rank", "selected", "n_tokens"} <= set(t.column_names)
+    for row in t.to_pylist():
+        assert row["score"] == pytest.approx(row["prior_loss"] - row["cond_loss"], abs=1e-9)
+        assert row["n_tokens"] > 0
+    assert t.num_rows == 1000 and len(set(t["doc_id"].to_pylist())) == 1000
+    # Both models are registered and reusable.
+    summary = color_job["result"]["summary"]
+    models = {m["id"] for m in service.get("/v1/models").json()["items"]}
+    assert {summary["prior_model"], summary["conditional_model"]} <= models
+
+
+def test_score_and_evaluate(service, data, color_job):
+    pool, target = data
+    prior = color_job["result"]["summary"]["prior_model"]
+    job = run_ok(service, "score", {"corpus": target["id"], "model": prior})
+    t = pq.read_table(io.BytesIO(service.get(f"/v1/manifests/{job['result']['manifest_id']}/download").content))
+    assert t.num_rows == 120 and all(x > 0 for x in t["loss"].to_pylist())
+    assert t["selected"].to_pylist() == [False] * 120
+
+    val = upload(service, corpus(60, seed=23, domains=["astronomy"], prefix="v"), name="val")
+    ev = run_ok(service, "evaluate", {"selection": color_job["result"]["manifest_id"], "validation": val["id"],
+                                      "proxy": {**FAST_TRAIN, "tokens": 60_000}}, timeout=600)
+    s = ev["result"]["summary"]
+    assert s["selection"]["docs"] == s["random"]["docs"] == 100
+    assert s["selection"]["validation_loss"] < s["random"]["validation_loss"], s
+
+
+def test_empty_documents_are_not_scored(service, color_job):
+    prior = color_job["result"]["summary"]["prior_model"]
+    c = upload(service, [{"id": "a", "text": "the star and the moon"}, {"id": "b", "text": ""}, {"id": "c", "text": "  "}], name="e")
+    job = run_ok(service, "score", {"corpus": c["id"], "model": prior})
+    rows = {r[0]: r[1:] for r in service.post("/v1/query", json={
+        "sql": "SELECT doc_id, loss, score, rank FROM m", "tables": {"m": job["result"]["manifest_id"]}}).json()["rows"]}
+    assert rows["a"][0] > 0 and rows["a"][2] == 1
+    assert rows["b"] == [None, None, None] and rows["c"] == [None, None, None]
+
+
+def test_bad_color_spec(service, data):
+    pool, target = data
+    r = service.post("/v1/jobs", json={"kind": "color_filter", "spec": {
+        "pool": pool["id"], "target": target["id"], "select": {"tau": 8}, "prior": {"model": "mdl_x", "train": {}}}})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "spec.prior"
+    r = service.post("/v1/jobs", json={"kind": "color_filter", "spec": {
+        "pool": pool["id"], "target": target["id"], "select": {"tau": 8}, "prior": {"model": "mdl_nope"}}})
+    assert r.status_code == 404 and r.json()["error"]["details"]["field"] == "spec.prior.model"
+    r = service.post("/v1/jobs", json={"kind": "train_model", "spec": {"corpus": pool["id"], "preset": "huge"}})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "spec.preset"
+
+
+def test_restart_mid_scoring_resumes(tmp_path, ray_address):
+    """A service stopped while a color_filter job scores finishes it after a restart, reusing the
+    trained models and the finished shards, with every document once."""
+    settings = make_settings(tmp_path, ray_address, max_inflight=1)
+    with TestClient(create_app(settings), headers=ALICE) as c:
+        pool = upload(c, corpus(3000, seed=31, min_words=15, max_words=40), name="pool")
+        target = upload(c, corpus(100, seed=32, domains=["finance"], prefix="t"), name="target")
+        job = submit(c, "color_filter", {"pool": pool["id"], "target": target["id"], "select": {"tau": 10},
+                                         "prior": {"train": FAST_TRAIN}, "conditional": {"finetune": FAST_FT}})
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            j = c.get(f"/v1/jobs/{job['id']}").json()
+            p = j["progress"]
+            if p["stage"] == "score" and 200 <= p["done"] <= p["total"] - 1000:
+                break
+            assert j["state"] in ("queued", "running"), j
+            time.sleep(0.05)
+    # The service has stopped (lifespan shutdown) with the job mid-scoring.
+    store = tmp_path / "store"
+    scores = store / "jobs" / job["id"] / "scores"
+    before = {f.name: f.stat().st_mtime_ns for f in scores.glob("part-*")}
+    models = {f: f.stat().st_mtime_ns for f in (store / "models").rglob("model.safetensors")}
+    assert 1 <= len(before) < 15 and len(models) == 2
+
+    with TestClient(create_app(settings), headers=ALICE) as c:
+        assert c.get(f"/v1/jobs/{job['id']}").json()["state"] in ("queued", "running")
+        done = wait(c, job["id"], timeout=600)
+        assert done["state"] == "succeeded", done
+        after = {f.name: f.stat().st_mtime_ns for f in scores.glob("part-*")}
+        assert len(after) == 15 and all(after[k] == v for k, v in before.items())
+        assert {f: f.stat().st_mtime_ns for f in (store / "models").rglob("model.safetensors")} == models
+        r = c.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE selected) FROM m",
+                                      "tables": {"m": done["result"]["manifest_id"]}}).json()
+        assert r["rows"] == [[3000, 3000, 300]]

@@ -1,0 +1,147 @@
+"""Auxiliary language models on workers: where they live in storage, how a worker loads them, and
+the scoring actor that keeps them in memory while shards stream through it.
+
+A trained model is a checkpoint directory in storage (`models/<id>/`, `meta.json` written last, so
+its presence means the checkpoint is complete). A registered model is a local Hugging Face
+checkpoint directory that every worker can read. Workers never see the catalog: the driver hands
+them the model's record.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+import ray
+import torch
+
+from scoring.checkpoint import load_hf_causal_lm, load_model, save_model
+from scoring.device import pick_device
+from scoring.lm_loss import DocumentLossEngine, tokenize_documents
+from scoring.tokenizer import eos_id
+from storage.fs import Store
+from storage.manifests import score_part
+
+CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")  # meta last
+
+
+def store_checkpoint(store: Store, model_id: str, local_dir: str) -> None:
+    for name in CHECKPOINT_FILES:
+        with open(os.path.join(local_dir, name), "rb") as f:
+            store.write_bytes(f.read(), "models", model_id, name)
+
+
+def checkpoint_complete(store: Store, model_id: str) -> bool:
+    return store.exists("models", model_id, "meta.json")
+
+
+def local_checkpoint(store: Store, model_id: str) -> str:
+    """A local directory holding the checkpoint (the store itself when it is local)."""
+    if store.local:
+        return store.path("models", model_id)
+    target = os.path.join(CACHE, model_id)
+    if not os.path.exists(os.path.join(target, "meta.json")):
+        os.makedirs(target, exist_ok=True)
+        for name in CHECKPOINT_FILES:
+            with open(os.path.join(target, name), "wb") as f:
+                f.write(store.read_bytes("models", model_id, name))
+    return target
+
+
+def save_trained(store: Store, model_id: str, model, tokenizer, meta: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(tmp, model, tokenizer, meta)
+        store_checkpoint(store, model_id, tmp)
+
+
+def load_for_scoring(store: Store, record: dict, device=None):
+    """(model, tokenizer, prepend_id) for a model record of the catalog.
+
+    Our GPTs were trained on documents each preceded by eos, so eos is prepended when scoring and
+    the first real token gets a prediction too; a registered model keeps its own special tokens.
+    """
+    device = device or pick_device()
+    if record["source"] == "huggingface":
+        model, tokenizer, _ = load_hf_causal_lm(record["meta"]["path"], device=device)
+        return model, tokenizer, None
+    model, tokenizer, _ = load_model(local_checkpoint(store, record["id"]), device=device)
+    return model, tokenizer, eos_id(tokenizer)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Models scored together must tokenize identically: compare vocabularies."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else tokenizer.hf_tokenizer.get_vocab()
+    return hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class LossScorer:
+    """Loads one or more models once, then scores shard after shard with the same windows for all.
+
+    Writes a score part per shard: `loss` (one model) or `prior_loss`, `cond_loss` and
+    `score = prior_loss − cond_loss` (two models, CoLoR-Filter).
+    """
+
+    def __init__(self, store_root: str, records: list[dict], threads: int, engine_options: dict):
+        torch.set_num_threads(max(1, threads))
+        self.store = Store(store_root)
+        loaded = [load_for_scoring(self.store, r) for r in records]
+        if len({tokenizer_fingerprint(t) for _, t, _ in loaded}) > 1:
+            raise ValueError("the models use different tokenizers; they cannot be scored on the same windows")
+        self.tokenizer, self.prepend = loaded[0][1], loaded[0][2]
+        self.engine = DocumentLossEngine([m for m, _, _ in loaded], **engine_options)
+
+    def score_shard(self, shard: int, parts: tuple, out: tuple) -> int:
+        t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
+        texts = [x or "" for x in t["text"].to_pylist()]
+        tokens = tokenize_documents(self.tokenizer, texts, prepend_id=self.prepend)
+        # A document with no text has no loss: NaN here, NULL in the manifest, never selected.
+        for i, text in enumerate(texts):
+            if not text.strip():
+                tokens[i] = []
+        loss, n_tokens = self.engine.score(tokens)
+        if len(self.engine.models) == 1:
+            table = score_part(t["id"], shard, t["source"], n_tokens, -loss[0], loss=loss[0])
+        else:
+            prior, cond = loss[0], loss[1]
+            table = score_part(t["id"], shard, t["source"], n_tokens, prior - cond,
+                               prior_loss=prior, cond_loss=cond)
+        self.store.write_parquet(table, *out)
+        return t.num_rows
+
+
+def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int) -> list[str]:
+    """Up to max_docs non-empty texts, drawn uniformly at random (seeded) from the given shards."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(shard_parts))
+    texts: list[str] = []
+    for i in order:
+        col = store.read_parquet(*shard_parts[i], columns=["text"])["text"]
+        texts += [x for x in col.to_pylist() if x and x.strip()]
+        if max_docs and len(texts) >= 4 * max_docs:
+            break
+    if max_docs and len(texts) > max_docs:
+        pick = rng.choice(len(texts), size=max_docs, replace=False)
+        texts = [texts[j] for j in sorted(pick)]
+    return texts
+
+
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def inspect_checkpoint(path: str) -> dict:
+    """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration."""
+    model, tokenizer, meta = load_hf_causal_lm(path)
+    return {**meta, "path": path, "context": model.context, "vocab_size": model.vocab_size,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def inspect_hf_checkpoint(path: str, timeout_s: float = 300) -> dict:
+    """The checkpoint's metadata, or ValueError saying why it cannot be used."""
+    try:
+        return ray.get(inspect_checkpoint.remote(path), timeout=timeout_s)
+    except ray.exceptions.RayTaskError as e:
+        raise ValueError(f"cannot load a causal LM from {path}: {e.cause if getattr(e, 'cause', None) else e}") from None
