@@ -14,6 +14,7 @@ from service import errors
 from service.settings import Settings
 from storage.catalog import Catalog
 from storage.fs import Store
+from workers.curricula import CurriculumRuns
 from workers.engine import EngineConfig, JobEngine
 from workers.jobs import KINDS
 from workers.runtime import init_ray
@@ -27,6 +28,7 @@ class ServiceState:
     catalog: Catalog
     store: Store
     engine: JobEngine
+    curricula: CurriculumRuns
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task_retries=settings.task_retries, shard_size=settings.shard_size), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
-            settings, catalog, store, engine, registry,
+            settings, catalog, store, engine, CurriculumRuns(store), registry,
             Counter("thresher_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
             Histogram("thresher_http_request_seconds", "HTTP request latency", ["route"], registry=registry))
         from service.routes.ops import JobStates
@@ -62,8 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    from service.routes import corpora, jobs, manifests, models, ops, query
-    for module in (corpora, jobs, manifests, models, query, ops):
+    from service.routes import corpora, curricula, jobs, manifests, models, ops, query
+    for module in (corpora, jobs, manifests, models, curricula, query, ops):
         app.include_router(module.router)
     from service.schemas import JOB_REQUESTS
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})

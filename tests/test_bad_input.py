@@ -28,7 +28,7 @@ GOOD = jsonl(corpus(10, seed=1))
     (b'{"id": "a", "text": "ok"}\n{"id": "b", "txt": "no text"}\n', 422, None, 2),
     (b'{"id": "a", "text": "ok"}\n{"id": "b", "text": 42}\n', 422, None, 2),
     (b'{"id": "a", "text": "ok"}\n{"id": "a", "text": "again"}\n', 422, "duplicate_id", None),
-    (b"", 422, None, None),
+    (b"", 400, "empty_file", None),
     (b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "bad \xff\xfe bytes"}\n', 400, None, 2),
 ])
 def test_bad_uploads_change_nothing(service, body, status, code, line):
@@ -36,7 +36,7 @@ def test_bad_uploads_change_nothing(service, body, status, code, line):
     r = post(service, body)
     assert 400 <= r.status_code < 500, r.text
     err = r.json()["error"]
-    assert r.status_code == status or (status == 400 and r.status_code == 422), (r.status_code, err)
+    assert r.status_code == status, (r.status_code, err)
     if code:
         assert err["code"] == code
     if line:

@@ -22,7 +22,6 @@ from workers.specs import iter_refs
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
 Format = Literal["jsonl", "parquet", "csv"]
-STATUS_OF_INGEST_ERROR = {"unsupported_format": 415, "unknown_format": 415}
 CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", "text/csv": "csv",
                  "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}
 
@@ -121,8 +120,7 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
                 text_field=fields["text_field"], id_field=fields["id_field"],
                 source_field=fields["source_field"], shard_size=s.settings.shard_size)
         except IngestError as e:
-            status = STATUS_OF_INGEST_ERROR.get(e.code, 422)
-            raise ApiError(status, e.code, e.message, e.details) from None
+            raise ApiError(e.status, e.code, e.message, e.details) from None
         rec = {"id": cid, "tenant": tenant, "name": fields["name"], "state": "ready", "created_at": now(),
                **{k: v for k, v in stats.to_dict().items() if k in ("num_docs", "num_bytes", "num_shards", "num_empty", "sources")},
                "meta": {"empty_ids": stats.empty_ids, "format": fmt, "filename": fname}}

@@ -1,0 +1,127 @@
+"""Curriculum runs: a training loop fetches each epoch's samples and posts the losses it saw."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Svc, Tenant, owned
+from storage.encode import MEDIA_TYPES
+from workers.curricula import CurriculumError, describe
+
+router = APIRouter(prefix="/v1/curricula", tags=["curricula"], responses=ERROR_RESPONSES)
+
+
+class Curriculum(BaseModel):
+    id: str
+    job_id: str
+    corpus_id: str
+    method: Literal["seta", "infobatch"]
+    epoch: int = Field(description="the current epoch: its plan is served and its losses accepted")
+    epochs: int
+    num_samples: int
+    saved_fraction: float = Field(description="pruned sample-visits so far / (N · epochs)")
+    losses_posted: int = Field(description="losses received for the current epoch")
+    params: dict
+    cost: dict
+    created_at: str
+
+
+class EpochPlan(BaseModel):
+    epoch: int
+    doc_ids: list[str]
+    weights: list[float] | None
+
+
+class LossItem(BaseModel):
+    doc_id: str
+    loss: float
+
+
+class LossPost(BaseModel):
+    epoch: int = Field(ge=0)
+    losses: list[LossItem] = Field(min_length=1)
+
+
+def _run(s, run_id: str, tenant: str) -> dict:
+    return owned(s, "curricula", run_id, tenant)
+
+
+def _raise(e: CurriculumError):
+    raise ApiError(e.status, e.code, e.message, e.details) from None
+
+
+@router.get("/{curriculum_id}", response_model=Curriculum)
+def get_curriculum(curriculum_id: str, tenant: str = Tenant, s=Svc):
+    rec = _run(s, curriculum_id, tenant)
+    info = describe(s.store, curriculum_id)
+    return Curriculum(id=rec["id"], job_id=rec["job_id"], corpus_id=rec["corpus_id"], created_at=rec["created_at"],
+                      **{k: info[k] for k in ("method", "epoch", "epochs", "num_samples", "saved_fraction",
+                                              "losses_posted", "params", "cost")})
+
+
+@router.get("/{curriculum_id}/epochs/{epoch}", response_model=EpochPlan,
+            responses={200: {"content": {MEDIA_TYPES["parquet"]: {}}}})
+async def get_epoch(curriculum_id: str, epoch: int, format: Literal["json", "parquet"] = "json",
+                    tenant: str = Tenant, s=Svc):
+    """The samples to train on in `epoch`, in order. Asking for the epoch after the current one
+    moves the run forward (once that epoch's losses were posted)."""
+    _run(s, curriculum_id, tenant)
+    try:
+        ids, weights = await run_in_threadpool(s.curricula.plan, curriculum_id, epoch)
+    except CurriculumError as e:
+        _raise(e)
+    s.catalog.update("curricula", curriculum_id, epoch=max(epoch, _run(s, curriculum_id, tenant)["epoch"]))
+    if format == "parquet":
+        cols = {"doc_id": ids}
+        if weights is not None:
+            cols["weight"] = pa.array(weights)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(cols), sink)
+        return Response(sink.getvalue().to_pybytes(), media_type=MEDIA_TYPES["parquet"])
+    return EpochPlan(epoch=epoch, doc_ids=ids.to_pylist(), weights=None if weights is None else weights.tolist())
+
+
+@router.post("/{curriculum_id}/losses", response_model=Curriculum,
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": {"$ref": "#/components/schemas/LossPost"}},
+                 MEDIA_TYPES["parquet"]: {"schema": {"type": "string", "format": "binary",
+                                                     "description": "columns doc_id, loss; ?epoch= in the query"}}}}})
+async def post_losses(curriculum_id: str, request: Request, epoch: int | None = None,
+                      tenant: str = Tenant, s=Svc):
+    """Per-sample losses seen in the current epoch, as JSON or as a Parquet body (`doc_id`, `loss`
+    columns, `?epoch=`). Unknown ids, non-finite losses or another epoch answer 4xx and change nothing."""
+    _run(s, curriculum_id, tenant)
+    body = await request.body()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype == MEDIA_TYPES["parquet"]:
+        if epoch is None:
+            raise ApiError(422, "validation_error", "epoch: give ?epoch= with a Parquet body", {"field": "epoch"})
+        try:
+            table = pq.read_table(pa.BufferReader(body))
+            ids = table["doc_id"].combine_chunks().cast(pa.string())
+            losses = table["loss"].to_numpy().astype(np.float64)
+        except (pa.ArrowException, KeyError, ValueError) as e:
+            raise ApiError(400, "bad_parquet", f"expected a Parquet table with doc_id and loss columns: {e}") from None
+    else:
+        try:
+            post = LossPost.model_validate_json(body)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field}) from None
+        epoch = post.epoch
+        ids = pa.array([x.doc_id for x in post.losses], pa.string())
+        losses = np.array([x.loss for x in post.losses], dtype=np.float64)
+    try:
+        await run_in_threadpool(s.curricula.post_losses, curriculum_id, epoch, ids, losses)
+    except CurriculumError as e:
+        _raise(e)
+    return get_curriculum(curriculum_id, tenant, s)

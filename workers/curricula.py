@@ -1,0 +1,149 @@
+"""Curriculum runs (SeTa / InfoBatch) driven by a training loop over HTTP.
+
+A run is a scheduler from scoring/curriculum.py plus the corpus's document ids (index i is the i-th
+document in stored order). Its whole state — scheduler config, scores, epoch, plans made — is one
+Parquet file written atomically after every change (scores as a column, the rest as JSON in the
+file's metadata), so a restarted service continues exactly where it stopped. Epoch plans are kept
+too, so an epoch's sample list can be fetched again.
+
+The service calls this in-process: a training loop waits on each epoch's plan, and planning is a
+sort and a 1-D k-means over the scores, far cheaper than a round trip through a Ray task.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scoring.curriculum import InfoBatchScheduler, SeTaScheduler, scheduler_from_state
+from storage.fs import Store
+
+SCHEDULERS = {"seta": SeTaScheduler, "infobatch": InfoBatchScheduler}
+
+
+class CurriculumError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+
+def _dir(run_id: str) -> tuple[str, str]:
+    return ("curricula", run_id)
+
+
+def create_run(store: Store, run_id: str, method: str, doc_ids: pa.Array, params: dict,
+               initial_losses: np.ndarray | None = None) -> dict:
+    sched = SCHEDULERS[method](num_samples=len(doc_ids), **params)
+    if initial_losses is not None:
+        known = np.flatnonzero(np.isfinite(initial_losses))
+        sched.update(known, initial_losses[known])
+    store.write_parquet(pa.table({"doc_id": doc_ids}), *_dir(run_id), "docs.parquet")
+    _save(store, run_id, sched, epoch=0, posted=0)
+    return describe(store, run_id)
+
+
+def _save(store: Store, run_id: str, sched, epoch: int, posted: int) -> None:
+    state = sched.state_dict()
+    scores = state.pop("scores")
+    meta = {"state": state, "epoch": epoch, "losses_posted": posted}
+    table = pa.table({"score": scores}).replace_schema_metadata({"thresher": json.dumps(meta)})
+    store.write_parquet(table, *_dir(run_id), "state.parquet")
+
+
+def _load(store: Store, run_id: str):
+    table = store.read_parquet(*_dir(run_id), "state.parquet")
+    meta = json.loads(table.schema.metadata[b"thresher"])
+    state = {**meta["state"], "scores": table["score"].to_numpy()}
+    return scheduler_from_state(state), meta["epoch"], meta["losses_posted"]
+
+
+def describe(store: Store, run_id: str) -> dict:
+    sched, epoch, posted = _load(store, run_id)
+    return {"method": sched.kind, "epoch": epoch, "epochs": sched.epochs, "num_samples": sched.num_samples,
+            "saved_fraction": sched.saved_fraction, "losses_posted": posted, "cost": sched.saved_cost(),
+            "params": {k: v for k, v in sched.config().items() if k != "num_samples"},
+            "finished": epoch >= sched.epochs - 1 and posted > 0}
+
+
+class CurriculumRuns:
+    """Serialises access per run (the service is one process; runs are independent)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._ids: dict[str, pa.Array] = {}
+
+    def _lock(self, run_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(run_id, threading.Lock())
+
+    def doc_ids(self, run_id: str) -> pa.Array:
+        if run_id not in self._ids:
+            self._ids[run_id] = self.store.read_parquet(*_dir(run_id), "docs.parquet")["doc_id"].combine_chunks()
+        return self._ids[run_id]
+
+    def plan(self, run_id: str, epoch: int) -> tuple[pa.Array, np.ndarray | None]:
+        """The samples of `epoch` (doc ids, and weights for InfoBatch).
+
+        Epochs before the current one are served from their stored plans. Asking for the epoch
+        after the current one advances the run — allowed once losses of the current epoch arrived.
+        """
+        with self._lock(run_id):
+            sched, current, posted = _load(self.store, run_id)
+            if not 0 <= epoch < sched.epochs:
+                raise CurriculumError(404, "not_found", f"epoch {epoch} is outside 0…{sched.epochs - 1}",
+                                      {"epoch": epoch})
+            if epoch > current + 1:
+                raise CurriculumError(409, "epoch_not_ready", f"epoch {epoch} is not planned yet: the run is "
+                                      f"at epoch {current}", {"epoch": epoch, "current_epoch": current})
+            advance = epoch == current + 1
+            if advance and not posted:
+                raise CurriculumError(409, "losses_missing", f"post the losses of epoch {current} before "
+                                      f"asking for epoch {epoch}", {"current_epoch": current})
+            plan_file = (*_dir(run_id), f"epoch-{epoch:05d}.parquet")
+            planned = self.store.exists(*plan_file)
+            if not planned:
+                indices, weights = sched.epoch_plan(epoch)
+                cols = {"index": pa.array(indices)}
+                if weights is not None:
+                    cols["weight"] = pa.array(weights)
+                self.store.write_parquet(pa.table(cols), *plan_file)
+            # The plan is written before the state that points past it: a crash in between
+            # leaves a plan that the next request finds and adopts.
+            if advance or not planned:
+                _save(self.store, run_id, sched, epoch if advance else current, 0 if advance else posted)
+            plan = self.store.read_parquet(*plan_file)
+        ids = self.doc_ids(run_id).take(plan["index"])
+        weights = plan["weight"].to_numpy() if "weight" in plan.column_names else None
+        return ids, weights
+
+    def post_losses(self, run_id: str, epoch: int, doc_ids: pa.Array, losses: np.ndarray) -> dict:
+        """Record per-sample losses seen in `epoch` (the current one); all-or-nothing."""
+        with self._lock(run_id):
+            sched, current, posted = _load(self.store, run_id)
+            if epoch != current:
+                raise CurriculumError(409, "wrong_epoch", f"losses are for epoch {epoch}, but the run is at "
+                                      f"epoch {current}", {"epoch": epoch, "current_epoch": current})
+            if not self.store.exists(*_dir(run_id), f"epoch-{epoch:05d}.parquet"):
+                raise CurriculumError(409, "epoch_not_started", f"fetch the plan of epoch {epoch} first",
+                                      {"epoch": epoch})
+            if len(doc_ids) != len(losses):
+                raise CurriculumError(422, "validation_error", "doc_ids and losses differ in length")
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if len(bad):
+                i = int(bad[0])
+                raise CurriculumError(422, "non_finite_loss", f"loss of {doc_ids[i].as_py()!r} is {losses[i]}",
+                                      {"doc_id": doc_ids[i].as_py(), "index": i})
+            index = pc.index_in(doc_ids, value_set=self.doc_ids(run_id))
+            unknown = np.flatnonzero(~pc.is_valid(index).to_numpy(zero_copy_only=False))
+            if len(unknown):
+                i = int(unknown[0])
+                raise CurriculumError(422, "unknown_doc_id", f"{doc_ids[i].as_py()!r} is not a document of "
+                                      f"this run ({len(unknown)} unknown)", {"doc_id": doc_ids[i].as_py(), "index": i})
+            sched.update(index.to_numpy(zero_copy_only=False), losses)
+            _save(self.store, run_id, sched, current, posted + len(losses))
+        return describe(self.store, run_id)
