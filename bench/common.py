@@ -1,0 +1,73 @@
+"""Shared bench helpers: an in-process Thresher (real app, real local Ray) and result output."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+DEBIAN = os.environ.get("THRESHER_DEBIAN_CORPUS", "/work/data/debian")
+
+
+def debian_corpus(out: str = DEBIAN) -> str:
+    """Build ../shared/corpora's Debian corpus once (needs root and apt; a minute or two)."""
+    if not os.path.exists(os.path.join(out, "pool.jsonl")):
+        script = os.path.join(HERE, "..", "..", "shared", "corpora", "build_debian_corpus.py")
+        subprocess.run([sys.executable, script, out], check=True)
+    return out
+
+
+@contextmanager
+def service(home: str, **settings):
+    """A real Thresher app (catalog, storage, engine on a local Ray) driven over HTTP in-process."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    with TestClient(create_app(Settings(home=home, **settings))) as client:
+        yield client
+
+
+def upload_file(client, path: str, name: str) -> dict:
+    with open(path, "rb") as f:
+        r = client.post("/v1/corpora", params={"name": name, "filename": os.path.basename(path)}, content=f.read())
+    r.raise_for_status()
+    return r.json()
+
+
+def run_job(client, kind: str, spec: dict, timeout: float = 7200) -> dict:
+    r = client.post("/v1/jobs", json={"kind": kind, "spec": spec})
+    r.raise_for_status()
+    job_id, t0 = r.json()["id"], time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            if job["state"] != "succeeded":
+                raise RuntimeError(f"{kind} job {job['state']}: {job['error']}")
+            job["wall_s"] = time.monotonic() - t0
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(kind)
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(name: str, data: dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    print(f"\nwrote {path}")
+    return path
