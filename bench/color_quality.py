@@ -10,7 +10,6 @@ budget on each selection, measured on the held-out target validation set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile

@@ -128,3 +128,34 @@ def test_restart_mid_scoring_resumes(tmp_path, ray_address):
         r = c.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id), count(*) FILTER (WHERE selected) FROM m",
                                       "tables": {"m": done["result"]["manifest_id"]}}).json()
         assert r["rows"] == [[3000, 3000, 300]]
+
+
+def test_register_hugging_face_checkpoint_and_score(service):
+    """Bring your own model: a local HF checkpoint under an allowed root scores a corpus."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from scoring.tokenizer import EOS_TOKEN, PAD_TOKEN, eos_id, train_tokenizer
+    texts = [d["text"] for d in corpus(200, seed=51)]
+    ckpt = service.allowed_root / "hf-gpt2"
+    tok = train_tokenizer(texts, vocab_size=300)
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN).save_pretrained(ckpt)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                               bos_token_id=eos_id(tok), eos_token_id=eos_id(tok))).save_pretrained(ckpt)
+
+    r = service.post("/v1/models", json={"name": "my-gpt2", "path": str(ckpt)})
+    assert r.status_code == 201, r.text
+    model = r.json()
+    assert model["source"] == "huggingface" and model["meta"]["context"] == 64
+    assert service.get(f"/v1/models/{model['id']}").json()["name"] == "my-gpt2"
+
+    c = upload(service, corpus(50, seed=52), name="byo")
+    job = run_ok(service, "score", {"corpus": c["id"], "model": model["id"]}, timeout=300)
+    rows = service.post("/v1/query", json={"sql": "SELECT count(*), min(loss), max(n_tokens) FROM m",
+                                           "tables": {"m": job["result"]["manifest_id"]}}).json()["rows"]
+    assert rows[0][0] == 50 and rows[0][1] > 0 and rows[0][2] > 10
+
+    # Refused: outside the allowed roots, not a checkpoint.
+    assert service.post("/v1/models", json={"name": "x", "path": "/etc"}).status_code == 403
+    (service.allowed_root / "empty").mkdir()
+    r = service.post("/v1/models", json={"name": "x", "path": str(service.allowed_root / "empty")})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "path"

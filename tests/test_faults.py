@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import ALICE, KEYS
-from tests.corpus_gen import corpus, jsonl
+from tests.corpus_gen import corpus
 from tests.helpers import submit, upload, wait
 
 

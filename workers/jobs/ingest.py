@@ -3,7 +3,6 @@ documents, with text, as a new corpus). The service creates the corpus record (s
 when it accepts the request; these jobs fill it in and mark it `ready`, or `failed`."""
 from __future__ import annotations
 
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
