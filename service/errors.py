@@ -62,7 +62,9 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")
             errors.append({"field": field_path(loc), "message": e["msg"], "type": e["type"]})
-        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        # With unions pydantic reports one error per alternative: the deepest path is the one meant.
+        first = max(errors, key=lambda e: len(e["field"].split("."))) if errors else \
+            {"field": "", "message": "invalid request"}
         where = f"{first['field']}: " if first["field"] else ""
         return JSONResponse(_body("validation_error", f"{where}{first['message']}",
                                   {"field": first["field"], "errors": errors}), status_code=422)

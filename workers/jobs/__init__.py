@@ -23,8 +23,8 @@ class JobKind:
 
 
 def _load() -> dict[str, JobKind]:
-    from workers.jobs import curation, ingest, lm, selection
-    kinds = [*selection.KINDS, *lm.KINDS, *curation.KINDS, *ingest.KINDS]
+    from workers.jobs import curation, ingest, lm, projection, selection
+    kinds = [*selection.KINDS, *lm.KINDS, *curation.KINDS, *projection.KINDS, *ingest.KINDS]
     return {k.name: k for k in kinds}
 
 

@@ -1,0 +1,66 @@
+"""Projections: predictions from a finished `projection` job, and its plot."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Svc, Tenant, owned
+from workers.jobs.projection import predict
+
+router = APIRouter(tags=["projections"], responses=ERROR_RESPONSES)
+
+
+class PredictRequest(BaseModel):
+    mixtures: list[list[float]] = Field(min_length=1, max_length=10_000)
+    sizes: list[int] = Field(min_length=1, max_length=1000)
+
+
+class Prediction(BaseModel):
+    size: int
+    mixture: list[float]
+    predicted: float
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+def _finished_projection(s, job_id: str, tenant: str) -> dict:
+    job = owned(s, "jobs", job_id, tenant)
+    if job["kind"] != "projection":
+        raise ApiError(409, "not_a_projection", f"job {job_id} is a {job['kind']} job, not a projection")
+    if job["state"] != "succeeded":
+        raise ApiError(409, "projection_not_ready", f"job {job_id} is {job['state']}; wait for it to succeed")
+    return job
+
+
+@router.post("/v1/projections/{job_id}/predict", response_model=PredictResponse)
+async def predict_mixtures(job_id: str, body: PredictRequest, tenant: str = Tenant, s=Svc):
+    """The fitted projection's metric for any mixtures (each on the simplex, one weight per source
+    in the order of the job's `sources`) at any sizes."""
+    job = _finished_projection(s, job_id, tenant)
+    m = len(job["spec"]["sources"])
+    for i, mix in enumerate(body.mixtures):
+        where = f"mixtures.{i}"
+        if len(mix) != m:
+            raise ApiError(422, "validation_error", f"{where}: {len(mix)} weights for {m} sources", {"field": where})
+        if min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
+            raise ApiError(422, "validation_error", f"{where}: weights must be non-negative and sum to 1",
+                           {"field": where})
+    for i, n in enumerate(body.sizes):
+        if n < 1:
+            raise ApiError(422, "validation_error", f"sizes.{i}: sizes must be positive", {"field": f"sizes.{i}"})
+    preds = await run_in_threadpool(predict, s.store, job_id, body.mixtures, body.sizes)
+    return PredictResponse(predictions=preds)
+
+
+@router.get("/v1/jobs/{job_id}/plot", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def projection_plot(job_id: str, tenant: str = Tenant, s=Svc):
+    """Projected metric against size for the optimum, the uniform mixture and each single source,
+    with the pilots marked (PNG)."""
+    _finished_projection(s, job_id, tenant)
+    return Response(s.store.read_bytes("jobs", job_id, "plot.png"), media_type="image/png")

@@ -1,0 +1,108 @@
+"""Projektor over HTTP: measured and automatic pilots, predictions, plan, plot, bad specs."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.corpus_gen import corpus
+from tests.helpers import run_ok, upload
+
+
+@pytest.fixture(scope="module")
+def sources(service):
+    ids = [upload(service, corpus(120, seed=60 + i, domains=[d], prefix=f"{d[0]}"), name=d)["id"]
+           for i, d in enumerate(["cooking", "finance", "astronomy"])]
+    val = upload(service, corpus(80, seed=70, domains=["astronomy"], prefix="v"), name="validation")["id"]
+    return ids, val
+
+
+def true_metric(size: int, p) -> float:
+    """Loss falling with size and with the astronomy share (the validation domain)."""
+    return 4.0 - 0.25 * (size / 1000) - 1.2 * p[2] - 0.3 * p[1] + 0.4 * p[2] ** 2
+
+
+def grid(step=0.25):
+    k = round(1 / step)
+    return [[a / k, b / k, c / k] for a, b, c in itertools.product(range(k + 1), repeat=3) if a + b + c == k]
+
+
+def spec(ids, val, **over):
+    pilots = [{"size": n, "mixture": p, "metric": true_metric(n, p)} for n in (1000, 2000) for p in grid()]
+    base = {"sources": [{"corpus": c, "price_per_doc": price, "available_docs": 100_000}
+                        for c, price in zip(ids, [1.0, 1.0, 2.0])],
+            "validation": val, "pilot_sizes": [1000, 2000], "target_sizes": [4000, 8000],
+            "pilots": pilots, "metric": "loss", "budget": 10_000.0}
+    return {**base, **over}
+
+
+def test_projection_with_measured_pilots(service, sources):
+    ids, val = sources
+    job = run_ok(service, "projection", spec(ids, val), timeout=300)
+    s = job["result"]["summary"]
+    assert set(s["fit"]) == {"1000", "2000"}
+    for fit in s["fit"].values():
+        assert fit["num_pilots"] == 15 and fit["r2"] > 0.99 and fit["loo_mae"] < 0.05
+    opt = s["optimum"]
+    assert opt["cost"] <= 10_000 + 1e-6
+    assert all(d <= 100_000 for d in opt["docs_per_source"])
+    assert opt["mixture"][2] == max(opt["mixture"])  # astronomy matters most
+    assert opt["predicted"] <= s["baselines"]["uniform"]["predicted"] + 1e-9
+    assert opt["predicted"] <= s["baselines"]["best_single_source"]["predicted"] + 1e-9
+
+    # The manifest of predictions is queryable like any other.
+    man = job["result"]["manifest_id"]
+    q = service.post("/v1/query", json={"sql": "SELECT count(*), count(measured) FROM m WHERE label = 'pilot'",
+                                        "tables": {"m": man}}).json()
+    assert q["rows"] == [[30, 30]]
+    q = service.post("/v1/query", json={"sql": "SELECT max(abs(predicted - measured)) FROM m WHERE label = 'pilot'",
+                                        "tables": {"m": man}}).json()
+    assert q["rows"][0][0] < 0.05
+
+    r = service.post(f"/v1/projections/{job['id']}/predict", json={"mixtures": [[0, 0, 1], [1, 0, 0]], "sizes": [1000, 2000]})
+    assert r.status_code == 200, r.text
+    preds = {(tuple(p["mixture"]), p["size"]): p["predicted"] for p in r.json()["predictions"]}
+    assert preds[((0, 0, 1), 1000)] == pytest.approx(true_metric(1000, [0, 0, 1]), abs=0.05)
+    assert preds[((0, 0, 1), 2000)] < preds[((1, 0, 0), 2000)]
+    assert service.post(f"/v1/projections/{job['id']}/predict",
+                        json={"mixtures": [[0.5, 0.6, 0]], "sizes": [10]}).status_code == 422
+
+    png = service.get(f"/v1/jobs/{job['id']}/plot")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_projection_with_automatic_pilots(service, sources):
+    ids, val = sources
+    job = run_ok(service, "projection", spec(
+        ids, val, pilots="auto", pilot_sizes=[40, 80], target_sizes=[160], budget=None,
+        auto={"grid_step": 0.5, "epochs": 1, "validation_docs": 40,
+              "proxy": {"preset": "tiny", "vocab_size": 300, "batch_size": 8, "seq_len": 32}}), timeout=600)
+    s = job["result"]["summary"]
+    assert s["fit"]["40"]["num_pilots"] == 6 and s["fit"]["80"]["num_pilots"] == 6
+    man = job["result"]["manifest_id"]
+    rows = service.post("/v1/query", json={"sql": "SELECT size, measured FROM m WHERE label = 'pilot'",
+                                           "tables": {"m": man}}).json()["rows"]
+    assert len(rows) == 12 and all(m > 0 for _, m in rows)
+
+
+@pytest.mark.parametrize("change, status, field", [
+    ({"pilots": [{"size": 1000, "mixture": [0.5, 0.4, 0.0], "metric": 1.0}]}, 422, "spec.pilots.0.mixture"),
+    ({"sources": [{"corpus": "X", "price_per_doc": -1, "available_docs": 10}] * 2}, 422, "spec.sources.0.price_per_doc"),
+    ({"pilot_sizes": [1000]}, 422, "spec.pilot_sizes"),
+    ({"validation": "cor_missing"}, 404, "spec.validation"),
+    ({"pilots": "auto", "metric": "accuracy"}, 422, "spec"),
+])
+def test_bad_projection_specs(service, sources, change, status, field):
+    ids, val = sources
+    r = service.post("/v1/jobs", json={"kind": "projection", "spec": {**spec(ids, val), **change}})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["details"]["field"] == field
+
+
+def test_unknown_source_corpus_is_404(service, sources):
+    ids, val = sources
+    body = spec(ids, val)
+    body["sources"][1]["corpus"] = "cor_nope"
+    r = service.post("/v1/jobs", json={"kind": "projection", "spec": body})
+    assert r.status_code == 404 and r.json()["error"]["details"]["field"] == "spec.sources.1.corpus"

@@ -1,0 +1,375 @@
+"""`projection` (ALGORITHMS.md §5, Projektor): predict the metric of a model trained on any mixture
+of data sources at any size, from small revealed samples, choose the best mixture and plan the
+purchase under a budget.
+
+Stages: embed the revealed samples and the validation set (hashed TF-IDF, or an auxiliary model's
+mean-pooled hidden states) → pilot metrics (measured by the user, or proxy LMs trained on Ray at the
+two pilot sizes on a simplex grid of mixtures) → OT of every pilot mixture (in parallel) → one fit
+per pilot size, the log-N projection, the optimum and the purchase plan, a predictions manifest and
+a plot. Every stage's output is a file in the job's folder, so a restarted job resumes.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import pickle
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from pydantic import Field, field_validator, model_validator
+from tokenizers import Tokenizer
+
+from scoring.embed import Embedder, mean_pooled_embeddings
+from scoring.gpt import GPT, config_from_preset
+from scoring.lm_loss import tokenize_documents
+from scoring.projektor import (MixtureOT, PseudoQuadraticNoOT, PseudoQuadraticOT, SizeProjection,
+                               plan_purchase)
+from scoring.tokenizer import eos_id, train_tokenizer
+from scoring.train import pretrain, validation_loss
+from storage.fs import Store
+from storage.manifests import write_table_manifest
+from workers.engine import JobContext, JobFailed, Task, derived_id
+from workers.jobs import JobKind
+from workers.jobs.lm import TrainOptions, model_record, train_config
+from workers.models import load_for_scoring, read_texts
+from workers.specs import CorpusId, ModelId, StrictModel
+
+
+class Source(StrictModel):
+    corpus: CorpusId
+    price_per_doc: float = Field(ge=0)
+    available_docs: int = Field(ge=1)
+
+
+class Pilot(StrictModel):
+    """A measured pilot: the metric of a model trained on `size` documents mixed as `mixture`."""
+    size: int = Field(ge=1)
+    mixture: list[float]
+    metric: float
+
+    @field_validator("mixture")
+    @classmethod
+    def _on_simplex(cls, p):
+        if any(x < 0 for x in p):
+            raise ValueError("mixture weights must be non-negative")
+        if abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(f"mixture must sum to 1, not {sum(p):.6g}")
+        return p
+
+
+class Embedding(StrictModel):
+    kind: Literal["hashed", "model"] = "hashed"
+    model: ModelId | None = Field(None, description="with kind=model: a trained model's mean-pooled hidden states")
+    dim: int = Field(256, ge=8, le=4096)
+    max_points_per_source: int = Field(400, ge=10, le=5000)
+    validation_points: int = Field(400, ge=10, le=5000)
+
+    @model_validator(mode="after")
+    def _model_given(self):
+        if (self.kind == "model") != (self.model is not None):
+            raise ValueError("kind=model needs model, and only it")
+        return self
+
+
+class AutoPilots(StrictModel):
+    """How `pilots: "auto"` measures them: proxy LMs trained from scratch on each mixture."""
+    grid_step: float = Field(0.25, gt=0, le=1, description="simplex grid spacing of the pilot mixtures")
+    proxy: TrainOptions = TrainOptions(vocab_size=2048)
+    epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents")
+    validation_docs: int = Field(300, ge=10)
+
+
+class ProjectionSpec(StrictModel):
+    sources: list[Source] = Field(min_length=2)
+    validation: CorpusId
+    pilot_sizes: list[int] = Field(description="the two pilot sizes N0 < N1 (documents)")
+    target_sizes: list[int] = Field(min_length=1)
+    pilots: Literal["auto"] | list[Pilot] = "auto"
+    metric: Literal["loss", "accuracy"] = "loss"
+    budget: float | None = Field(None, ge=0)
+    embedding: Embedding = Embedding()
+    auto: AutoPilots = AutoPilots()
+    reg: float = Field(1e-2, gt=0, description="entropic regularisation, relative to the mean cost")
+    seed: int = 0
+
+    @field_validator("pilot_sizes")
+    @classmethod
+    def _two_sizes(cls, v):
+        if len(v) != 2 or not 0 < v[0] < v[1]:
+            raise ValueError("give exactly two pilot sizes N0 < N1")
+        return v
+
+    @field_validator("target_sizes")
+    @classmethod
+    def _positive(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError("target sizes must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _pilots_fit_sources(self):
+        if self.pilots == "auto":
+            if self.metric != "loss":
+                raise ValueError("automatic pilots measure validation loss: use metric=loss, or give measured pilots")
+            return self
+        for i, p in enumerate(self.pilots):
+            if len(p.mixture) != len(self.sources):
+                raise ValueError(f"pilots[{i}].mixture has {len(p.mixture)} weights for {len(self.sources)} sources")
+            if p.size not in self.pilot_sizes:
+                raise ValueError(f"pilots[{i}].size {p.size} is not one of pilot_sizes {self.pilot_sizes}")
+        for n in self.pilot_sizes:
+            if sum(p.size == n for p in self.pilots) < 2:
+                raise ValueError(f"pilot size {n} needs at least 2 measured pilots")
+        return self
+
+
+def simplex_grid(m: int, step: float) -> list[list[float]]:
+    k = max(1, round(1 / step))
+    return [[c / k for c in combo] for combo in itertools.product(range(k + 1), repeat=m) if sum(combo) == k]
+
+
+# -- Ray tasks -----------------------------------------------------------------------------------
+
+def _save_npz(store: Store, arrays: dict, *parts) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    store.write_bytes(buf.getvalue(), *parts)
+
+
+def _load_npz(store: Store, *parts) -> dict:
+    with np.load(io.BytesIO(store.read_bytes(*parts))) as z:
+        return {k: z[k] for k in z.files}
+
+
+@ray.remote(max_retries=2)
+def embed_task(store_root: str, source_parts: list, validation_parts: list, opts: dict, model: dict | None,
+               out: tuple, seed: int) -> None:
+    store = Store(store_root)
+    o = Embedding.model_validate(opts)
+    texts = [read_texts(store, parts, o.max_points_per_source, seed + i) for i, parts in enumerate(source_parts)]
+    val = read_texts(store, validation_parts, o.validation_points, seed)
+    if o.kind == "hashed":
+        emb = Embedder(dim=o.dim, seed=seed).fit([t for ts in texts for t in ts] + val)
+        arrays = [emb.transform(ts) for ts in texts] + [emb.transform(val)]
+    else:
+        lm, tokenizer, prepend = load_for_scoring(store, model, device="cpu")
+        if not hasattr(lm, "hidden"):
+            raise JobFailed("unsupported_model", "model embeddings need a model trained by Thresher")
+
+        def embed(ts):
+            return mean_pooled_embeddings(lm.hidden, tokenize_documents(tokenizer, ts, prepend_id=prepend),
+                                          max_len=lm.context)
+        arrays = [embed(ts) for ts in texts] + [embed(val)]
+    _save_npz(store, {**{f"source{i}": a for i, a in enumerate(arrays[:-1])}, "validation": arrays[-1]}, *out)
+
+
+@ray.remote(max_retries=2)
+def shared_tokenizer_task(store_root: str, source_parts: list, out: tuple, vocab_size: int, seed: int) -> None:
+    store = Store(store_root)
+    texts = [t for i, parts in enumerate(source_parts) for t in read_texts(store, parts, 3000, seed + i)]
+    store.write_bytes(train_tokenizer(texts, vocab_size=vocab_size).to_str().encode(), *out)
+
+
+@ray.remote(max_retries=2)
+def pilot_task(store_root: str, source_parts: list, validation_parts: list, tokenizer_file: tuple, size: int,
+               mixture: list[float], opts: dict, out: tuple, seed: int) -> dict:
+    """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss."""
+    torch.set_num_threads(1)
+    store = Store(store_root)
+    o = AutoPilots.model_validate(opts)
+    rng = np.random.default_rng(seed)
+    tokenizer = Tokenizer.from_str(store.read_bytes(*tokenizer_file).decode())
+    counts = np.floor(np.asarray(mixture) * size + 1e-9).astype(int)
+    texts: list[str] = []
+    for parts, n in zip(source_parts, counts):
+        if n == 0:
+            continue
+        pool = read_texts(store, parts, None, seed)
+        # A revealed sample smaller than the pilot's share is drawn with replacement.
+        pick = rng.choice(len(pool), size=n, replace=n > len(pool))
+        texts += [pool[i] for i in pick]
+    eos = eos_id(tokenizer)
+    stream = np.fromiter((t for d in tokenize_documents(tokenizer, texts, prepend_id=eos) for t in d), dtype=np.int64)
+    proxy = o.proxy.model_copy(update={"tokens": max(1000, int(o.epochs * len(stream))), "seed": seed})
+    torch.manual_seed(seed)
+    arch = proxy.architecture.model_dump(exclude_none=True) if proxy.architecture else {}
+    model = GPT(config_from_preset(proxy.preset, tokenizer.get_vocab_size(), **arch))
+    pretrain(model, stream, train_config(proxy, proxy.seq_len))
+    val = read_texts(store, validation_parts, o.validation_docs, 0)
+    loss = validation_loss(model, tokenize_documents(tokenizer, val, prepend_id=eos))
+    result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": int(len(stream))}
+    store.write_bytes(json.dumps(result).encode(), *out)
+    return result
+
+
+@ray.remote(max_retries=2)
+def ot_task(store_root: str, embeddings: tuple, mixtures: list[list[float]], reg: float) -> list[float]:
+    arrays = _load_npz(Store(store_root), *embeddings)
+    m = len(arrays) - 1
+    ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=reg)
+    return [ot_fn(np.asarray(p))[0] for p in mixtures]
+
+
+def _fits(pilots: list[dict], ot_values: list[float], sizes: list[int]):
+    fits, plain = {}, {}
+    for n in sizes:
+        rows = [i for i, p in enumerate(pilots) if p["size"] == n]
+        P = [pilots[i]["mixture"] for i in rows]
+        y = [pilots[i]["metric"] for i in rows]
+        fits[n] = PseudoQuadraticOT().fit(P, y, np.asarray([ot_values[i] for i in rows]))
+        plain[n] = PseudoQuadraticNoOT().fit(P, y)
+    return fits, plain
+
+
+@ray.remote(max_retries=2)
+def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dict], ot_values: list[float],
+                      names: list[str], manifest_dest: tuple) -> dict:
+    """Fit per pilot size, project in log N, optimise the mixture, plan the purchase, write the
+    predictions manifest, the fitted projection (for /predict) and the plot."""
+    store = Store(store_root)
+    s = ProjectionSpec.model_validate(spec)
+    N0, N1 = s.pilot_sizes
+    arrays = _load_npz(store, *work, "embeddings.npz")
+    m = len(s.sources)
+    ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=s.reg)
+    fits, plain = _fits(pilots, ot_values, s.pilot_sizes)
+    proj = SizeProjection(N0, fits[N0], N1, fits[N1], ot_fn)
+    maximise = s.metric == "accuracy"
+    prices = np.array([x.price_per_doc for x in s.sources])
+    available = np.array([x.available_docs for x in s.sources], dtype=np.float64)
+    plan = plan_purchase(proj.predict, proj.grad, prices=prices, available=available, budget=s.budget,
+                         candidate_sizes=sorted(set(s.target_sizes)), maximise=maximise)
+    store.write_bytes(pickle.dumps({"N0": N0, "N1": N1, "fits": fits, "reg": s.reg}), *work, "projection.pkl")
+
+    # Predictions: every pilot mixture, the optimum, uniform and each single source, at every size.
+    uniform = [1.0 / m] * m
+    labelled = [("optimum", plan["mixture"]), ("uniform", uniform)] + \
+        [(f"single:{names[i]}", [float(i == j) for j in range(m)]) for i in range(m)]
+    measured = {(p["size"], tuple(np.round(p["mixture"], 9))): p["metric"] for p in pilots}
+    rows = []
+    sizes = sorted(set(s.target_sizes) | set(s.pilot_sizes) | {plan["size"]})
+    for i, p in enumerate(pilots):
+        rows.append(("pilot", p["size"], p["mixture"], proj.predict(p["size"], np.asarray(p["mixture"])), p["metric"]))
+    for label, mix in labelled:
+        for n in sizes:
+            rows.append((label, n, mix, proj.predict(n, np.asarray(mix)), measured.get((n, tuple(np.round(mix, 9))))))
+    table = pa.table({"label": [r[0] for r in rows], "size": pa.array([r[1] for r in rows], pa.int64()),
+                      "mixture": pa.array([list(map(float, r[2])) for r in rows], pa.list_(pa.float64())),
+                      "predicted": [float(r[3]) for r in rows],
+                      "measured": pa.array([r[4] for r in rows], pa.float64())})
+    info = write_table_manifest(store, table, manifest_dest)
+    store.write_bytes(_plot(proj, plan, pilots, labelled, names, s, sizes), *work, "plot.png")
+
+    best_single = plan["baselines"]["best_single_source"]
+    summary = {
+        "fit": {str(n): {"r2": fits[n].r2, "loo_mae": fits[n].loo_error(), "num_pilots": fits[n].num_pilots,
+                         "no_ot": {"r2": plain[n].r2, "loo_mae": plain[n].loo_error()}} for n in s.pilot_sizes},
+        "optimum": {k: plan[k] for k in ("size", "mixture", "predicted", "docs_per_source", "cost")},
+        "baselines": {
+            "uniform": plan["baselines"]["uniform"],
+            "best_single_source": None if best_single is None else
+            {**best_single, "source": s.sources[best_single["source"]].corpus}},
+        "metric": s.metric,
+        "predictions": [{"size": n, "optimum": proj.predict(n, np.asarray(plan["mixture"])),
+                         "uniform": proj.predict(n, np.asarray(uniform))} for n in sorted(set(s.target_sizes))],
+    }
+    return {"manifest": info, "summary": summary}
+
+
+def _plot(proj, plan, pilots, labelled, names, spec, sizes) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = np.geomspace(min(sizes), max(sizes) * 1.05, 60)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, mix in labelled:
+        style = {"optimum": dict(lw=2.5, color="black"), "uniform": dict(lw=1.8, ls="--", color="tab:blue")}.get(
+            label, dict(lw=1.2, alpha=0.8))
+        ax.plot(grid, [proj.predict(n, np.asarray(mix)) for n in grid], label=label.replace("single:", "only "), **style)
+    ax.scatter([p["size"] for p in pilots], [p["metric"] for p in pilots], s=14, color="tab:red", zorder=3,
+               label="pilots (measured)")
+    ax.axvline(plan["size"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("documents (N)")
+    ax.set_ylabel(f"projected validation {spec.metric}")
+    ax.set_title("Projektor: projected metric by mixture and size")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
+    for src in spec.sources:
+        ctx.corpus(src.corpus)
+    ctx.corpus(spec.validation)
+    source_parts = [[p for _, p in ctx.corpus_shards(src.corpus)] for src in spec.sources]
+    val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
+    opts = ctx.task_options()
+    model = model_record(ctx, spec.embedding.model) if spec.embedding.model else None
+    emb_file = (*ctx.work, "embeddings.npz")
+    ctx.run_tasks("embed", [Task(out=emb_file, key="emb", submit=lambda: embed_task.options(**opts).remote(
+        ctx.store.root, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed))],
+        unit="steps")
+
+    if spec.pilots == "auto":
+        tok_file = (*ctx.work, "tokenizer.json")
+        ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(**opts).remote(
+            ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed))], unit="steps")
+        mixtures = simplex_grid(len(spec.sources), spec.auto.grid_step)
+        tasks = []
+        for k, (n, mix) in enumerate((n, mix) for n in spec.pilot_sizes for mix in mixtures):
+            out = (*ctx.work, "pilots", f"pilot-{k:04d}.json")
+            tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, k=k: pilot_task.options(
+                **ctx.task_options()).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
+                                             spec.auto.model_dump(), out, spec.seed + k)))
+        ctx.run_tasks("pilots", tasks, unit="proxies")
+        pilots = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
+    else:
+        pilots = [p.model_dump() for p in spec.pilots]
+
+    chunks = [list(range(i, min(i + 8, len(pilots)))) for i in range(0, len(pilots), 8)]
+    ot_tasks = [Task(out=None, key=i, submit=lambda c=c: ot_task.options(**opts).remote(
+        ctx.store.root, emb_file, [pilots[j]["mixture"] for j in c], spec.reg)) for i, c in enumerate(chunks)]
+    ot_chunks = ctx.run_tasks("ot", ot_tasks, unit="chunks")
+    ot_values = [v for i in range(len(chunks)) for v in ot_chunks[i]]
+
+    man_id = derived_id("man", ctx.job_id)
+    names = [ctx.corpus(src.corpus)["name"] for src in spec.sources]
+    fit = [Task(out=None, key="fit", submit=lambda: fit_and_plan_task.options(**opts).remote(
+        ctx.store.root, ctx.work, spec.model_dump(), pilots, ot_values, names, ("manifests", man_id)))]
+    out = ctx.run_tasks("fit", fit, unit="steps")["fit"]
+    for p, v in zip(pilots, ot_values):
+        p["ot"] = v
+    ctx.store.write_bytes(json.dumps(pilots).encode(), *ctx.work, "pilots.json")
+    ctx.commit_manifest(man_id, "projection", out["manifest"])
+    return {"manifest_id": man_id, "summary": out["summary"]}
+
+
+@ray.remote(max_retries=1)
+def predict_task(store_root: str, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
+    store = Store(store_root)
+    saved = pickle.loads(store.read_bytes("jobs", job_id, "projection.pkl"))
+    arrays = _load_npz(store, "jobs", job_id, "embeddings.npz")
+    m = len(arrays) - 1
+    ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=saved["reg"])
+    proj = SizeProjection(saved["N0"], saved["fits"][saved["N0"]], saved["N1"], saved["fits"][saved["N1"]], ot_fn)
+    return [{"size": n, "mixture": mix, "predicted": float(proj.predict(n, np.asarray(mix)))}
+            for mix in mixtures for n in sizes]
+
+
+def predict(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
+    """Predictions of a finished projection job for new mixtures and sizes (runs on Ray)."""
+    return ray.get(predict_task.remote(store.root, job_id, mixtures, sizes))
+
+
+KINDS = [JobKind("projection", ProjectionSpec, run_projection,
+                 "Projektor: project the metric of data mixtures and plan a purchase under a budget")]
