@@ -148,6 +148,61 @@ def measure_naive(model: GPT, device: torch.device, docs: list[list[int]], secon
     return {"documents": len(losses), "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "loss": losses}
 
 
+def measure_pipeline(preset: str, vocab: int, docs: int, threads: int) -> dict:
+    """The scoring stage of a color_filter job (Parquet shards → LossScorer actor on Ray → score
+    parts in storage) against the engine alone (tokenize + score in this process) on the same
+    documents, at 1× and 4× corpus size, with the actor's peak RSS at each size."""
+    import random
+    import resource
+    import tempfile
+
+    import pyarrow as pa
+    import ray
+
+    from scoring.tokenizer import eos_id, train_tokenizer
+    from storage.fs import Store
+    from workers.models import LossScorer, save_trained
+    from scoring.lm_loss import tokenize_documents
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(3000)]
+    tokenizer = train_tokenizer((" ".join(rng.choices(words, k=200)) for _ in range(2000)), vocab_size=vocab)
+    torch.manual_seed(0)
+    model = GPT(config_from_preset(preset, tokenizer.get_vocab_size())).eval()
+    store = Store(tempfile.mkdtemp(prefix="thresher-bench-"))
+    save_trained(store, "mdl_bench", model, tokenizer, {})
+    record = {"id": "mdl_bench", "source": "trained", "meta": {}}
+    ray.init(num_cpus=threads, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    out = {}
+    for scale in (1, 4):
+        n, shard = docs * scale, 500
+        texts = [" ".join(rng.choices(words, k=int(rng.lognormvariate(5.0, 0.6)))) for _ in range(n)]
+        for s in range(0, n, shard):
+            store.write_parquet(pa.table({"id": [f"d{i}" for i in range(s, min(n, s + shard))], "text": texts[s:s + shard],
+                                          "source": [None] * len(texts[s:s + shard])}), "corpora", f"c{scale}", f"shard-{s // shard:05d}.parquet")
+        # Engine alone: tokenize and score in this process, no storage, no Ray.
+        torch.set_num_threads(threads)
+        engine = DocumentLossEngine([model, model])
+        start = time.perf_counter()
+        for s in range(0, n, shard):
+            engine.score(tokenize_documents(tokenizer, texts[s:s + shard], prepend_id=eos_id(tokenizer)))
+        engine_s = time.perf_counter() - start
+        # Through Ray and storage: the job's own actor, shard by shard.
+        start = time.perf_counter()
+        actor = LossScorer.options(num_cpus=threads).remote(store.root, [record, record], threads, {})
+        refs = [actor.score_shard.remote(i, ("corpora", f"c{scale}", f"shard-{i:05d}.parquet"),
+                                         ("scores", f"c{scale}", f"part-{i:05d}.parquet")) for i in range(-(-n // shard))]
+        ray.get(refs)
+        ray_s = time.perf_counter() - start
+        rss = ray.get(actor.__ray_call__.remote(lambda self: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)) / 1024
+        ray.kill(actor)
+        tokens = sum(len(t) for t in tokenize_documents(tokenizer, texts, prepend_id=eos_id(tokenizer)))
+        out[f"{scale}x"] = {"documents": n, "tokens": tokens, "engine_s": engine_s, "ray_and_storage_s": ray_s,
+                            "overhead": ray_s / engine_s - 1, "actor_peak_rss_mb": rss}
+    ray.shutdown()
+    return {"preset": preset, "threads": threads, "models": 2, **out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None)
@@ -159,6 +214,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--doc-lengths", choices=sorted(DOC_LENGTHS), default="c4")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--pipeline-docs", type=int, default=2000, help="0 skips the Ray + storage section")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -209,7 +265,8 @@ def main() -> None:
             # Same documents, two code paths: the engine must agree with the naive loop.
             "max_abs_loss_difference_vs_naive": float(np.abs(engine_loss[: len(naive_loss)] - naive_loss).max()),
         }
-    # Further sections (scoring through Ray and storage, …) go here: results["<name>"] = measure_<name>(…)
+    if args.pipeline_docs:
+        results["pipeline"] = measure_pipeline("small", args.vocab, args.pipeline_docs, torch.get_num_threads())
     results["machine"]["load_average_at_end"] = os.getloadavg()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +288,15 @@ def print_table(results: dict) -> None:
         print(f"{preset:<7} {r['dtype']:<9} {r['tokens_per_s']:>10.0f} {r['flops_per_s'] / 1e9:>8.1f} "
               f"{r['ratio_to_bf16_peak']:>8.2f} {r['ratio_to_fp32_peak']:>8.2f} {r['naive']['tokens_per_s']:>11.0f} "
               f"{r['speedup_over_naive']:>8.1f} {r['max_abs_loss_difference_vs_naive']:>8.1e}")
+    if "pipeline" in results:
+        p = results["pipeline"]
+        print(f"\nscoring stage through Ray + storage vs the engine alone ({p['preset']}, prior + conditional, "
+              f"{p['threads']} threads)")
+        print(f"{'corpus':<7} {'docs':>6} {'tokens':>9} {'engine s':>9} {'ray+io s':>9} {'overhead':>9} {'actor RSS MB':>13}")
+        for scale in ("1x", "4x"):
+            r = p[scale]
+            print(f"{scale:<7} {r['documents']:>6} {r['tokens']:>9} {r['engine_s']:>9.1f} {r['ray_and_storage_s']:>9.1f} "
+                  f"{r['overhead']:>9.1%} {r['actor_peak_rss_mb']:>13.0f}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ class FinetuneOptions(StrictModel):
 
 
 class ScoreOptions(StrictModel):
-    batch_tokens: int = Field(16_384, ge=64)
+    batch_tokens: int | None = Field(None, ge=64, description="tokens per forward batch; default: tuned per device")
     max_tokens_per_doc: int | None = Field(None, ge=2, description="score only a document's first tokens")
 
 
