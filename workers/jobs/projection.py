@@ -127,6 +127,9 @@ class ProjectionSpec(StrictModel):
         return self
 
 
+LOO_ALWAYS = 10**9  # a margin no pilot count reaches: _PolyFit then picks λ by leave-one-out
+
+
 def simplex_grid(m: int, step: float) -> list[list[float]]:
     k = max(1, round(1 / step))
     return [[c / k for c in combo] for combo in itertools.product(range(k + 1), repeat=m) if sum(combo) == k]
@@ -215,13 +218,16 @@ def ot_task(store_root: str, embeddings: tuple, mixtures: list[list[float]], reg
 
 
 def _fits(pilots: list[dict], ot_values: list[float], sizes: list[int]):
+    """One fit per pilot size, with and without OT. The ridge penalty (0 included) is always chosen
+    by exact leave-one-out error: pilots are noisy proxies, and on the Debian bench plain least
+    squares over 12 features and 15 pilots halved the leave-one-out accuracy."""
     fits, plain = {}, {}
     for n in sizes:
         rows = [i for i, p in enumerate(pilots) if p["size"] == n]
         P = [pilots[i]["mixture"] for i in rows]
         y = [pilots[i]["metric"] for i in rows]
-        fits[n] = PseudoQuadraticOT().fit(P, y, np.asarray([ot_values[i] for i in rows]))
-        plain[n] = PseudoQuadraticNoOT().fit(P, y)
+        fits[n] = PseudoQuadraticOT(margin=LOO_ALWAYS).fit(P, y, np.asarray([ot_values[i] for i in rows]))
+        plain[n] = PseudoQuadraticNoOT(margin=LOO_ALWAYS).fit(P, y)
     return fits, plain
 
 
