@@ -32,13 +32,14 @@ def main():
     ap.add_argument("--heldout", type=int, default=6)
     ap.add_argument("--grid", type=float, default=0.25)
     ap.add_argument("--revealed", type=int, default=1200, help="documents revealed per source")
+    ap.add_argument("--repeats", type=int, default=3, help="proxies per pilot (median)")
     args = ap.parse_args()
     data = debian_corpus()
     work = tempfile.mkdtemp(prefix="thresher-proj-")
     for name in SOURCES:  # the revealed sample of each source
         rows = open(os.path.join(data, "sources", f"{name}.jsonl")).read().splitlines()[:args.revealed]
         open(os.path.join(work, f"{name}.jsonl"), "w").write("\n".join(rows) + "\n")
-    auto = {"grid_step": args.grid, "epochs": 2, "validation_docs": 300, "proxy": PROXY}
+    auto = {"grid_step": args.grid, "epochs": 2, "validation_docs": 300, "proxy": PROXY, "repeats": args.repeats}
     big = 4 * args.n1
     rng = np.random.default_rng(0)
     heldout = [list(p) for p in rng.dirichlet(np.ones(3), size=args.heldout)]
@@ -59,9 +60,10 @@ def main():
         home = ("jobs", job["id"])
         source_parts = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in ids]
         val_parts = [("corpora", val, n) for n in svc.store.list("corpora", val, suffix=".parquet")]
-        refs = [pilot_task.remote(svc.store.root, source_parts, val_parts, (*home, "tokenizer.json"), big, mix,
-                                  auto, (*home, "heldout", f"h{k}.json"), 1000 + k) for k, mix in enumerate(heldout)]
-        measured = [r["metric"] for r in ray.get(refs)]
+        refs = [[pilot_task.remote(svc.store.root, source_parts, val_parts, (*home, "tokenizer.json"), big, mix,
+                                   auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
+                 for r in range(args.repeats)] for k, mix in enumerate(heldout)]
+        measured = [float(np.median([x["metric"] for x in ray.get(group)])) for group in refs]
         pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))
     from scoring.projektor import SizeProjection
     fits_ot, plain = _fits(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])

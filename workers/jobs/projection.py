@@ -80,6 +80,8 @@ class AutoPilots(StrictModel):
     grid_step: float = Field(0.25, gt=0, le=1, description="simplex grid spacing of the pilot mixtures")
     proxy: TrainOptions = TrainOptions(vocab_size=2048)
     epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents")
+    repeats: int = Field(1, ge=1, le=10, description="proxies per pilot (different data draws and seeds); "
+                                                     "the pilot's metric is their median")
     validation_docs: int = Field(300, ge=10)
 
 
@@ -331,14 +333,20 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(**opts).remote(
             ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed))], unit="steps")
         mixtures = simplex_grid(len(spec.sources), spec.auto.grid_step)
+        runs = [(n, mix, r) for n in spec.pilot_sizes for mix in mixtures for r in range(spec.auto.repeats)]
         tasks = []
-        for k, (n, mix) in enumerate((n, mix) for n in spec.pilot_sizes for mix in mixtures):
+        for k, (n, mix, _) in enumerate(runs):
             out = (*ctx.work, "pilots", f"pilot-{k:04d}.json")
             tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, k=k: pilot_task.options(
                 **ctx.task_options()).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
                                              spec.auto.model_dump(), out, spec.seed + k)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
-        pilots = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
+        measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
+        pilots = []
+        for i in range(0, len(measured), spec.auto.repeats):
+            group = measured[i:i + spec.auto.repeats]
+            pilots.append({**group[0], "metric": float(np.median([g["metric"] for g in group])),
+                           "repeats": [g["metric"] for g in group]})
     else:
         pilots = [p.model_dump() for p in spec.pilots]
 
