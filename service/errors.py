@@ -18,6 +18,13 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details or {}, headers
 
 
+def invalid_body(e) -> ApiError:
+    """A pydantic ValidationError of a body parsed by hand (non-JSON alternatives) as a 422."""
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    return ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field})
+
+
 def not_found(kind: str, id_: str) -> ApiError:
     return ApiError(404, "not_found", f"{kind} {id_!r} does not exist", {"id": id_})
 

@@ -26,6 +26,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def exactly_one(model: BaseModel, *names: str) -> BaseModel:
+    """The rule of alternatives like {"model": id} | {"train": {…}}: exactly one field is given."""
+    if sum(getattr(model, n) is not None for n in names) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names[:-1])} or {names[-1]}")
+    return model
+
+
 class Select(StrictModel):
     """How many documents to keep: exactly one of fraction, count or tau (keep 1/tau of the pool)."""
     fraction: float | None = Field(None, gt=0, le=1)
@@ -34,10 +41,7 @@ class Select(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self):
-        given = [k for k in ("fraction", "count", "tau") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of fraction, count or tau")
-        return self
+        return exactly_one(self, "fraction", "count", "tau")
 
     def as_dict(self) -> dict:
         return self.model_dump(exclude_none=True)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from service.errors import ERROR_RESPONSES, ApiError
+from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Limit, Svc, Tenant, owned, page
 from service.schemas import Corpus, CorpusList, RegisterCorpus
 from storage.catalog import new_id, now
@@ -151,9 +151,7 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
     try:
         body = RegisterCorpus.model_validate_json(await request.body())
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field}) from None
+        raise invalid_body(e) from None
     uri = allowed_uri(body.uri, s.settings.allowed_roots)
     if uri is None:
         raise ApiError(403, "forbidden_uri", f"{body.uri} is not under an allowed root "

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
-from service.errors import ERROR_RESPONSES, ApiError
+from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Svc, Tenant, owned
 from storage.encode import MEDIA_TYPES
 from workers.curricula import CurriculumError, describe
@@ -114,9 +114,7 @@ async def post_losses(curriculum_id: str, request: Request, epoch: int | None = 
         try:
             post = LossPost.model_validate_json(body)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field}) from None
+            raise invalid_body(e) from None
         epoch = post.epoch
         ids = pa.array([x.doc_id for x in post.losses], pa.string())
         losses = np.array([x.loss for x in post.losses], dtype=np.float64)

@@ -21,7 +21,7 @@ from workers.curricula import create_run
 from workers.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs import JobKind
 from workers.jobs.lm import ScoreOptions, model_record, score_shards
-from workers.specs import CorpusId, ManifestId, ModelId, StrictModel
+from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, exactly_one
 
 
 def document_losses(ctx: JobContext, corpus: str, model: str | None, losses: str | None,
@@ -50,9 +50,7 @@ class LossSource(StrictModel):
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.model is None) == (self.losses is None):
-            raise ValueError("give exactly one of model or losses")
-        return self
+        return exactly_one(self, "model", "losses")
 
 
 # -- reweight ------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from workers.jobs.selection import finish_selection
 from workers.models import (LossScorer, checkpoint_complete, load_for_scoring, read_texts,
                             save_trained)
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import CorpusId, ManifestId, ModelId, Select, SelectMode, StrictModel
+from workers.specs import CorpusId, ManifestId, ModelId, Select, SelectMode, StrictModel, exactly_one
 
 Preset = Literal["tiny", "small", "base", "150m"]
 
@@ -239,9 +239,7 @@ class PriorSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.model is None) == (self.train is None):
-            raise ValueError("give exactly one of model or train")
-        return self
+        return exactly_one(self, "model", "train")
 
 
 class ConditionalSpec(StrictModel):
@@ -250,9 +248,7 @@ class ConditionalSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.model is None) == (self.finetune is None):
-            raise ValueError("give exactly one of model or finetune")
-        return self
+        return exactly_one(self, "model", "finetune")
 
 
 class ColorFilterSpec(StrictModel):
