@@ -240,6 +240,7 @@ class JobEngine:
         self.cancel_events: dict[str, threading.Event] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -255,9 +256,11 @@ class JobEngine:
             self._enqueue(job["id"])
 
     def stop(self) -> None:
-        for ev in list(self.cancel_events.values()):
-            ev.set()  # running jobs stop at their next check; their state stays resumable
+        # Mark the shutdown before waking the jobs: a job that sees Cancelled must know it is a
+        # shutdown (stay resumable), not a user's cancel.
         self._stopping = True
+        for ev in list(self.cancel_events.values()):
+            ev.set()
         for _ in self.threads:
             self.queue.put(None)
         for th in self.threads:
@@ -284,8 +287,6 @@ class JobEngine:
         with self.lock:
             self.cancel_events.setdefault(job_id, threading.Event())
         self.queue.put(job_id)
-
-    _stopping = False
 
     def _worker(self) -> None:
         while True:
