@@ -106,3 +106,42 @@ def test_unknown_source_corpus_is_404(service, sources):
     body["sources"][1]["corpus"] = "cor_nope"
     r = service.post("/v1/jobs", json={"kind": "projection", "spec": body})
     assert r.status_code == 404 and r.json()["error"]["details"]["field"] == "spec.sources.1.corpus"
+
+
+def test_proxy_budget_fixed_in_tokens_or_in_passes(service, sources):
+    """`auto.tokens` trains every proxy for the same budget whatever its size; by default the
+    budget is `epochs` passes over the proxy's own documents."""
+    import ray
+
+    from workers.jobs.projection import pilot_task, shared_tokenizer_task
+    ids, val = sources
+    store = service.app.state.svc.store
+    parts = [[("corpora", i, n) for n in store.list("corpora", i, suffix=".parquet")] for i in ids]
+    val_parts = [("corpora", val, n) for n in store.list("corpora", val, suffix=".parquet")]
+    tok = ("tmp-test-proxy-budget", "tokenizer.json")
+    ray.get(shared_tokenizer_task.remote(store.root, parts, tok, 300, 0))
+    proxy = {"preset": "tiny", "vocab_size": 300, "batch_size": 4, "seq_len": 16}
+
+    def seen(size, **budget):
+        opts = {"validation_docs": 10, "proxy": proxy, **budget}
+        out = ("tmp-test-proxy-budget", f"{size}-{sorted(budget.items())}.json")
+        return ray.get(pilot_task.remote(store.root, parts, val_parts, tok, size, [0.5, 0.5, 0.0], opts, out, 0))
+
+    fixed = [seen(n, tokens=4096) for n in (20, 60)]
+    assert fixed[0]["seen_tokens"] == fixed[1]["seen_tokens"] == 4096
+    assert fixed[1]["train_tokens"] > 2 * fixed[0]["train_tokens"]
+    passes = [seen(n, epochs=1) for n in (20, 60)]
+    assert passes[1]["seen_tokens"] > 2 * passes[0]["seen_tokens"]
+
+
+def test_pilot_draws_are_nested_across_sizes():
+    """The same draw seed at N0 and N1: the smaller pilot's documents are among the larger's; another
+    seed draws others; a share larger than the revealed sample takes all of it, then repeats."""
+    from workers.jobs.projection import pilot_documents
+    pools = [[f"a{i}" for i in range(50)], [f"b{i}" for i in range(30)], [f"c{i}" for i in range(10)]]
+    small = pilot_documents(pools, [5, 10, 0], seed=3)
+    large = pilot_documents(pools, [10, 20, 0], seed=3)
+    assert len(small) == 15 and len(large) == 30 and set(small) <= set(large)
+    assert set(pilot_documents(pools, [10, 20, 0], seed=4)) != set(large)
+    over = pilot_documents(pools, [0, 0, 14], seed=3)
+    assert len(over) == 14 and set(over) == set(pools[2])

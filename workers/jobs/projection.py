@@ -79,7 +79,10 @@ class AutoPilots(StrictModel):
     """How `pilots: "auto"` measures them: proxy LMs trained from scratch on each mixture."""
     grid_step: float = Field(0.25, gt=0, le=1, description="simplex grid spacing of the pilot mixtures")
     proxy: TrainOptions = TrainOptions(vocab_size=2048)
-    epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents")
+    epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents (when tokens is unset)")
+    tokens: int | None = Field(None, ge=1000, description=(
+        "the same training budget (tokens) for every proxy, whatever its size: then a proxy's metric "
+        "reflects its data, not how long it trained; give a few passes over the largest size predicted"))
     repeats: int = Field(1, ge=1, le=10, description="proxies per pilot (different data draws and seeds); "
                                                      "the pilot's metric is their median")
     validation_docs: int = Field(300, ge=10)
@@ -179,34 +182,47 @@ def shared_tokenizer_task(store_root: str, source_parts: list, out: tuple, vocab
     store.write_bytes(train_tokenizer(texts, vocab_size=vocab_size).to_str().encode(), *out)
 
 
+def pilot_documents(pools: list[list[str]], counts, seed: int) -> list[str]:
+    """counts[i] documents of each source pool. Pilots of one mixture and draw at both sizes share
+    `seed`, so the smaller pilot's documents are a subset of the larger's (and training starts from
+    the same weights): Stage 2 extrapolates the difference between the sizes (×2 from N1 to 4×N1
+    when N1 = 2·N0), and common random numbers keep luck of the draw out of that difference."""
+    texts: list[str] = []
+    for i, (pool, n) in enumerate(zip(pools, counts)):
+        if n == 0:
+            continue
+        rng = np.random.default_rng([seed, i])
+        order = rng.permutation(len(pool))
+        # A revealed sample smaller than the pilot's share: all of it, the rest drawn with replacement.
+        pick = order[:n] if n <= len(pool) else np.concatenate([order, rng.choice(len(pool), n - len(pool))])
+        texts += [pool[j] for j in pick]
+    return texts
+
+
 @ray.remote(max_retries=2)
 def pilot_task(store_root: str, source_parts: list, validation_parts: list, tokenizer_file: tuple, size: int,
                mixture: list[float], opts: dict, out: tuple, seed: int) -> dict:
-    """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss."""
+    """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss.
+    `seed` fixes the draw (see pilot_documents) and the training randomness."""
     torch.set_num_threads(1)
     store = Store(store_root)
     o = AutoPilots.model_validate(opts)
-    rng = np.random.default_rng(seed)
     tokenizer = Tokenizer.from_str(store.read_bytes(*tokenizer_file).decode())
     counts = np.floor(np.asarray(mixture) * size + 1e-9).astype(int)
-    texts: list[str] = []
-    for parts, n in zip(source_parts, counts):
-        if n == 0:
-            continue
-        pool = read_texts(store, parts, None, seed)
-        # A revealed sample smaller than the pilot's share is drawn with replacement.
-        pick = rng.choice(len(pool), size=n, replace=n > len(pool))
-        texts += [pool[i] for i in pick]
+    pools = [read_texts(store, parts, None, 0) if n else [] for parts, n in zip(source_parts, counts)]
+    texts = pilot_documents(pools, counts, seed)
     eos = eos_id(tokenizer)
     stream = np.fromiter((t for d in tokenize_documents(tokenizer, texts, prepend_id=eos) for t in d), dtype=np.int64)
-    proxy = o.proxy.model_copy(update={"tokens": max(1000, int(o.epochs * len(stream))), "seed": seed})
+    budget = o.tokens if o.tokens is not None else max(1000, int(o.epochs * len(stream)))
+    proxy = o.proxy.model_copy(update={"tokens": budget, "seed": seed})
     torch.manual_seed(seed)
     arch = proxy.architecture.model_dump(exclude_none=True) if proxy.architecture else {}
     model = GPT(config_from_preset(proxy.preset, tokenizer.get_vocab_size(), **arch))
-    pretrain(model, stream, train_config(proxy, proxy.seq_len))
+    seen = pretrain(model, stream, train_config(proxy, proxy.seq_len))["tokens"]
     val = read_texts(store, validation_parts, o.validation_docs, 0)
     loss = validation_loss(model, tokenize_documents(tokenizer, val, prepend_id=eos))
-    result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": int(len(stream))}
+    result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": int(len(stream)),
+              "seen_tokens": int(seen)}
     store.write_bytes(json.dumps(result).encode(), *out)
     return result
 
@@ -333,13 +349,15 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(**opts).remote(
             ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed))], unit="steps")
         mixtures = simplex_grid(len(spec.sources), spec.auto.grid_step)
-        runs = [(n, mix, r) for n in spec.pilot_sizes for mix in mixtures for r in range(spec.auto.repeats)]
+        # One draw seed per (mixture, repeat), the same at both sizes (see pilot_documents).
+        runs = [(n, mix, spec.seed + j * spec.auto.repeats + r) for n in spec.pilot_sizes
+                for j, mix in enumerate(mixtures) for r in range(spec.auto.repeats)]
         tasks = []
-        for k, (n, mix, _) in enumerate(runs):
+        for k, (n, mix, draw) in enumerate(runs):
             out = (*ctx.work, "pilots", f"pilot-{k:04d}.json")
-            tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, k=k: pilot_task.options(
+            tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, draw=draw: pilot_task.options(
                 **ctx.task_options()).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
-                                             spec.auto.model_dump(), out, spec.seed + k)))
+                                             spec.auto.model_dump(), out, draw)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
         pilots = []
