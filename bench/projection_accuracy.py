@@ -30,7 +30,7 @@ from bench.common import debian_corpus, print_table, run_job, service, upload_fi
 
 SOURCE_SETS = {"near": ["scripture", "kernel", "fortunes"], "far": ["kernel", "manpages", "fortunes"]}
 HELD_BACK = {"scripture": 800}  # the first 800 scripture documents are the target and validation sets
-PROXY = {"preset": "tiny", "vocab_size": 1024, "batch_size": 16, "seq_len": 64, "lr": 3e-3,
+PROXY = {"preset": "tiny", "vocab_size": 1024, "batch_size": 16, "seq_len": 64,
          "architecture": {"n_layer": 1, "n_embd": 64, "n_head": 2, "context": 64}}
 
 
@@ -57,6 +57,7 @@ def main():
                     help="training budget of every proxy (about two passes over 4×N1 documents)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="instead of --tokens: passes over each proxy's own documents (the job's default recipe)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="the proxies' peak learning rate")
     ap.add_argument("--repeats", type=int, default=2, help="proxies per pilot and per held-out mixture (median)")
     args = ap.parse_args()
     names = SOURCE_SETS[args.sources]
@@ -69,7 +70,7 @@ def main():
         write_rows(os.path.join(work, f"{name}.jsonl"), rows[:args.revealed])
         write_rows(os.path.join(work, f"{name}-all.jsonl"), rows)
     budget = {"epochs": args.epochs} if args.epochs else {"tokens": args.tokens}
-    auto = {"grid_step": args.grid, **budget, "validation_docs": 300, "proxy": PROXY, "repeats": args.repeats}
+    auto = {"grid_step": args.grid, **budget, "validation_docs": 300, "proxy": {**PROXY, "lr": args.lr}, "repeats": args.repeats}
     big = 4 * args.n1
     rng = np.random.default_rng(0)
     heldout = [list(p) for p in rng.dirichlet(np.ones(3), size=args.heldout)]
