@@ -87,7 +87,7 @@ def main():
         predicted = [p["predicted"] for p in pred["predictions"]]
 
         # Measure the held-out mixtures at 4×N1 with the same proxy recipe, and refit without OT.
-        from workers.jobs.projection import _fits, pilot_task
+        from workers.jobs.projection import fit_per_size, pilot_task
         svc = c.app.state.svc
         home = ("jobs", job["id"])
         whole_parts = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in whole]
@@ -99,7 +99,7 @@ def main():
         measured = [float(np.median(r)) for r in repeats]
         pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))
     from scoring.projektor import SizeProjection
-    _, plain = _fits(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
+    _, plain = fit_per_size(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
     no_ot = SizeProjection(args.n0, plain[args.n0], args.n1, plain[args.n1])
     predicted_no_ot = [no_ot.predict(big, np.asarray(m)) for m in heldout]
 

@@ -175,17 +175,17 @@ class MixtureOT:
 class _PolyFit:
     """Least squares on features of (p, OT), centred target (the mean is an unpenalised intercept c0).
 
-    ``ridge``: a penalty λ on column-standardised features, ``0`` for OLS, or ``"auto"``: OLS when
-    there are at least ``num_features + margin`` pilots, otherwise the λ of a small grid with the
-    lowest leave-one-out MAE. Rank-deficient designs (e.g. two sources, where p_1 + p_2 = 1) get
+    ``ridge``: a penalty λ on column-standardised features, ``0`` for OLS, ``"loo"``: the λ of a
+    small grid (0 included) with the lowest leave-one-out MAE, or ``"auto"``: OLS when there are at
+    least ``num_features + 3`` pilots, otherwise as ``"loo"``. Rank-deficient designs (e.g. two sources, where p_1 + p_2 = 1) get
     the minimum-norm solution, which predicts identically on the simplex.
     """
 
     uses_ot = False
     _LAMBDAS = (0.0,) + tuple(10.0 ** np.arange(-6.0, 1.5, 0.5))
 
-    def __init__(self, ridge: float | str = "auto", margin: int = 3):
-        self.ridge, self.margin = ridge, margin
+    def __init__(self, ridge: float | str = "auto"):
+        self.ridge = ridge
 
     def _features(self, P, ot_values) -> np.ndarray:
         raise NotImplementedError
@@ -212,8 +212,8 @@ class _PolyFit:
         P = np.atleast_2d(np.asarray(mixtures, dtype=np.float64))
         self.num_sources = P.shape[1]
         X, y = self._features(P, ot_values), np.asarray(metrics, dtype=np.float64)
-        if self.ridge == "auto":
-            if len(y) >= X.shape[1] + self.margin or len(y) < 3:
+        if self.ridge in ("auto", "loo"):
+            if len(y) < 3 or (self.ridge == "auto" and len(y) >= X.shape[1] + 3):
                 self.lam = 0.0
             else:
                 self.lam = min(self._LAMBDAS, key=lambda lam: self._loo(X, y, lam).mean())
@@ -250,8 +250,8 @@ class PseudoQuadraticOT(_PolyFit):
 
     uses_ot = True
 
-    def __init__(self, ridge: float | str = "auto", drop_c2: bool = False, margin: int = 3):
-        super().__init__(ridge, margin)
+    def __init__(self, ridge: float | str = "auto", drop_c2: bool = False):
+        super().__init__(ridge)
         self.drop_c2 = drop_c2
 
     def _features(self, P, ot_values):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
-from workers.jobs.projection import predict
+from workers.jobs.projection import predict, simplex_problem
 
 router = APIRouter(tags=["projections"], responses=ERROR_RESPONSES)
 
@@ -47,9 +47,9 @@ async def predict_mixtures(job_id: str, body: PredictRequest, tenant: str = Tena
         where = f"mixtures.{i}"
         if len(mix) != m:
             raise ApiError(422, "validation_error", f"{where}: {len(mix)} weights for {m} sources", {"field": where})
-        if min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
-            raise ApiError(422, "validation_error", f"{where}: weights must be non-negative and sum to 1",
-                           {"field": where})
+        problem = simplex_problem(mix)
+        if problem:
+            raise ApiError(422, "validation_error", f"{where}: {problem}", {"field": where})
     for i, n in enumerate(body.sizes):
         if n < 1:
             raise ApiError(422, "validation_error", f"sizes.{i}: sizes must be positive", {"field": f"sizes.{i}"})

@@ -45,6 +45,15 @@ class Source(StrictModel):
     available_docs: int = Field(ge=1)
 
 
+def simplex_problem(p: list[float]) -> str | None:
+    """Why p is not a mixture (non-negative weights summing to 1), or None."""
+    if any(x < 0 for x in p):
+        return "mixture weights must be non-negative"
+    if abs(sum(p) - 1.0) > 1e-6:
+        return f"mixture must sum to 1, not {sum(p):.6g}"
+    return None
+
+
 class Pilot(StrictModel):
     """A measured pilot: the metric of a model trained on `size` documents mixed as `mixture`."""
     size: int = Field(ge=1)
@@ -54,10 +63,9 @@ class Pilot(StrictModel):
     @field_validator("mixture")
     @classmethod
     def _on_simplex(cls, p):
-        if any(x < 0 for x in p):
-            raise ValueError("mixture weights must be non-negative")
-        if abs(sum(p) - 1.0) > 1e-6:
-            raise ValueError(f"mixture must sum to 1, not {sum(p):.6g}")
+        problem = simplex_problem(p)
+        if problem:
+            raise ValueError(problem)
         return p
 
 
@@ -130,9 +138,6 @@ class ProjectionSpec(StrictModel):
             if sum(p.size == n for p in self.pilots) < 2:
                 raise ValueError(f"pilot size {n} needs at least 2 measured pilots")
         return self
-
-
-LOO_ALWAYS = 10**9  # a margin no pilot count reaches: _PolyFit then picks λ by leave-one-out
 
 
 def simplex_grid(m: int, step: float) -> list[list[float]]:
@@ -235,7 +240,7 @@ def ot_task(store_root: str, embeddings: tuple, mixtures: list[list[float]], reg
     return [ot_fn(np.asarray(p))[0] for p in mixtures]
 
 
-def _fits(pilots: list[dict], ot_values: list[float], sizes: list[int]):
+def fit_per_size(pilots: list[dict], ot_values: list[float], sizes: list[int]):
     """One fit per pilot size, with and without OT. The ridge penalty (0 included) is always chosen
     by exact leave-one-out error: pilots are noisy proxies, and on the Debian bench plain least
     squares over 12 features and 15 pilots halved the leave-one-out accuracy."""
@@ -244,8 +249,8 @@ def _fits(pilots: list[dict], ot_values: list[float], sizes: list[int]):
         rows = [i for i, p in enumerate(pilots) if p["size"] == n]
         P = [pilots[i]["mixture"] for i in rows]
         y = [pilots[i]["metric"] for i in rows]
-        fits[n] = PseudoQuadraticOT(margin=LOO_ALWAYS).fit(P, y, np.asarray([ot_values[i] for i in rows]))
-        plain[n] = PseudoQuadraticNoOT(margin=LOO_ALWAYS).fit(P, y)
+        fits[n] = PseudoQuadraticOT(ridge="loo").fit(P, y, np.asarray([ot_values[i] for i in rows]))
+        plain[n] = PseudoQuadraticNoOT(ridge="loo").fit(P, y)
     return fits, plain
 
 
@@ -260,7 +265,7 @@ def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dic
     arrays = _load_npz(store, *work, "embeddings.npz")
     m = len(s.sources)
     ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=s.reg)
-    fits, plain = _fits(pilots, ot_values, s.pilot_sizes)
+    fits, plain = fit_per_size(pilots, ot_values, s.pilot_sizes)
     proj = SizeProjection(N0, fits[N0], N1, fits[N1], ot_fn)
     maximise = s.metric == "accuracy"
     prices = np.array([x.price_per_doc for x in s.sources])
