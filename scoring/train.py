@@ -2,6 +2,9 @@
 
 `pretrain`: the prior model from scratch on a token stream (documents joined by eos), random
 windows, AdamW, linear warm-up then cosine decay to `min_lr_frac` × peak, grad clipping.
+`EarlyStopping` (pretrain only): evaluate a held-out metric every so many tokens, stop when it has
+not improved for `patience` evaluations, and keep the best weights: the model's loss on that data
+then measures the data, not how long it was trained (the projection job's proxies use it).
 `finetune`: the conditional model, ONE pass over the target documents with a fresh optimizer and a
 short warm-up; the padding of each batch is masked out of the loss (the reference code forgets this).
 Defaults follow the paper (ALGORITHMS.md §1): lr 1e-3, β = (0.9, 0.95), no weight decay, clip 1.0.
@@ -40,6 +43,51 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass
+class EarlyStopping:
+    evaluate: Callable[[], float]  # lower is better; called with the model in eval mode
+    every_tokens: int
+    patience: int = 3
+
+    def __post_init__(self):
+        if self.every_tokens < 1 or self.patience < 1:
+            raise ValueError("early stopping needs every_tokens >= 1 and patience >= 1")
+
+
+class _EarlyStopper:
+    """Runs EarlyStopping's evaluations inside the training loop; remembers the best weights."""
+
+    def __init__(self, model: torch.nn.Module, rule: EarlyStopping):
+        self.model, self.rule = model, rule
+        self.next_at, self.history = rule.every_tokens, []
+        self.best, self.best_tokens, self.best_index, self.best_state = math.inf, None, None, None
+
+    def evaluate(self, tokens_done: int) -> None:
+        training = self.model.training
+        self.model.eval()
+        value = float(self.rule.evaluate())
+        self.model.train(training)
+        self.history.append((tokens_done, value))
+        if value < self.best:
+            self.best, self.best_tokens, self.best_index = value, tokens_done, len(self.history) - 1
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def should_stop(self, tokens_done: int) -> bool:
+        if tokens_done < self.next_at:
+            return False
+        self.next_at = tokens_done + self.rule.every_tokens
+        self.evaluate(tokens_done)
+        since_best = len(self.history) - 1 - (self.best_index if self.best_index is not None else -1)
+        return since_best >= self.rule.patience
+
+    def finish(self, tokens_done: int) -> dict:
+        if not self.history or self.history[-1][0] != tokens_done:
+            self.evaluate(tokens_done)  # the end of the schedule counts too
+        if self.best_state is not None:  # None only if every evaluation was NaN
+            self.model.load_state_dict(self.best_state)
+        return {"best_eval": self.best, "best_tokens": self.best_tokens, "evaluations": self.history}
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> float:
     """Linear warm-up reaching the peak at step warmup_steps − 1, then cosine down to
     min_lr_frac × peak exactly at the last step (total_steps − 1)."""
@@ -74,7 +122,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _run_steps(model, cfg: TrainConfig, total_steps: int, warmup: int, next_batch, tokens_total: int, on_progress):
+def _run_steps(model, cfg: TrainConfig, total_steps: int, warmup: int, next_batch, tokens_total: int, on_progress,
+               stopper: _EarlyStopper | None = None):
     """The shared loop: schedule, autocast forward, backward, clip, step. Returns stats."""
     device = _device_of(model)
     dtype = autocast_dtype(device)
@@ -97,22 +146,28 @@ def _run_steps(model, cfg: TrainConfig, total_steps: int, warmup: int, next_batc
         tokens_done += int((targets != IGNORE_INDEX).sum())
         if on_progress is not None:
             on_progress(tokens_done, tokens_total)
+        if stopper is not None and stopper.should_stop(tokens_done):
+            break
     model.eval()
+    extra = stopper.finish(tokens_done) if stopper is not None else {}
     seconds = time.perf_counter() - started
     return {
-        "steps": total_steps,
+        **extra,
+        "steps": len(losses),
         "warmup_steps": warmup,
         "tokens": tokens_done,
         "seconds": seconds,
         "tokens_per_s": tokens_done / max(seconds, 1e-9),
         "losses": losses,
         "lrs": lrs,
-        "final_loss": float(np.mean(losses[-max(1, total_steps // 20) :])) if losses else float("nan"),
+        "final_loss": float(np.mean(losses[-max(1, len(losses) // 20) :])) if losses else float("nan"),
     }
 
 
-def pretrain(model: torch.nn.Module, token_ids, cfg: TrainConfig, on_progress: ProgressFn | None = None) -> dict:
-    """Train on random windows of `token_ids` (1-D, documents joined by eos) for cfg.tokens tokens."""
+def pretrain(model: torch.nn.Module, token_ids, cfg: TrainConfig, on_progress: ProgressFn | None = None,
+             early_stopping: EarlyStopping | None = None) -> dict:
+    """Train on random windows of `token_ids` (1-D, documents joined by eos) for cfg.tokens tokens,
+    or until `early_stopping` says so (the learning-rate schedule still spans cfg.tokens)."""
     data = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
     seq_len = min(cfg.seq_len, model.context, len(data) - 1)
     if seq_len < 1:
@@ -128,7 +183,9 @@ def pretrain(model: torch.nn.Module, token_ids, cfg: TrainConfig, on_progress: P
         window = data[starts[:, None] + cols]
         return window[:, :-1], window[:, 1:]
 
-    return _run_steps(model, cfg, total_steps, _warmup(cfg, total_steps), next_batch, total_steps * tokens_per_step, on_progress)
+    stopper = _EarlyStopper(model, early_stopping) if early_stopping is not None else None
+    return _run_steps(model, cfg, total_steps, _warmup(cfg, total_steps), next_batch, total_steps * tokens_per_step,
+                      on_progress, stopper)
 
 
 def document_windows(documents: Sequence[Sequence[int]], context: int) -> list[tuple[list[int], list[int]]]:

@@ -15,7 +15,7 @@ from scoring.device import autocast_dtype, cpu_has_native_bf16, pick_device
 from scoring.gpt import GPT, GPTConfig
 from scoring.lm_loss import DocumentLossEngine, score_pair, tokenize_documents, window_layout
 from scoring.tokenizer import EOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
-from scoring.train import TrainConfig, batch_loss, finetune, lr_at, pad_windows, pretrain, validation_loss
+from scoring.train import EarlyStopping, TrainConfig, batch_loss, finetune, lr_at, pad_windows, pretrain, validation_loss
 
 VOCAB = 64
 WORDS = "the cat sat on a mat while dogs ran far away and birds sang old songs".split()
@@ -247,3 +247,31 @@ def test_hugging_face_checkpoint_scores_like_our_models(tmp_path):
     assert loss[0] == pytest.approx(reference, abs=1e-5)
     assert loss[-1] == pytest.approx(manual_doc_loss(model, docs[-1], 32), abs=1e-5)
     assert n[-1] == len(docs[-1]) - 1
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_weights():
+    model = tiny_model()
+    values = iter([5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 1.0])  # best at the 3rd evaluation, then 3 without gain
+    snapshots = []
+
+    def evaluate():
+        assert not model.training
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return next(values)
+
+    cfg = TrainConfig(lr=3e-3, batch_size=2, seq_len=16, tokens=2 * 16 * 100)
+    stats = pretrain(model, np.arange(500) % VOCAB, cfg, early_stopping=EarlyStopping(evaluate, every_tokens=2 * 16 * 5, patience=3))
+    assert [t for t, _ in stats["evaluations"]] == [160, 320, 480, 640, 800, 960]
+    assert stats["steps"] == 30 and stats["tokens"] == 960  # stopped at the 6th evaluation of 20
+    assert stats["best_eval"] == 3.0 and stats["best_tokens"] == 480
+    for kept, p in zip(snapshots[2], model.parameters()):
+        torch.testing.assert_close(kept, p.detach(), rtol=0, atol=0)
+    assert not model.training
+
+
+def test_early_stopping_counts_the_end_of_the_schedule():
+    model = tiny_model()
+    values = iter([5.0, 4.0, 3.0])
+    cfg = TrainConfig(batch_size=2, seq_len=16, tokens=2 * 16 * 25)
+    stats = pretrain(model, np.arange(500) % VOCAB, cfg, early_stopping=EarlyStopping(lambda: next(values), every_tokens=2 * 16 * 10))
+    assert stats["evaluations"] == [(320, 5.0), (640, 4.0), (800, 3.0)] and stats["best_tokens"] == 800

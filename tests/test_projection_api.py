@@ -110,7 +110,7 @@ def test_unknown_source_corpus_is_404(service, sources):
 
 def test_proxy_budget_fixed_in_tokens_or_in_passes(service, sources):
     """`auto.tokens` trains every proxy for the same budget whatever its size; by default the
-    budget is `epochs` passes over the proxy's own documents."""
+    budget is `epochs` passes over the proxy's own documents; early stopping ends a proxy sooner."""
     import ray
 
     from workers.jobs.projection import pilot_task, shared_tokenizer_task
@@ -132,6 +132,9 @@ def test_proxy_budget_fixed_in_tokens_or_in_passes(service, sources):
     assert fixed[1]["train_tokens"] > 2 * fixed[0]["train_tokens"]
     passes = [seen(n, epochs=1) for n in (20, 60)]
     assert passes[1]["seen_tokens"] > 2 * passes[0]["seen_tokens"]
+    # Early stopping: the budget is a maximum, the metric the best validation loss reached on the way.
+    stopped = seen(60, tokens=8192, early_stopping={"every_tokens": 1024, "patience": 1})
+    assert stopped["best_tokens"] <= stopped["seen_tokens"] <= 8192 and stopped["seen_tokens"] % 1024 == 0
 
 
 def test_pilot_draws_are_nested_across_sizes():

@@ -29,7 +29,7 @@ from scoring.lm_loss import tokenize_documents
 from scoring.projektor import (MixtureOT, PseudoQuadraticNoOT, PseudoQuadraticOT, SizeProjection,
                                plan_purchase)
 from scoring.tokenizer import eos_id, train_tokenizer
-from scoring.train import pretrain, validation_loss
+from scoring.train import EarlyStopping, pretrain, validation_loss
 from storage.fs import Store
 from storage.manifests import write_table_manifest
 from workers.engine import JobContext, JobFailed, Task, derived_id
@@ -83,6 +83,13 @@ class Embedding(StrictModel):
         return self
 
 
+class PilotEarlyStopping(StrictModel):
+    """Evaluate each proxy on the validation set every `every_tokens` and stop it after `patience`
+    evaluations without improvement; its metric is the best validation loss it reached."""
+    every_tokens: int = Field(100_000, ge=1000)
+    patience: int = Field(3, ge=1, le=100)
+
+
 class AutoPilots(StrictModel):
     """How `pilots: "auto"` measures them: proxy LMs trained from scratch on each mixture."""
     grid_step: float = Field(0.25, gt=0, le=1, description="simplex grid spacing of the pilot mixtures")
@@ -94,6 +101,9 @@ class AutoPilots(StrictModel):
     repeats: int = Field(1, ge=1, le=10, description="proxies per pilot (different data draws and seeds); "
                                                      "the pilot's metric is their median")
     validation_docs: int = Field(300, ge=10)
+    early_stopping: PilotEarlyStopping | None = Field(None, description=(
+        "stop each proxy when its validation loss stops improving (the budget is then a maximum): a "
+        "proxy's metric is the best it reached on its data, neither undertrained nor overfitted"))
 
 
 class ProjectionSpec(StrictModel):
@@ -223,11 +233,15 @@ def pilot_task(store_root: str, source_parts: list, validation_parts: list, toke
     torch.manual_seed(seed)
     arch = proxy.architecture.model_dump(exclude_none=True) if proxy.architecture else {}
     model = GPT(config_from_preset(proxy.preset, tokenizer.get_vocab_size(), **arch))
-    seen = pretrain(model, stream, train_config(proxy, proxy.seq_len))["tokens"]
-    val = read_texts(store, validation_parts, o.validation_docs, 0)
-    loss = validation_loss(model, tokenize_documents(tokenizer, val, prepend_id=eos))
+    val = tokenize_documents(tokenizer, read_texts(store, validation_parts, o.validation_docs, 0), prepend_id=eos)
+    stop = o.early_stopping
+    rule = EarlyStopping(lambda: validation_loss(model, val), stop.every_tokens, stop.patience) if stop else None
+    stats = pretrain(model, stream, train_config(proxy, proxy.seq_len), early_stopping=rule)
+    loss = stats["best_eval"] if rule else validation_loss(model, val)
     result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": int(len(stream)),
-              "seen_tokens": int(seen)}
+              "seen_tokens": int(stats["tokens"])}
+    if rule:
+        result["best_tokens"] = int(stats["best_tokens"])
     store.write_bytes(json.dumps(result).encode(), *out)
     return result
 
