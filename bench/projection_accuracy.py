@@ -3,9 +3,13 @@
 Three sources are revealed as small samples; the target is the scripture validation set. A
 `projection` job with automatic pilots trains proxy LMs at N0 and N1 on a simplex grid; then actual
 proxies (the same recipe, through the same Ray task) are trained on held-out mixtures at 4×N1, drawn
-from the whole sources (what a buyer would get), not only the revealed samples. By default every
-proxy trains for the same token budget (`auto.tokens`), so what differs between proxies is their
-data; `--epochs` trains each for passes over its own documents instead. Reported:
+from the whole sources (what a buyer would get), not only the revealed samples. The proxy recipe
+(defaults: 2 blocks, 128 wide, at most 1.5M tokens, early stopping on validation loss every 100k
+tokens with patience 2) gives every proxy the same chance: none is undertrained (it may train up to
+the budget) nor overfitted (it keeps its best validation loss), so what differs between proxies is
+their data. `--stop-every 0` trains the whole budget; `--epochs` trains for passes over a proxy's
+own documents. (A 1-block, 64-wide proxy saturates: its loss barely moves from 2×N0 on, and the
+log-N line overshoots.) Reported:
 the mean relative error of the projected validation loss against the measured one, beside a fit on
 the same pilots that does not use OT, and the spread of the measurement itself (repeats at 4×N1).
 
@@ -14,7 +18,7 @@ Projektor's own experiments, where every source relates to the target) and `far`
 pages, fortunes: none is, so more data from a source can make the target's loss worse). No source
 document shares text with the validation or CoLoR target sets (see source_rows).
 
-    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 1000000 | --epochs 2]
+    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 1500000 | --epochs 2]
 """
 from __future__ import annotations
 
@@ -62,17 +66,17 @@ def main():
     ap.add_argument("--heldout", type=int, default=6)
     ap.add_argument("--grid", type=float, default=0.25)
     ap.add_argument("--revealed", type=int, default=1200, help="documents revealed per source")
-    ap.add_argument("--tokens", type=int, default=1_000_000,
-                    help="training budget of every proxy (about two passes over 4×N1 documents)")
+    ap.add_argument("--tokens", type=int, default=1_500_000,
+                    help="training budget of every proxy (a maximum with early stopping)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="instead of --tokens: passes over each proxy's own documents (the job's default recipe)")
     ap.add_argument("--lr", type=float, default=3e-3, help="the proxies' peak learning rate")
     ap.add_argument("--repeats", type=int, default=2, help="proxies per pilot and per held-out mixture (median)")
-    ap.add_argument("--layers", type=int, default=1, help="the proxies' transformer blocks")
-    ap.add_argument("--width", type=int, default=64, help="the proxies' embedding width")
-    ap.add_argument("--stop-every", type=int, default=None,
-                    help="early stopping: evaluate every so many tokens (the budget becomes a maximum)")
-    ap.add_argument("--patience", type=int, default=3, help="early stopping: evaluations without improvement")
+    ap.add_argument("--layers", type=int, default=2, help="the proxies' transformer blocks")
+    ap.add_argument("--width", type=int, default=128, help="the proxies' embedding width")
+    ap.add_argument("--stop-every", type=int, default=100_000,
+                    help="early stopping: evaluate every so many tokens (0: train the whole budget)")
+    ap.add_argument("--patience", type=int, default=2, help="early stopping: evaluations without improvement")
     args = ap.parse_args()
     names = SOURCE_SETS[args.sources]
     data = debian_corpus()

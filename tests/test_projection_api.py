@@ -92,6 +92,7 @@ def test_projection_with_automatic_pilots(service, sources):
     ({"pilot_sizes": [1000]}, 422, "spec.pilot_sizes"),
     ({"validation": "cor_missing"}, 404, "spec.validation"),
     ({"pilots": "auto", "metric": "accuracy"}, 422, "spec"),
+    ({"pilots": "auto", "auto": {"early_stopping": {"patience": 0}}}, 422, "spec.auto.early_stopping.patience"),
 ])
 def test_bad_projection_specs(service, sources, change, status, field):
     ids, val = sources
