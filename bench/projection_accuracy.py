@@ -39,18 +39,22 @@ def paragraphs(row: str) -> set[str]:
     return {p.strip() for p in json.loads(row)["text"].split("\n\n") if p.strip()}
 
 
-def source_rows(data: str, name: str) -> list[str]:
+def held_paragraphs(data: str) -> set[str]:
+    seen: set[str] = set()
+    for held in ("validation.jsonl", "target.jsonl"):
+        with open(os.path.join(data, held)) as f:
+            seen |= {p for row in f.read().splitlines() for p in paragraphs(row)}
+    return seen
+
+
+def source_rows(data: str, name: str, held: set[str]) -> list[str]:
     """A source's documents, without any that shares a paragraph with the target or validation
     set. The corpus builder's scripture holds the same verses several times over (its chapter loop
     runs past a book's end), so without this filter most validation text would be in the source
     and a proxy's loss would measure how much of it was memorised, not the mixture."""
     with open(os.path.join(data, "sources", f"{name}.jsonl")) as f:
         rows = f.read().splitlines()
-    seen: set[str] = set()
-    for held in ("validation.jsonl", "target.jsonl"):
-        with open(os.path.join(data, held)) as f:
-            seen |= {p for row in f.read().splitlines() for p in paragraphs(row)}
-    return [row for row in rows if not paragraphs(row) & seen]
+    return [row for row in rows if not paragraphs(row) & held]
 
 
 def write_rows(path: str, rows: list[str]) -> None:
@@ -82,8 +86,9 @@ def main():
     data = debian_corpus()
     work = tempfile.mkdtemp(prefix="thresher-proj-")
     available = []
+    held = held_paragraphs(data)
     for name in names:  # the revealed sample and the whole source
-        rows = source_rows(data, name)
+        rows = source_rows(data, name, held)
         available.append(len(rows))
         write_rows(os.path.join(work, f"{name}.jsonl"), rows[:args.revealed])
         write_rows(os.path.join(work, f"{name}-all.jsonl"), rows)
