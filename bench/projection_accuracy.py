@@ -4,7 +4,7 @@ Three sources are revealed as small samples; the target is the scripture validat
 `projection` job with automatic pilots trains proxy LMs at N0 and N1 on a simplex grid; then actual
 proxies (the same recipe, through the same Ray task) are trained on held-out mixtures at 4×N1, drawn
 from the whole sources (what a buyer would get), not only the revealed samples. The proxy recipe
-(defaults: 2 blocks, 128 wide, at most 1.5M tokens, early stopping on validation loss every 100k
+(defaults: 2 blocks, 128 wide, at most 6M tokens, early stopping on validation loss every 100k
 tokens with patience 2) gives every proxy the same chance: none is undertrained (it may train up to
 the budget) nor overfitted (it keeps its best validation loss), so what differs between proxies is
 their data. `--stop-every 0` trains the whole budget; `--epochs` trains for passes over a proxy's
@@ -70,8 +70,8 @@ def main():
     ap.add_argument("--heldout", type=int, default=6)
     ap.add_argument("--grid", type=float, default=0.25)
     ap.add_argument("--revealed", type=int, default=1200, help="documents revealed per source")
-    ap.add_argument("--tokens", type=int, default=1_500_000,
-                    help="training budget of every proxy (a maximum with early stopping)")
+    ap.add_argument("--tokens", type=int, default=6_000_000,
+                    help="training budget of every proxy (a maximum with early stopping: it should never bind)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="instead of --tokens: passes over each proxy's own documents (the job's default recipe)")
     ap.add_argument("--lr", type=float, default=3e-3, help="the proxies' peak learning rate")
@@ -114,7 +114,7 @@ def main():
         predicted = [p["predicted"] for p in pred["predictions"]]
 
         # Measure the held-out mixtures at 4×N1 with the same proxy recipe, and refit without OT.
-        from workers.jobs.projection import fit_per_size, pilot_task
+        from workers.jobs.projection import fit_per_size, pilot_task, proxy_report as job_report
         svc = c.app.state.svc
         home = ("jobs", job["id"])
         whole_parts = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in whole]
@@ -125,6 +125,9 @@ def main():
         repeats = [[x["metric"] for x in ray.get(group)] for group in refs]
         measured = [float(np.median(r)) for r in repeats]
         pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))
+        heldout_runs = [json.loads(svc.store.read_bytes(*home, "heldout", n)) for n in svc.store.list(*home, "heldout")]
+    # Proxies still improving when the budget ran out measure the budget, not their data.
+    proxies = {**summary["proxies"], **job_report(heldout_runs)} if args.stop_every else None
     from scoring.projektor import SizeProjection
     _, plain = fit_per_size(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
     no_ot = SizeProjection(args.n0, plain[args.n0], args.n1, plain[args.n1])
@@ -144,11 +147,14 @@ def main():
                 [["pseudo-quadratic OT", err_ot], ["no OT", err_plain], ["one repeat vs the others (noise)", spread]])
     print(f"fit quality: {json.dumps(summary['fit'])}")
     print(f"optimum: {summary['optimum']}")
+    if proxies is not None:
+        print_table("Proxies per size (early stopping)", ["N", "proxies", "best at (median tokens)", "best at (max)", "still improving at the budget"],
+                    [[n, r["proxies"], r["best_tokens_median"], r["best_tokens_max"], r["still_improving"]] for n, r in proxies.items()])
     write_json(f"projection_accuracy_{args.sources}", {
         "args": vars(args), "sources": names, "heldout": heldout, "measured": measured, "repeats": repeats,
         "projected_ot": predicted, "projected_no_ot": predicted_no_ot, "mean_rel_error_ot": err_ot,
         "mean_rel_error_no_ot": err_plain, "measurement_spread": spread, "fit": summary["fit"],
-        "optimum": summary["optimum"], "pilots": pilots, "job_wall_s": job["wall_s"]})
+        "optimum": summary["optimum"], "proxies": proxies, "pilots": pilots, "job_wall_s": job["wall_s"]})
 
 
 if __name__ == "__main__":

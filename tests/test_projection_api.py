@@ -76,10 +76,16 @@ def test_projection_with_automatic_pilots(service, sources):
     ids, val = sources
     job = run_ok(service, "projection", spec(
         ids, val, pilots="auto", pilot_sizes=[40, 80], target_sizes=[160], budget=None,
-        auto={"grid_step": 0.5, "epochs": 1, "validation_docs": 40,
+        auto={"grid_step": 0.5, "tokens": 2048, "validation_docs": 40,
+              "early_stopping": {"every_tokens": 1024, "patience": 1},
               "proxy": {"preset": "tiny", "vocab_size": 300, "batch_size": 8, "seq_len": 32}}), timeout=600)
     s = job["result"]["summary"]
     assert s["fit"]["40"]["num_pilots"] == 6 and s["fit"]["80"]["num_pilots"] == 6
+    # Eight steps from random weights: every proxy is still improving when its budget runs out,
+    # and the summary says so.
+    assert {n: r["still_improving"] for n, r in s["proxies"].items()} == {"40": 6, "80": 6}
+    assert s["proxies"]["80"]["best_tokens_max"] == 2048
+    assert len(s["warnings"]) == 2 and "6 of 6 proxies at N = 40" in s["warnings"][0]
     man = job["result"]["manifest_id"]
     rows = service.post("/v1/query", json={"sql": "SELECT size, measured FROM m WHERE label = 'pilot'",
                                            "tables": {"m": man}}).json()["rows"]
@@ -136,6 +142,19 @@ def test_proxy_budget_fixed_in_tokens_or_in_passes(service, sources):
     # Early stopping: the budget is a maximum, the metric the best validation loss reached on the way.
     stopped = seen(60, tokens=8192, early_stopping={"every_tokens": 1024, "patience": 1})
     assert stopped["best_tokens"] <= stopped["seen_tokens"] <= 8192 and stopped["seen_tokens"] % 1024 == 0
+
+
+def test_proxy_report_counts_proxies_cut_short_by_their_budget():
+    from workers.jobs.projection import budget_warnings, proxy_report
+    runs = [{"size": 100, "best_tokens": 300, "seen_tokens": 500},   # stopped by patience
+            {"size": 100, "best_tokens": 500, "seen_tokens": 500},   # best at the end: cut short
+            {"size": 100, "best_tokens": 200, "seen_tokens": 400},
+            {"size": 200, "best_tokens": 800, "seen_tokens": 1000}]
+    report = proxy_report(runs)
+    assert report == {"100": {"proxies": 3, "best_tokens_median": 300, "best_tokens_max": 500, "still_improving": 1},
+                      "200": {"proxies": 1, "best_tokens_median": 800, "best_tokens_max": 800, "still_improving": 0}}
+    warnings = budget_warnings(report)
+    assert len(warnings) == 1 and warnings[0].startswith("1 of 3 proxies at N = 100 were still improving")
 
 
 def test_pilot_draws_are_nested_across_sizes():

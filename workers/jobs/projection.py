@@ -317,6 +317,7 @@ def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dic
             "best_single_source": None if best_single is None else
             {**best_single, "source": s.sources[best_single["source"]].corpus}},
         "metric": s.metric,
+        "warnings": [],
         "predictions": [{"size": n, "optimum": proj.predict(n, np.asarray(plan["mixture"])),
                          "uniform": proj.predict(n, np.asarray(uniform))} for n in sorted(set(s.target_sizes))],
     }
@@ -379,6 +380,7 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
                                              spec.auto.model_dump(), out, draw)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
+        proxies = proxy_report(measured) if spec.auto.early_stopping else None
         pilots = []
         for i in range(0, len(measured), spec.auto.repeats):
             group = measured[i:i + spec.auto.repeats]
@@ -386,6 +388,7 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
                            "repeats": [g["metric"] for g in group]})
     else:
         pilots = [p.model_dump() for p in spec.pilots]
+        proxies = None
 
     chunks = [list(range(i, min(i + 8, len(pilots)))) for i in range(0, len(pilots), 8)]
     ot_tasks = [Task(out=None, key=i, submit=lambda c=c: ot_task.options(**opts).remote(
@@ -402,7 +405,32 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         p["ot"] = v
     ctx.store.write_bytes(json.dumps(pilots).encode(), *ctx.work, "pilots.json")
     ctx.commit_manifest(man_id, "projection", out["manifest"])
-    return {"manifest_id": man_id, "summary": out["summary"]}
+    summary = out["summary"]
+    if proxies is not None:
+        summary["proxies"] = proxies
+        summary["warnings"] += budget_warnings(proxies)
+    return {"manifest_id": man_id, "summary": summary}
+
+
+def proxy_report(runs: list[dict]) -> dict[str, dict]:
+    """Per pilot size, where early stopping found the proxies' best validation loss, and how many
+    had it at their very last evaluation: those were still improving when the budget ran out, so
+    their loss says how far the budget got, not what their data allows, and Stage 2 extrapolates
+    that bias."""
+    report = {}
+    for n in sorted({r["size"] for r in runs}):
+        group = [r for r in runs if r["size"] == n]
+        best = [r["best_tokens"] for r in group]
+        report[str(n)] = {"proxies": len(group), "best_tokens_median": int(np.median(best)),
+                          "best_tokens_max": max(best),
+                          "still_improving": sum(r["best_tokens"] == r["seen_tokens"] for r in group)}
+    return report
+
+
+def budget_warnings(report: dict[str, dict]) -> list[str]:
+    return [f"{r['still_improving']} of {r['proxies']} proxies at N = {n} were still improving when "
+            f"their budget ran out: their loss reflects the budget, not the data; raise auto.tokens (or auto.epochs)"
+            for n, r in report.items() if r["still_improving"]]
 
 
 @ray.remote(max_retries=1)
