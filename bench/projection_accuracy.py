@@ -122,12 +122,12 @@ def main():
         refs = [[pilot_task.remote(svc.store.root, whole_parts, val_parts, (*home, "tokenizer.json"), big, mix,
                                    auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
                  for r in range(args.repeats)] for k, mix in enumerate(heldout)]
-        repeats = [[x["metric"] for x in ray.get(group)] for group in refs]
+        heldout_runs = [ray.get(group) for group in refs]
+        repeats = [[x["metric"] for x in group] for group in heldout_runs]
         measured = [float(np.median(r)) for r in repeats]
         pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))
-        heldout_runs = [json.loads(svc.store.read_bytes(*home, "heldout", n)) for n in svc.store.list(*home, "heldout")]
     # Proxies still improving when the budget ran out measure the budget, not their data.
-    proxies = {**summary["proxies"], **job_report(heldout_runs)} if args.stop_every else None
+    proxies = {**summary["proxies"], **job_report([r for group in heldout_runs for r in group])} if args.stop_every else None
     from scoring.projektor import SizeProjection
     _, plain = fit_per_size(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
     no_ot = SizeProjection(args.n0, plain[args.n0], args.n1, plain[args.n1])

@@ -59,8 +59,8 @@ class _EarlyStopper:
 
     def __init__(self, model: torch.nn.Module, rule: EarlyStopping):
         self.model, self.rule = model, rule
-        self.next_at, self.history = rule.every_tokens, []
-        self.best, self.best_tokens, self.best_index, self.best_state = math.inf, None, None, None
+        self.next_at, self.history = rule.every_tokens, []  # history: (tokens_done, value) per evaluation
+        self.best_index, self.best_state = None, None
 
     def evaluate(self, tokens_done: int) -> None:
         training = self.model.training
@@ -68,8 +68,8 @@ class _EarlyStopper:
         value = float(self.rule.evaluate())
         self.model.train(training)
         self.history.append((tokens_done, value))
-        if value < self.best:
-            self.best, self.best_tokens, self.best_index = value, tokens_done, len(self.history) - 1
+        if value < (self.history[self.best_index][1] if self.best_index is not None else math.inf):
+            self.best_index = len(self.history) - 1
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def should_stop(self, tokens_done: int) -> bool:
@@ -83,9 +83,11 @@ class _EarlyStopper:
     def finish(self, tokens_done: int) -> dict:
         if not self.history or self.history[-1][0] != tokens_done:
             self.evaluate(tokens_done)  # the end of the schedule counts too
-        if self.best_state is not None:  # None only if every evaluation was NaN
-            self.model.load_state_dict(self.best_state)
-        return {"best_eval": self.best, "best_tokens": self.best_tokens, "evaluations": self.history}
+        if self.best_index is None:  # every evaluation was NaN
+            return {"best_eval": math.inf, "best_tokens": None, "evaluations": self.history}
+        self.model.load_state_dict(self.best_state)
+        best_tokens, best_eval = self.history[self.best_index]
+        return {"best_eval": best_eval, "best_tokens": best_tokens, "evaluations": self.history}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: TrainConfig) -> float:

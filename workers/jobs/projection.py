@@ -317,7 +317,6 @@ def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dic
             "best_single_source": None if best_single is None else
             {**best_single, "source": s.sources[best_single["source"]].corpus}},
         "metric": s.metric,
-        "warnings": [],
         "predictions": [{"size": n, "optimum": proj.predict(n, np.asarray(plan["mixture"])),
                          "uniform": proj.predict(n, np.asarray(uniform))} for n in sorted(set(s.target_sizes))],
     }
@@ -405,10 +404,9 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         p["ot"] = v
     ctx.store.write_bytes(json.dumps(pilots).encode(), *ctx.work, "pilots.json")
     ctx.commit_manifest(man_id, "projection", out["manifest"])
-    summary = out["summary"]
+    summary = {**out["summary"], "warnings": budget_warnings(proxies) if proxies else []}
     if proxies is not None:
         summary["proxies"] = proxies
-        summary["warnings"] += budget_warnings(proxies)
     return {"manifest_id": man_id, "summary": summary}
 
 
