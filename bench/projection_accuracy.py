@@ -12,13 +12,20 @@ own documents. (A 1-block, 64-wide proxy saturates: its loss barely moves from 2
 log-N line overshoots.) Reported:
 the mean relative error of the projected validation loss against the measured one, beside a fit on
 the same pilots that does not use OT, and the spread of the measurement itself (repeats at 4×N1).
+Stage by stage (`--stages`, the default): the held-out mixtures are also measured at N0 and N1, so
+the error splits into Stage 1 (each size's fit against measured pilots at mixtures it never saw)
+and Stage 2 (the log-N line through those measured pilots, no fit involved, against 4×N1).
+`--reuse RESULTS.json` takes an earlier run's measurements instead of training them again (its
+pilots when N0, N1 and the grid agree; its held-out proxies when N1 and the proxy recipe agree),
+after checking that one of them reproduces with this code.
 
 Two source sets: `near` (scripture, kernel, fortunes: one source is the target's domain, as in
 Projektor's own experiments, where every source relates to the target) and `far` (kernel, man
 pages, fortunes: none is, so more data from a source can make the target's loss worse). No source
 document shares text with the validation or CoLoR target sets (see source_rows).
 
-    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 1500000 | --epochs 2]
+    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 6000000 | --epochs 2]
+        [--no-stages] [--reuse bench/results/projection_accuracy_near.json]
 """
 from __future__ import annotations
 
@@ -62,6 +69,22 @@ def write_rows(path: str, rows: list[str]) -> None:
         f.write("\n".join(rows) + "\n")
 
 
+# What fixes the held-out proxies at 4×N1 (the tokenizer comes from the revealed samples); the
+# pilots depend on these and on N0 and the grid too.
+HELD_OUT_RECIPE = ("sources", "n1", "heldout", "revealed", "tokens", "epochs", "lr", "repeats", "layers", "width",
+                   "stop_every", "patience")
+
+
+def reusable(args) -> dict:
+    with open(args.reuse) as f:
+        saved = json.load(f)
+    differ = [k for k in HELD_OUT_RECIPE if saved["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{args.reuse} was measured with another recipe ({', '.join(differ)} differ)")
+    saved["pilots_reusable"] = all(saved["args"][k] == getattr(args, k) for k in ("n0", "grid"))
+    return saved
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", choices=sorted(SOURCE_SETS), default="near")
@@ -81,7 +104,15 @@ def main():
     ap.add_argument("--stop-every", type=int, default=100_000,
                     help="early stopping: evaluate every so many tokens (0: train the whole budget)")
     ap.add_argument("--patience", type=int, default=2, help="early stopping: evaluations without improvement")
+    ap.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure the held-out mixtures at N0 and N1, to split the error between "
+                         "Stage 1 (the fit at a pilot size) and Stage 2 (the line in log N)")
+    ap.add_argument("--reuse", metavar="JSON",
+                    help="an earlier run's results: take its held-out measurements at 4×N1 (same N1 and proxy "
+                         "recipe) and, when N0 and the grid match too, submit its pilots as measured pilots; "
+                         "train only what it lacks (e.g. the stage-by-stage proxies, or pilots at another N0)")
     args = ap.parse_args()
+    saved = reusable(args) if args.reuse else None
     names = SOURCE_SETS[args.sources]
     data = debian_corpus()
     work = tempfile.mkdtemp(prefix="thresher-proj-")
@@ -105,29 +136,68 @@ def main():
         ids = [upload_file(c, os.path.join(work, f"{n}.jsonl"), n)["id"] for n in names]
         whole = [upload_file(c, os.path.join(work, f"{n}-all.jsonl"), f"{n}-all")["id"] for n in names]
         val = upload_file(c, os.path.join(data, "validation.jsonl"), "validation")["id"]
+        reuse_pilots = saved is not None and saved["pilots_reusable"]
+        pilots = [{"size": p["size"], "mixture": p["mixture"], "metric": p["metric"]} for p in saved["pilots"]] \
+            if reuse_pilots else "auto"
         spec = {"sources": [{"corpus": i, "price_per_doc": 1.0, "available_docs": a} for i, a in zip(ids, available)],
                 "validation": val, "pilot_sizes": [args.n0, args.n1], "target_sizes": [big],
-                "pilots": "auto", "metric": "loss", "auto": auto}
+                "pilots": pilots, "metric": "loss", "auto": auto}
         job = run_job(c, "projection", spec)
         summary = job["result"]["summary"]
-        pred = c.post(f"/v1/projections/{job['id']}/predict", json={"mixtures": heldout, "sizes": [big]}).json()
-        predicted = [p["predicted"] for p in pred["predictions"]]
+        sizes = [args.n0, args.n1, big]
+        pred = c.post(f"/v1/projections/{job['id']}/predict", json={"mixtures": heldout, "sizes": sizes}).json()
+        by_size = {n: [p["predicted"] for p in pred["predictions"] if p["size"] == n] for n in sizes}
+        predicted = by_size[big]
 
         # Measure the held-out mixtures at 4×N1 with the same proxy recipe, and refit without OT.
-        from workers.jobs.projection import fit_per_size, pilot_task, proxy_report as job_report
+        from workers.jobs.projection import fit_per_size, pilot_task, proxy_report as job_report, shared_tokenizer_task
         svc = c.app.state.svc
         home = ("jobs", job["id"])
+        tok = (*home, "tokenizer.json")
         whole_parts = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in whole]
+        revealed = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in ids]
         val_parts = [("corpora", val, n) for n in svc.store.list("corpora", val, suffix=".parquet")]
-        refs = [[pilot_task.remote(svc.store.root, whole_parts, val_parts, (*home, "tokenizer.json"), big, mix,
-                                   auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
-                 for r in range(args.repeats)] for k, mix in enumerate(heldout)]
+        reproduced = None
+        if reuse_pilots:
+            # The job made no tokenizer (its pilots were given): train the one it would have made, and
+            # check it, and the code, reproduce a reused pilot (the job's first: seed 0).
+            ray.get(shared_tokenizer_task.remote(svc.store.root, revealed, tok, proxy["vocab_size"], 0))
+            first = saved["pilots"][0]
+            again = ray.get(pilot_task.remote(svc.store.root, revealed, val_parts, tok, first["size"], first["mixture"],
+                                              auto, (*home, "reproduce.json"), 0))["metric"]
+            reproduced = {"saved": first["repeats"][0], "now": again}
+            print(f"reused pilot reproduced: saved {first['repeats'][0]:.6f}, now {again:.6f}")
+            if abs(again - first["repeats"][0]) > 1e-3 * first["repeats"][0]:
+                raise SystemExit("the reused results do not reproduce with this code and tokenizer: rerun without --reuse")
+        elif saved is not None:
+            # New pilots at N0: the job's pilots at N1 must be the saved ones (same seeds, same tokenizer).
+            now = {tuple(p["mixture"]): p["metric"] for p in json.loads(svc.store.read_bytes(*home, "pilots.json"))
+                   if p["size"] == args.n1}
+            then = {tuple(p["mixture"]): p["metric"] for p in saved["pilots"] if p["size"] == args.n1}
+            worst = max(abs(now[m] - then[m]) / then[m] for m in then)
+            reproduced = {"pilots_at_n1_max_rel_diff": worst}
+            print(f"pilots at N1 = {args.n1} reproduced: largest relative difference {worst:.2e}")
+            if worst > 1e-3:
+                raise SystemExit("the reused held-out results do not match this run's proxies: rerun without --reuse")
+        refs = [] if saved is not None else \
+            [[pilot_task.remote(svc.store.root, whole_parts, val_parts, tok, big, mix,
+                                auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
+              for r in range(args.repeats)] for k, mix in enumerate(heldout)]
+        # Stage by stage: the held-out mixtures measured as pilots too (revealed samples, nested draws).
+        stage_refs = {n: [[pilot_task.remote(svc.store.root, revealed, val_parts, tok, n, mix,
+                                             auto, (*home, "heldout", f"h{k}-{r}-{n}.json"), 2000 + 10 * k + r)
+                           for r in range(args.repeats)] for k, mix in enumerate(heldout)]
+                      for n in ((args.n0, args.n1) if args.stages else ())}
         heldout_runs = [ray.get(group) for group in refs]
-        repeats = [[x["metric"] for x in group] for group in heldout_runs]
+        stage_runs = {n: [ray.get(group) for group in groups] for n, groups in stage_refs.items()}
+        repeats = saved["repeats"] if saved is not None else [[x["metric"] for x in group] for group in heldout_runs]
         measured = [float(np.median(r)) for r in repeats]
-        pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))
+        pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))  # with their OT values
     # Proxies still improving when the budget ran out measure the budget, not their data.
-    proxies = {**summary["proxies"], **job_report([r for group in heldout_runs for r in group])} if args.stop_every else None
+    everything = [r for group in heldout_runs for r in group] + \
+        [r for groups in stage_runs.values() for group in groups for r in group]
+    pilot_report = summary["proxies"] if not reuse_pilots else (saved.get("proxies") or {}).get("pilots", {})
+    proxies = {"pilots": pilot_report, "held-out": job_report(everything)} if args.stop_every else None
     from scoring.projektor import SizeProjection
     _, plain = fit_per_size(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
     no_ot = SizeProjection(args.n0, plain[args.n0], args.n1, plain[args.n1])
@@ -145,16 +215,35 @@ def main():
     err_ot, err_plain = rel(predicted, measured), rel(predicted_no_ot, measured)
     print_table("Mean relative error", ["fit", "error"],
                 [["pseudo-quadratic OT", err_ot], ["no OT", err_plain], ["one repeat vs the others (noise)", spread]])
+    stages = None
+    if stage_runs:
+        from scoring.projektor import project_log_n
+        at = {n: [float(np.median([x["metric"] for x in group])) for group in groups] for n, groups in stage_runs.items()}
+        line = [float(project_log_n(big, args.n0, args.n1, a, b)) for a, b in zip(at[args.n0], at[args.n1])]
+        stages = {"measured_at_pilot_sizes": {str(n): v for n, v in at.items()}, "line_through_measured": line,
+                  "stage1_error": {str(n): rel(by_size[n], at[n]) for n in at},
+                  "stage1_error_no_ot": {str(n): rel([plain[n].predict(np.asarray(m)) for m in heldout], at[n]) for n in at},
+                  "stage2_error": rel(line, measured)}
+        print_table("Stage by stage (held-out mixtures measured at the pilot sizes too)", ["mixture"] +
+                    [f"{h} {n}" for n in at for h in ("measured", "fit")] + [f"line to {big}", f"measured {big}"],
+                    [[", ".join(f"{x:.2f}" for x in mix)] + [v for n in at for v in (at[n][k], by_size[n][k])] +
+                     [line[k], measured[k]] for k, mix in enumerate(heldout)])
+        print_table("Where the error comes from", ["stage", "mean relative error"],
+                    [[f"Stage 1: OT fit at N = {n}", stages["stage1_error"][str(n)]] for n in at] +
+                    [[f"Stage 1: no-OT fit at N = {n}", stages["stage1_error_no_ot"][str(n)]] for n in at] +
+                    [["Stage 2: log-N line through the measured pilots", stages["stage2_error"]]])
     print(f"fit quality: {json.dumps(summary['fit'])}")
     print(f"optimum: {summary['optimum']}")
     if proxies is not None:
-        print_table("Proxies per size (early stopping)", ["N", "proxies", "best at (median tokens)", "best at (max)", "still improving at the budget"],
-                    [[n, r["proxies"], r["best_tokens_median"], r["best_tokens_max"], r["still_improving"]] for n, r in proxies.items()])
+        print_table("Proxies per size (early stopping)", ["proxies of", "N", "proxies", "best at (median tokens)", "best at (max)", "still improving at the budget"],
+                    [[kind, n, r["proxies"], r["best_tokens_median"], r["best_tokens_max"], r["still_improving"]]
+                     for kind, report in proxies.items() for n, r in report.items()])
     write_json(f"projection_accuracy_{args.sources}", {
         "args": vars(args), "sources": names, "heldout": heldout, "measured": measured, "repeats": repeats,
         "projected_ot": predicted, "projected_no_ot": predicted_no_ot, "mean_rel_error_ot": err_ot,
         "mean_rel_error_no_ot": err_plain, "measurement_spread": spread, "fit": summary["fit"],
-        "optimum": summary["optimum"], "proxies": proxies, "pilots": pilots, "job_wall_s": job["wall_s"]})
+        "optimum": summary["optimum"], "proxies": proxies, "stages": stages, "pilots": saved["pilots"] if reuse_pilots else pilots,
+        "reused": args.reuse, "reproduced": reproduced, "job_wall_s": saved["job_wall_s"] if reuse_pilots else job["wall_s"]})
 
 
 if __name__ == "__main__":
