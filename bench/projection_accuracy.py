@@ -174,7 +174,10 @@ def main():
             now = {tuple(p["mixture"]): p["metric"] for p in json.loads(svc.store.read_bytes(*home, "pilots.json"))
                    if p["size"] == args.n1}
             then = {tuple(p["mixture"]): p["metric"] for p in saved["pilots"] if p["size"] == args.n1}
-            worst = max(abs(now[m] - then[m]) / then[m] for m in then)
+            common = now.keys() & then.keys()  # another grid shares only some mixtures
+            if not common:
+                raise SystemExit("no pilot at N1 shares a mixture with the reused run: cannot check it reproduces")
+            worst = max(abs(now[m] - then[m]) / then[m] for m in common)
             reproduced = {"pilots_at_n1_max_rel_diff": worst}
             print(f"pilots at N1 = {args.n1} reproduced: largest relative difference {worst:.2e}")
             if worst > 1e-3:
