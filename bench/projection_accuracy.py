@@ -85,6 +85,19 @@ def reusable(args) -> dict:
     return saved
 
 
+def check_reproduces(then: dict, now: dict, what: str) -> dict:
+    """Reused measurements are trusted only if this code measures the same values again (the
+    keys both runs have): the same seeds, data and tokenizer give the same losses."""
+    common = then.keys() & now.keys()
+    if not common:
+        raise SystemExit(f"no {what} in common with the reused run: cannot check it reproduces")
+    worst = max(abs(now[k] - then[k]) / then[k] for k in common)
+    print(f"{what} reproduced ({len(common)} compared): largest relative difference {worst:.2e}")
+    if worst > 1e-3:
+        raise SystemExit(f"the reused {what} do not reproduce with this code: rerun without --reuse")
+    return {"what": what, "compared": len(common), "max_rel_diff": worst}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", choices=sorted(SOURCE_SETS), default="near")
@@ -154,9 +167,10 @@ def main():
         svc = c.app.state.svc
         home = ("jobs", job["id"])
         tok = (*home, "tokenizer.json")
-        whole_parts = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in whole]
-        revealed = [[("corpora", i, n) for n in svc.store.list("corpora", i, suffix=".parquet")] for i in ids]
-        val_parts = [("corpora", val, n) for n in svc.store.list("corpora", val, suffix=".parquet")]
+        def shards(corpus):
+            return [("corpora", corpus, n) for n in svc.store.list("corpora", corpus, suffix=".parquet")]
+        whole_parts, revealed, val_parts = [shards(i) for i in whole], [shards(i) for i in ids], shards(val)
+        pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))  # with their OT values
         reproduced = None
         if reuse_pilots:
             # The job made no tokenizer (its pilots were given): train the one it would have made, and
@@ -165,23 +179,13 @@ def main():
             first = saved["pilots"][0]
             again = ray.get(pilot_task.remote(svc.store.root, revealed, val_parts, tok, first["size"], first["mixture"],
                                               auto, (*home, "reproduce.json"), 0))["metric"]
-            reproduced = {"saved": first["repeats"][0], "now": again}
-            print(f"reused pilot reproduced: saved {first['repeats'][0]:.6f}, now {again:.6f}")
-            if abs(again - first["repeats"][0]) > 1e-3 * first["repeats"][0]:
-                raise SystemExit("the reused results do not reproduce with this code and tokenizer: rerun without --reuse")
+            reproduced = check_reproduces({0: first["repeats"][0]}, {0: again}, "first pilot")
         elif saved is not None:
-            # New pilots at N0: the job's pilots at N1 must be the saved ones (same seeds, same tokenizer).
-            now = {tuple(p["mixture"]): p["metric"] for p in json.loads(svc.store.read_bytes(*home, "pilots.json"))
-                   if p["size"] == args.n1}
-            then = {tuple(p["mixture"]): p["metric"] for p in saved["pilots"] if p["size"] == args.n1}
-            common = now.keys() & then.keys()  # another grid shares only some mixtures
-            if not common:
-                raise SystemExit("no pilot at N1 shares a mixture with the reused run: cannot check it reproduces")
-            worst = max(abs(now[m] - then[m]) / then[m] for m in common)
-            reproduced = {"pilots_at_n1_max_rel_diff": worst}
-            print(f"pilots at N1 = {args.n1} reproduced: largest relative difference {worst:.2e}")
-            if worst > 1e-3:
-                raise SystemExit("the reused held-out results do not match this run's proxies: rerun without --reuse")
+            # New pilots at N0: the job's pilots at N1 must be the saved ones (same seeds, same tokenizer;
+            # another grid shares only some mixtures).
+            def at_n1(runs):
+                return {tuple(p["mixture"]): p["metric"] for p in runs if p["size"] == args.n1}
+            reproduced = check_reproduces(at_n1(saved["pilots"]), at_n1(pilots), f"pilots at N1 = {args.n1}")
         refs = [] if saved is not None else \
             [[pilot_task.remote(svc.store.root, whole_parts, val_parts, tok, big, mix,
                                 auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
@@ -195,7 +199,6 @@ def main():
         stage_runs = {n: [ray.get(group) for group in groups] for n, groups in stage_refs.items()}
         repeats = saved["repeats"] if saved is not None else [[x["metric"] for x in group] for group in heldout_runs]
         measured = [float(np.median(r)) for r in repeats]
-        pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))  # with their OT values
     # Proxies still improving when the budget ran out measure the budget, not their data.
     everything = [r for group in heldout_runs for r in group] + \
         [r for groups in stage_runs.values() for group in groups for r in group]
