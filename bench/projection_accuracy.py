@@ -16,8 +16,9 @@ Stage by stage (`--stages`, the default): the held-out mixtures are also measure
 the error splits into Stage 1 (each size's fit against measured pilots at mixtures it never saw)
 and Stage 2 (the log-N line through those measured pilots, no fit involved, against 4×N1).
 `--reuse RESULTS.json` takes an earlier run's measurements instead of training them again (its
-pilots when N0, N1 and the grid agree; its held-out proxies when N1 and the proxy recipe agree),
-after checking that one of them reproduces with this code.
+pilots when N0, N1, the grid and the pilot repeats agree; its held-out measurements, at 4×N1 and at
+whichever pilot sizes it measured them, when N1 and the proxy recipe agree), after checking that
+one of them reproduces with this code.
 
 Two source sets: `near` (scripture, kernel, fortunes: one source is the target's domain, as in
 Projektor's own experiments, where every source relates to the target) and `far` (kernel, man
@@ -25,7 +26,7 @@ pages, fortunes: none is, so more data from a source can make the target's loss 
 document shares text with the validation or CoLoR target sets (see source_rows).
 
     .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 6000000 | --epochs 2]
-        [--no-stages] [--reuse bench/results/projection_accuracy_near.json]
+        [--grid 0.25] [--pilot-repeats 2] [--no-stages] [--reuse bench/results/projection_accuracy_near.json]
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def write_rows(path: str, rows: list[str]) -> None:
         f.write("\n".join(rows) + "\n")
 
 
-# What fixes the held-out proxies at 4×N1 (the tokenizer comes from the revealed samples); the
-# pilots depend on these and on N0 and the grid too.
+# What fixes the held-out proxies (the tokenizer comes from the revealed samples); the pilots depend
+# on these and on N0, the grid and their own repeats too.
 HELD_OUT_RECIPE = ("sources", "n1", "heldout", "revealed", "tokens", "epochs", "lr", "repeats", "layers", "width",
                    "stop_every", "patience")
 
@@ -81,7 +82,8 @@ def reusable(args) -> dict:
     differ = [k for k in HELD_OUT_RECIPE if saved["args"].get(k) != getattr(args, k)]
     if differ:
         raise SystemExit(f"{args.reuse} was measured with another recipe ({', '.join(differ)} differ)")
-    saved["pilots_reusable"] = all(saved["args"][k] == getattr(args, k) for k in ("n0", "grid"))
+    saved["args"].setdefault("pilot_repeats", saved["args"]["repeats"])  # runs before --pilot-repeats
+    saved["pilots_reusable"] = all(saved["args"][k] == getattr(args, k) for k in ("n0", "grid", "pilot_repeats"))
     return saved
 
 
@@ -111,7 +113,10 @@ def main():
     ap.add_argument("--epochs", type=float, default=None,
                     help="instead of --tokens: passes over each proxy's own documents (the job's default recipe)")
     ap.add_argument("--lr", type=float, default=3e-3, help="the proxies' peak learning rate")
-    ap.add_argument("--repeats", type=int, default=2, help="proxies per pilot and per held-out mixture (median)")
+    ap.add_argument("--repeats", type=int, default=2, help="proxies per held-out mixture (median)")
+    ap.add_argument("--pilot-repeats", type=int, default=None,
+                    help="proxies per pilot mixture (median; default: --repeats). The fit has 14 coefficients "
+                         "for 3 sources: a finer grid with fewer repeats spends the same trainings on more mixtures")
     ap.add_argument("--layers", type=int, default=2, help="the proxies' transformer blocks")
     ap.add_argument("--width", type=int, default=128, help="the proxies' embedding width")
     ap.add_argument("--stop-every", type=int, default=100_000,
@@ -121,10 +126,11 @@ def main():
                     help="also measure the held-out mixtures at N0 and N1, to split the error between "
                          "Stage 1 (the fit at a pilot size) and Stage 2 (the line in log N)")
     ap.add_argument("--reuse", metavar="JSON",
-                    help="an earlier run's results: take its held-out measurements at 4×N1 (same N1 and proxy "
-                         "recipe) and, when N0 and the grid match too, submit its pilots as measured pilots; "
-                         "train only what it lacks (e.g. the stage-by-stage proxies, or pilots at another N0)")
+                    help="an earlier run's results: take its held-out measurements (same N1 and proxy recipe) "
+                         "and, when N0, the grid and the pilot repeats match too, submit its pilots as measured "
+                         "pilots; train only what it lacks (e.g. pilots on another grid or at another N0)")
     args = ap.parse_args()
+    args.pilot_repeats = args.pilot_repeats or args.repeats
     saved = reusable(args) if args.reuse else None
     names = SOURCE_SETS[args.sources]
     data = debian_corpus()
@@ -139,7 +145,7 @@ def main():
     budget = {"epochs": args.epochs} if args.epochs else {"tokens": args.tokens}
     proxy = {"preset": "tiny", "vocab_size": 1024, "batch_size": 16, "seq_len": 64, "lr": args.lr,
              "architecture": {"n_layer": args.layers, "n_embd": args.width, "n_head": 2, "context": 64}}
-    auto = {"grid_step": args.grid, **budget, "validation_docs": 300, "proxy": proxy, "repeats": args.repeats}
+    auto = {"grid_step": args.grid, **budget, "validation_docs": 300, "proxy": proxy, "repeats": args.pilot_repeats}
     if args.stop_every:
         auto["early_stopping"] = {"every_tokens": args.stop_every, "patience": args.patience}
     big = 4 * args.n1
@@ -171,6 +177,12 @@ def main():
             return [("corpora", corpus, n) for n in svc.store.list("corpora", corpus, suffix=".parquet")]
         whole_parts, revealed, val_parts = [shards(i) for i in whole], [shards(i) for i in ids], shards(val)
         pilots = json.loads(svc.store.read_bytes(*home, "pilots.json"))  # with their OT values
+        saved_at = {int(n): v for n, v in ((saved or {}).get("stages") or {}).get("measured_at_pilot_sizes", {}).items()}
+
+        def heldout_refs(n, k, r, parts):  # held-out mixture k at size n, repeat r (fixed seeds)
+            seed = (1000 if n == big else 2000) + 10 * k + r
+            return pilot_task.remote(svc.store.root, parts, val_parts, tok, n, heldout[k], auto,
+                                     (*home, "heldout", f"h{k}-{r}-{n}.json"), seed)
         reproduced = None
         if reuse_pilots:
             # The job made no tokenizer (its pilots were given): train the one it would have made, and
@@ -181,20 +193,19 @@ def main():
                                               auto, (*home, "reproduce.json"), 0))["metric"]
             reproduced = check_reproduces({0: first["repeats"][0]}, {0: again}, "first pilot")
         elif saved is not None:
-            # New pilots at N0: the job's pilots at N1 must be the saved ones (same seeds, same tokenizer;
-            # another grid shares only some mixtures).
-            def at_n1(runs):
-                return {tuple(p["mixture"]): p["metric"] for p in runs if p["size"] == args.n1}
-            reproduced = check_reproduces(at_n1(saved["pilots"]), at_n1(pilots), f"pilots at N1 = {args.n1}")
+            # New pilots (another N0, grid or repeats draw other seeds): measure the first held-out
+            # mixture again at the smallest size the saved run has it, and compare.
+            n = min(saved_at, default=big)
+            parts = whole_parts if n == big else revealed
+            again = float(np.median([x["metric"] for x in
+                                     ray.get([heldout_refs(n, 0, r, parts) for r in range(args.repeats)])]))
+            reproduced = check_reproduces({0: saved_at[n][0] if n in saved_at else saved["measured"][0]}, {0: again},
+                                          f"first held-out mixture at N = {n}")
         refs = [] if saved is not None else \
-            [[pilot_task.remote(svc.store.root, whole_parts, val_parts, tok, big, mix,
-                                auto, (*home, "heldout", f"h{k}-{r}.json"), 1000 + 10 * k + r)
-              for r in range(args.repeats)] for k, mix in enumerate(heldout)]
+            [[heldout_refs(big, k, r, whole_parts) for r in range(args.repeats)] for k in range(len(heldout))]
         # Stage by stage: the held-out mixtures measured as pilots too (revealed samples, nested draws).
-        stage_refs = {n: [[pilot_task.remote(svc.store.root, revealed, val_parts, tok, n, mix,
-                                             auto, (*home, "heldout", f"h{k}-{r}-{n}.json"), 2000 + 10 * k + r)
-                           for r in range(args.repeats)] for k, mix in enumerate(heldout)]
-                      for n in ((args.n0, args.n1) if args.stages else ())}
+        stage_refs = {n: [[heldout_refs(n, k, r, revealed) for r in range(args.repeats)] for k in range(len(heldout))]
+                      for n in ((args.n0, args.n1) if args.stages else ()) if n not in saved_at}
         heldout_runs = [ray.get(group) for group in refs]
         stage_runs = {n: [ray.get(group) for group in groups] for n, groups in stage_refs.items()}
         repeats = saved["repeats"] if saved is not None else [[x["metric"] for x in group] for group in heldout_runs]
@@ -202,7 +213,7 @@ def main():
     # Proxies still improving when the budget ran out measure the budget, not their data.
     everything = [r for group in heldout_runs for r in group] + \
         [r for groups in stage_runs.values() for group in groups for r in group]
-    pilot_report = summary["proxies"] if not reuse_pilots else (saved.get("proxies") or {}).get("pilots", {})
+    pilot_report = summary.get("proxies", {}) if not reuse_pilots else (saved.get("proxies") or {}).get("pilots", {})
     proxies = {"pilots": pilot_report, "held-out": job_report(everything)} if args.stop_every else None
     from scoring.projektor import SizeProjection
     _, plain = fit_per_size(pilots, [p["ot"] for p in pilots], [args.n0, args.n1])
@@ -222,9 +233,10 @@ def main():
     print_table("Mean relative error", ["fit", "error"],
                 [["pseudo-quadratic OT", err_ot], ["no OT", err_plain], ["one repeat vs the others (noise)", spread]])
     stages = None
-    if stage_runs:
+    if args.stages:
         from scoring.projektor import project_log_n
         at = {n: [float(np.median([x["metric"] for x in group])) for group in groups] for n, groups in stage_runs.items()}
+        at = {n: at[n] if n in at else saved_at[n] for n in (args.n0, args.n1)}
         line = [float(project_log_n(big, args.n0, args.n1, a, b)) for a, b in zip(at[args.n0], at[args.n1])]
         stages = {"measured_at_pilot_sizes": {str(n): v for n, v in at.items()}, "line_through_measured": line,
                   "stage1_error": {str(n): rel(by_size[n], at[n]) for n in at},
