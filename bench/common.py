@@ -28,8 +28,14 @@ def service(home: str, **settings):
 
     from service.app import create_app
     from service.settings import Settings
-    with TestClient(create_app(Settings(home=home, **settings))) as client:
-        yield client
+    import ray
+    try:
+        with TestClient(create_app(Settings(home=home, **settings))) as client:
+            yield client
+    finally:
+        # Once the client has closed, Ray's driver excepthook can no longer reach its GCS: a bench
+        # failing after this point hung for a minute and died without printing its traceback.
+        ray.shutdown()
 
 
 def upload_file(client, path: str, name: str) -> dict:
