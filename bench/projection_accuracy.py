@@ -1,7 +1,8 @@
 """Projektor's accuracy on the real Debian corpus (not in CI).
 
 Three sources are revealed as small samples; the target is the scripture validation set. A
-`projection` job with automatic pilots trains proxy LMs at N0 and N1 on a simplex grid; then actual
+`projection` job with automatic pilots trains proxy LMs at N0 and N1 on a simplex grid (defaults:
+50 and 200 documents, a 1/6 grid of 28 mixtures, one proxy each); then actual
 proxies (the same recipe, through the same Ray task) are trained on held-out mixtures at 4×N1, drawn
 from the whole sources (what a buyer would get), not only the revealed samples. The proxy recipe
 (defaults: 2 blocks, 128 wide, at most 6M tokens, early stopping on validation loss every 100k
@@ -25,8 +26,8 @@ Projektor's own experiments, where every source relates to the target) and `far`
 pages, fortunes: none is, so more data from a source can make the target's loss worse). No source
 document shares text with the validation or CoLoR target sets (see source_rows).
 
-    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 100] [--n1 200] [--tokens 6000000 | --epochs 2]
-        [--grid 0.25] [--pilot-repeats 2] [--no-stages] [--reuse bench/results/projection_accuracy_near.json]
+    .venv/bin/python -m bench.projection_accuracy [--sources near|far] [--n0 50] [--n1 200] [--tokens 6000000 | --epochs 2]
+        [--grid 0.1667] [--pilot-repeats 1] [--no-stages] [--reuse bench/results/projection_accuracy_near.json]
 """
 from __future__ import annotations
 
@@ -103,10 +104,10 @@ def check_reproduces(then: dict, now: dict, what: str) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sources", choices=sorted(SOURCE_SETS), default="near")
-    ap.add_argument("--n0", type=int, default=100)
+    ap.add_argument("--n0", type=int, default=50)
     ap.add_argument("--n1", type=int, default=200)
     ap.add_argument("--heldout", type=int, default=6)
-    ap.add_argument("--grid", type=float, default=0.25)
+    ap.add_argument("--grid", type=float, default=1 / 6, help="simplex grid spacing of the pilots (1/6: 28 mixtures)")
     ap.add_argument("--revealed", type=int, default=1200, help="documents revealed per source")
     ap.add_argument("--tokens", type=int, default=6_000_000,
                     help="training budget of every proxy (a maximum with early stopping: it should never bind)")
@@ -114,9 +115,9 @@ def main():
                     help="instead of --tokens: passes over each proxy's own documents (the job's default recipe)")
     ap.add_argument("--lr", type=float, default=3e-3, help="the proxies' peak learning rate")
     ap.add_argument("--repeats", type=int, default=2, help="proxies per held-out mixture (median)")
-    ap.add_argument("--pilot-repeats", type=int, default=None,
-                    help="proxies per pilot mixture (median; default: --repeats). The fit has 14 coefficients "
-                         "for 3 sources: a finer grid with fewer repeats spends the same trainings on more mixtures")
+    ap.add_argument("--pilot-repeats", type=int, default=1,
+                    help="proxies per pilot mixture (median). The fit has 13 coefficients for 3 sources: 28 "
+                         "mixtures once each beat 15 mixtures twice, for the same number of trainings")
     ap.add_argument("--layers", type=int, default=2, help="the proxies' transformer blocks")
     ap.add_argument("--width", type=int, default=128, help="the proxies' embedding width")
     ap.add_argument("--stop-every", type=int, default=100_000,
@@ -130,7 +131,6 @@ def main():
                          "and, when N0, the grid and the pilot repeats match too, submit its pilots as measured "
                          "pilots; train only what it lacks (e.g. pilots on another grid or at another N0)")
     args = ap.parse_args()
-    args.pilot_repeats = args.pilot_repeats or args.repeats
     saved = reusable(args) if args.reuse else None
     names = SOURCE_SETS[args.sources]
     data = debian_corpus()
