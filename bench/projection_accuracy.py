@@ -88,17 +88,18 @@ def reusable(args) -> dict:
     return saved
 
 
-def check_reproduces(then: dict, now: dict, what: str) -> dict:
-    """Reused measurements are trusted only if this code measures the same values again (the
-    keys both runs have): the same seeds, data and tokenizer give the same losses."""
-    common = then.keys() & now.keys()
-    if not common:
-        raise SystemExit(f"no {what} in common with the reused run: cannot check it reproduces")
-    worst = max(abs(now[k] - then[k]) / then[k] for k in common)
-    print(f"{what} reproduced ({len(common)} compared): largest relative difference {worst:.2e}")
-    if worst > 1e-3:
-        raise SystemExit(f"the reused {what} do not reproduce with this code: rerun without --reuse")
-    return {"what": what, "compared": len(common), "max_rel_diff": worst}
+def check_reproduces(then: float, now: float, what: str) -> dict:
+    """Reused measurements are trusted only if this code measures one of them again and gets the
+    same value: the same seeds, data and tokenizer give the same loss."""
+    diff = abs(now - then) / then
+    print(f"{what}: saved {then:.6f}, measured again {now:.6f} (relative difference {diff:.2e})")
+    if diff > 1e-3:
+        raise SystemExit(f"the reused {what} does not reproduce with this code: rerun without --reuse")
+    return {"what": what, "saved": then, "now": now, "rel_diff": diff}
+
+
+def median_metric(runs: list[dict]) -> float:
+    return float(np.median([r["metric"] for r in runs]))
 
 
 def main():
@@ -191,15 +192,14 @@ def main():
             first = saved["pilots"][0]
             again = ray.get(pilot_task.remote(svc.store.root, revealed, val_parts, tok, first["size"], first["mixture"],
                                               auto, (*home, "reproduce.json"), 0))["metric"]
-            reproduced = check_reproduces({0: first["repeats"][0]}, {0: again}, "first pilot")
+            reproduced = check_reproduces(first["repeats"][0], again, "first pilot")
         elif saved is not None:
             # New pilots (another N0, grid or repeats draw other seeds): measure the first held-out
             # mixture again at the smallest size the saved run has it, and compare.
             n = min(saved_at, default=big)
             parts = whole_parts if n == big else revealed
-            again = float(np.median([x["metric"] for x in
-                                     ray.get([heldout_refs(n, 0, r, parts) for r in range(args.repeats)])]))
-            reproduced = check_reproduces({0: saved_at[n][0] if n in saved_at else saved["measured"][0]}, {0: again},
+            again = median_metric(ray.get([heldout_refs(n, 0, r, parts) for r in range(args.repeats)]))
+            reproduced = check_reproduces(saved_at[n][0] if n in saved_at else saved["measured"][0], again,
                                           f"first held-out mixture at N = {n}")
         refs = [] if saved is not None else \
             [[heldout_refs(big, k, r, whole_parts) for r in range(args.repeats)] for k in range(len(heldout))]
@@ -235,8 +235,8 @@ def main():
     stages = None
     if args.stages:
         from scoring.projektor import project_log_n
-        at = {n: [float(np.median([x["metric"] for x in group])) for group in groups] for n, groups in stage_runs.items()}
-        at = {n: at[n] if n in at else saved_at[n] for n in (args.n0, args.n1)}
+        at = {n: [median_metric(group) for group in stage_runs[n]] if n in stage_runs else saved_at[n]
+              for n in (args.n0, args.n1)}
         line = [float(project_log_n(big, args.n0, args.n1, a, b)) for a, b in zip(at[args.n0], at[args.n1])]
         stages = {"measured_at_pilot_sizes": {str(n): v for n, v in at.items()}, "line_through_measured": line,
                   "stage1_error": {str(n): rel(by_size[n], at[n]) for n in at},
