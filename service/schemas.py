@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import Body
 from pydantic import BaseModel, Field, create_model
 
-from workers.jobs import KINDS
+from workers.registry import KINDS
 
 
 class Corpus(BaseModel):

@@ -103,9 +103,6 @@ class Store:
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(p)
 
-    def make_dir(self, *parts: str) -> None:
-        self.fs.create_dir(self.path(*parts), recursive=True)
-
 
 class AtomicParquetWriter:
     """Streams record batches into a Parquet file that appears under its final name only on close()."""

@@ -11,10 +11,17 @@ import pytest
 import zstandard
 
 from storage.fs import Store
-from storage.ingest import (CorpusStats, IngestError, corpus_shards, detect_format, ingest,
-                            iter_corpus)
+from service.errors import from_domain
+from storage import layout
+from storage.ingest import CorpusStats, IngestError, detect_format, ingest, iter_corpus
 
-DEST = ("corpora", "c1")
+DEST = layout.corpus("c1")
+
+
+def corpus_shards(store, dest):
+    return [path[-1] for _, path in layout.shards_in(store, dest)]
+
+
 DOCS = [
     {"id": "a", "text": "The quick brown fox.", "source": "web"},
     {"id": "b", "text": "Ünïcödé — 日本語 text, with \"quotes\",\nand a newline.", "source": "books"},
@@ -125,7 +132,7 @@ def test_format_from_name_and_unknown_format(store, tmp_path):
     assert detect_format("x.bin", "parquet") == "parquet"
     with pytest.raises(IngestError) as info:
         detect_format("x.txt")
-    assert info.value.code == "unknown_format" and info.value.status == 415
+    assert info.value.code == "unknown_format" and from_domain(info.value).status == 415
     failing(store, tmp_path, "x.jsonl", jsonl(DOCS), "unknown_format", format="xml")
 
 
@@ -221,7 +228,7 @@ def test_two_objects_on_one_line_is_malformed(store, tmp_path):
 def test_missing_text_field(store, tmp_path):
     data = jsonl(DOCS[:2] + [{"id": "z", "body": "no text"}] + DOCS[2:])
     err = failing(store, tmp_path, "d.jsonl", data, "missing_field")
-    assert err.details == {"line": 3, "field": "text"} and err.status == 422
+    assert err.details == {"line": 3, "field": "text"} and from_domain(err).status == 422
     err = failing(store, tmp_path, "d.csv", b"id,body\n1,x\n", "missing_field")
     assert err.details == {"line": 1, "field": "text"} and "header" in err.message
     err = failing(store, tmp_path, "d.parquet", encode([{"id": "1", "body": "x"}], "parquet"), "missing_field")
@@ -249,7 +256,7 @@ def test_duplicate_ids_name_both_lines(store, tmp_path):
     data = jsonl(docs[:10]) + b"\n" + jsonl(docs[10:])     # the blank line 11 shifts later lines
     err = failing(store, tmp_path, "d.jsonl", data, "duplicate_id", shard_size=7, block_size=128)
     assert err.details == {"id": "d4", "line": 19, "first_line": 5, "lines": [5, 19]}
-    assert err.status == 422
+    assert from_domain(err).status == 422
     err = failing(store, tmp_path, "d.csv", csv_bytes(docs, ("id", "text")), "duplicate_id")
     assert err.details["lines"] == [6, 19] and "header" in err.message
     err = failing(store, tmp_path, "d.parquet", encode(docs, "parquet"), "duplicate_id")

@@ -8,6 +8,8 @@ import threading
 
 import ray
 
+from storage.errors import DomainError
+
 log = logging.getLogger("thresher.ray")
 NAMESPACE = "thresher"
 
@@ -46,3 +48,15 @@ def ray_reachable() -> bool:
         return ray.is_initialized() and bool(ray.cluster_resources())
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
+
+
+def ray_get(ref, what: str, timeout: float | None = None):
+    """The result of a Ray task or actor call. A domain error raised inside it (JobFailed, a bad
+    checkpoint) comes back as itself; any other failure as RuntimeError naming `what`."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if getattr(e, "cause", None) else e
+        if isinstance(cause, DomainError):
+            raise cause from None
+        raise RuntimeError(f"{what} failed: {cause}") from None

@@ -50,6 +50,14 @@ class Select(StrictModel):
 SelectMode = Literal["global", "per_shard"]
 
 
+class TargetedSelection(StrictModel):
+    """A selection from `pool` toward `target` (DSIR, CoLoR-Filter)."""
+    pool: CorpusId
+    target: CorpusId
+    select: Select
+    mode: SelectMode = "global"
+
+
 def _ref_of(info) -> Ref | None:
     """The Ref of a field, also when it hides in an Optional (`ModelId | None`)."""
     found = next((m for m in info.metadata if isinstance(m, Ref)), None)

@@ -15,9 +15,12 @@ from starlette.requests import ClientDisconnect
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Limit, Svc, Tenant, owned, page
 from service.schemas import Corpus, CorpusList, RegisterCorpus
-from storage.catalog import new_id, now
+from storage import layout
+from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, encode
-from storage.ingest import IngestError, ingest
+from storage.ingest import ingest
+from workers.driver import lifecycle
+from workers.registry import KINDS
 from workers.specs import iter_refs
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
@@ -114,17 +117,12 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
             raise ApiError(415, "unknown_format", "cannot tell the file's format: pass format=jsonl|csv|parquet "
                            "or a filename with an extension", {"field": "format"})
         cid = new_id("corpora")
-        try:
-            stats = await run_in_threadpool(
-                ingest, spool, filename=fname, store=s.store, dest=("corpora", cid), format=fmt,
-                text_field=fields["text_field"], id_field=fields["id_field"],
-                source_field=fields["source_field"], shard_size=s.settings.shard_size)
-        except IngestError as e:
-            raise ApiError(e.status, e.code, e.message, e.details) from None
-        rec = {"id": cid, "tenant": tenant, "name": fields["name"], "state": "ready", "created_at": now(),
-               **{k: v for k, v in stats.to_dict().items() if k in ("num_docs", "num_bytes", "num_shards", "num_empty", "sources")},
-               "meta": {"empty_ids": stats.empty_ids, "format": fmt, "filename": fname}}
-        s.catalog.insert("corpora", rec)
+        stats = await run_in_threadpool(
+            ingest, spool, filename=fname, store=s.store, dest=layout.corpus(cid), format=fmt,
+            text_field=fields["text_field"], id_field=fields["id_field"],
+            source_field=fields["source_field"], shard_size=s.settings.shard_size)
+        rec = lifecycle.create_uploaded_corpus(s.catalog, cid, tenant, fields["name"], stats.to_dict(),
+                                               {"format": fmt, "filename": fname})
         return corpus_view(rec)
     finally:
         try:
@@ -163,14 +161,9 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
         raise ApiError(422, "bad_uri", f"cannot read {body.uri}: {e}", {"field": "uri"}) from None
     if missing:
         raise ApiError(404, "not_found", f"{body.uri} does not exist or is not a file", {"field": "uri"})
-    cid, jid = new_id("corpora"), new_id("jobs")
-    s.catalog.insert("corpora", {"id": cid, "tenant": tenant, "name": body.name, "state": "ingesting",
-                                 "created_at": now(), "job_id": jid, "sources": {}})
-    spec = {"corpus_id": cid, "uri": uri, "format": body.format, "text_field": body.text_field,
-            "id_field": body.id_field, "source_field": body.source_field, "shard_size": s.settings.shard_size}
-    s.engine.submit({"id": jid, "tenant": tenant, "kind": "ingest", "name": f"ingest {body.name}",
-                     "state": "queued", "spec": spec, "created_at": now()})
-    rec = s.catalog.get("corpora", cid)
+    spec = {"uri": uri, "format": body.format, "text_field": body.text_field, "id_field": body.id_field,
+            "source_field": body.source_field, "shard_size": s.settings.shard_size}
+    rec, _ = lifecycle.create_corpus_by_job(s.engine, tenant, body.name, "ingest", f"ingest {body.name}", spec)
     return JSONResponse(corpus_view(rec).model_dump(), status_code=202)
 
 
@@ -186,7 +179,7 @@ def get_corpus(corpus_id: str, tenant: str = Tenant, s=Svc):
 
 
 def _shards(s, corpus_id: str) -> list[tuple[str, ...]]:
-    return [("corpora", corpus_id, n) for n in s.store.list("corpora", corpus_id, suffix=".parquet")]
+    return [p for _, p in layout.corpus_shards(s.store, corpus_id)]
 
 
 def _ready(s, corpus_id: str, tenant: str) -> dict:
@@ -229,7 +222,6 @@ def download_corpus(corpus_id: str, format: Literal["parquet", "jsonl", "csv"] =
 @router.delete("/{corpus_id}", status_code=204)
 def delete_corpus(corpus_id: str, tenant: str = Tenant, s=Svc):
     owned(s, "corpora", corpus_id, tenant)
-    from workers.jobs import KINDS
     for state in ("queued", "running"):
         for job in s.catalog.find("jobs", tenant=tenant, state=state):
             spec = KINDS[job["kind"]].spec.model_validate(job["spec"])
@@ -237,5 +229,4 @@ def delete_corpus(corpus_id: str, tenant: str = Tenant, s=Svc):
             if uses or job["spec"].get("corpus_id") == corpus_id:
                 raise ApiError(409, "corpus_in_use", f"job {job['id']} ({state}) uses corpus {corpus_id}; "
                                "cancel it or wait for it to finish", {"job_id": job["id"]})
-    s.catalog.delete("corpora", corpus_id)
-    s.store.delete("corpora", corpus_id)
+    lifecycle.delete_corpus(s.catalog, s.store, corpus_id)

@@ -8,11 +8,12 @@ import pyarrow.fs as pafs
 import ray
 from pydantic import Field
 
+from storage import layout
 from storage.fs import Store
-from storage.ingest import IngestError, ingest
-from storage.manifests import part_name
-from workers.engine import JobContext, JobFailed, Task
-from workers.jobs import JobKind
+from storage.ingest import ingest
+from workers.driver import lifecycle
+from workers.driver.engine import JobContext, JobFailed, Task
+from workers.kind import SHARD_TASK, JobKind
 from workers.specs import ManifestId, StrictModel
 
 
@@ -30,41 +31,26 @@ class IngestSpec(StrictModel):
 def ingest_uri(store_root: str, spec: dict) -> dict:
     store = Store(store_root)
     fs, path = pafs.FileSystem.from_uri(spec["uri"])
-    try:
-        stats = ingest((fs, path), filename=path.rsplit("/", 1)[-1], store=store,
-                       dest=("corpora", spec["corpus_id"]), format=spec["format"],
-                       text_field=spec["text_field"], id_field=spec["id_field"],
-                       source_field=spec["source_field"], shard_size=spec["shard_size"])
-    except IngestError as e:
-        raise JobFailed(e.code, f"{e.message} ({e.details})" if e.details else e.message) from None
+    stats = ingest((fs, path), filename=path.rsplit("/", 1)[-1], store=store,
+                   dest=layout.corpus(spec["corpus_id"]), format=spec["format"],
+                   text_field=spec["text_field"], id_field=spec["id_field"],
+                   source_field=spec["source_field"], shard_size=spec["shard_size"])
     return stats.to_dict()
 
 
 def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     ctx.progress("ingest", 0, 1, "files", force=True)
-    opts = ctx.task_options()
+    opts = ctx.options("ingest")
     tasks = [Task(out=None, key="stats",
                   submit=lambda: ingest_uri.options(**opts).remote(ctx.store.root, spec.model_dump()))]
     stats = ctx.run_tasks("ingest", tasks, unit="files")["stats"]
-    mark_ready(ctx, spec.corpus_id, stats)
+    lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
     return {"corpus_id": spec.corpus_id, "summary": stats}
 
 
-def mark_ready(ctx: JobContext, corpus_id: str, stats: dict) -> None:
-    ctx.catalog.update("corpora", corpus_id, state="ready", num_docs=stats["num_docs"],
-                       num_bytes=stats["num_bytes"], num_shards=stats["num_shards"],
-                       num_empty=stats["num_empty"], sources=stats["sources"],
-                       meta={"empty_ids": stats.get("empty_ids", [])})
-
-
-def mark_failed(ctx: JobContext, state: str) -> None:
-    corpus_id = ctx.job["spec"]["corpus_id"]
-    job = ctx.catalog.get("jobs", ctx.job_id)
-    ctx.catalog.update("corpora", corpus_id, state="failed", error=job["error"])
-    ctx.store.delete("corpora", corpus_id)
-
-
-run_ingest.on_end = mark_failed
+def fail_corpus(ctx: JobContext, state: str, error: dict | None) -> None:
+    """The job that fills a corpus did not succeed: the corpus fails with it, and leaves no shard."""
+    lifecycle.fail_corpus(ctx.catalog, ctx.store, ctx.job["spec"]["corpus_id"], error)
 
 
 class ExportSpec(StrictModel):
@@ -93,17 +79,15 @@ def shard_stats(docs) -> dict:
 
 
 def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
-    man = ctx.catalog.get("manifests", spec.manifest, ctx.tenant)
-    corpus_id = ctx.store.read_parquet("manifests", spec.manifest, part_name(0), columns=["corpus_id"])["corpus_id"][0].as_py() \
-        if man["num_shards"] else None
+    corpus_id = manifest_corpus(ctx, spec.manifest)
     if corpus_id is None:
         raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
-    opts = ctx.task_options()
+    opts = ctx.options("export")
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
-        out = ("corpora", spec.corpus_id, f"shard-{s:05d}.parquet")
+        out = layout.corpus_shard(spec.corpus_id, s)
         tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, ("manifests", spec.manifest, part_name(s)), out, spec.selected_only)))
+            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only)))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -113,13 +97,21 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
             stats[k] += part[k]
         for src, n in part["sources"].items():
             stats["sources"][src] = stats["sources"].get(src, 0) + n
-    mark_ready(ctx, spec.corpus_id, stats)
+    lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
     return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": stats}
 
 
-run_export.on_end = mark_failed
+def manifest_corpus(ctx: JobContext, manifest_id: str) -> str | None:
+    """The corpus a manifest's rows come from (None when it has no rows)."""
+    parts = layout.manifest_parts(ctx.store, manifest_id)
+    if not parts:
+        return None
+    return ctx.store.read_parquet(*parts[0][1], columns=["corpus_id"])["corpus_id"][0].as_py()
+
 
 KINDS = [
-    JobKind("ingest", IngestSpec, run_ingest, "register server-side data as a corpus", internal=True),
-    JobKind("export", ExportSpec, run_export, "materialise a selection's documents as a corpus", internal=True),
+    JobKind("ingest", IngestSpec, run_ingest, "register server-side data as a corpus",
+            stages={"ingest": SHARD_TASK}, internal=True, on_end=fail_corpus),
+    JobKind("export", ExportSpec, run_export, "materialise a selection's documents as a corpus",
+            stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus),
 ]

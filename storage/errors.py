@@ -1,0 +1,13 @@
+"""The one error type below the service: a code, a message that says what to fix, and details
+that locate the problem (`line`, `field`, `id`, …). Only service/errors.py turns codes into HTTP
+statuses; nothing below it knows HTTP."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    def __init__(self, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details or {}
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "details": self.details}

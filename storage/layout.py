@@ -1,0 +1,166 @@
+"""Where everything lives in storage: the one module that builds and parses storage paths.
+
+A path is a tuple of parts under the store's root (`Store.path(*parts)` joins them), so the same
+layout holds on a local directory and under an object-store prefix:
+
+    corpora/<cor>/shard-NNNNN.parquet       a corpus: id, text, source, in input order
+    jobs/<job>/scores/part-NNNNN.parquet    a job's scores, one part per corpus shard (apart from
+                                            the documents: scoring again never rewrites a corpus)
+    jobs/<job>/…                            a job's other intermediate files (named below)
+    manifests/<man>/part-NNNNN.parquet      a manifest: one part per corpus shard NNNNN
+    models/<mdl>/…                          a trained model's checkpoint (meta.json written last)
+    curricula/<cur>/…                       a curriculum run: doc ids, state, one plan per epoch
+
+Every file is written under its final name by exactly one task, so a task whose output exists is
+done; files whose name starts with '.' are temporaries and never listed.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+Parts = tuple[str, ...]
+
+CORPUS_SHARD_PREFIX = "shard-"
+PART_PREFIX = "part-"
+PARQUET = ".parquet"
+MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")  # meta.json last
+
+
+class Lister(Protocol):
+    def list(self, *parts: str, suffix: str = "") -> list[str]: ...
+
+
+def _numbered(prefix: str, n: int, suffix: str = PARQUET) -> str:
+    return f"{prefix}{n:05d}{suffix}"
+
+
+def number_of(name: str, prefix: str, suffix: str = PARQUET) -> int | None:
+    """NNNNN of `<prefix>NNNNN<suffix>`, or None for any other name."""
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    digits = name[len(prefix):len(name) - len(suffix)]
+    return int(digits) if digits.isdigit() else None
+
+
+def _listed(store: Lister, folder: Parts, prefix: str, suffix: str = PARQUET) -> list[tuple[int, Parts]]:
+    found = ((number_of(n, prefix, suffix), n) for n in store.list(*folder, suffix=suffix))
+    return sorted((i, (*folder, n)) for i, n in found if i is not None)
+
+
+# -- corpora -------------------------------------------------------------------------------------
+
+def corpus(corpus_id: str) -> Parts:
+    return ("corpora", corpus_id)
+
+
+def corpus_shard(corpus_id: str, shard: int) -> Parts:
+    return (*corpus(corpus_id), _numbered(CORPUS_SHARD_PREFIX, shard))
+
+
+def corpus_shards(store: Lister, corpus_id: str) -> list[tuple[int, Parts]]:
+    """(shard number, path) of a corpus's shards, in row order."""
+    return shards_in(store, corpus(corpus_id))
+
+
+def shard_in(folder: Parts, shard: int) -> Parts:
+    """Corpus shard `shard` under any folder (ingestion writes to a folder it is given)."""
+    return (*folder, _numbered(CORPUS_SHARD_PREFIX, shard))
+
+
+def shards_in(store: Lister, folder: Parts) -> list[tuple[int, Parts]]:
+    return _listed(store, folder, CORPUS_SHARD_PREFIX)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+def job(job_id: str) -> Parts:
+    return ("jobs", job_id)
+
+
+# A job's other files, by what they hold.
+JOB_FILES = {
+    "dsir_log_ratio": ("dsir", "log_ratio.npy"),        # DSIR: log p_target − log p_pool per bucket
+    "embeddings": ("embeddings.npz",),                  # Projektor: source and validation embeddings
+    "tokenizer": ("tokenizer.json",),                   # Projektor: the pilots' shared tokenizer
+    "pilots": ("pilots.json",),                         # Projektor: measured pilots with their OT
+    "projection": ("projection.json",),                 # Projektor: the fitted projection (/predict)
+    "plot": ("plot.png",),                              # Projektor: the projection's plot
+}
+
+
+def job_file(job_id: str, what: str) -> Parts:
+    """The job's file `what` (a key of JOB_FILES)."""
+    return (*job(job_id), *JOB_FILES[what])
+
+
+def score_part(job_id: str, shard: int) -> Parts:
+    return (*job(job_id), "scores", _numbered(PART_PREFIX, shard))
+
+
+def score_parts(store: Lister, job_id: str) -> list[Parts]:
+    return [p for _, p in _listed(store, (*job(job_id), "scores"), PART_PREFIX)]
+
+
+def dsir_counts(job_id: str, role: str, shard: int) -> Parts:
+    """DSIR's hashed n-gram totals of one shard of the pool or target."""
+    return (*job(job_id), "dsir", _numbered(f"{role}-", shard, ".npy"))
+
+
+def pilot_result(job_id: str, index: int) -> Parts:
+    return (*job(job_id), "pilots", f"pilot-{index:04d}.json")
+
+
+# -- manifests -----------------------------------------------------------------------------------
+
+def manifest(manifest_id: str) -> Parts:
+    return ("manifests", manifest_id)
+
+
+def manifest_part(manifest_id: str, shard: int) -> Parts:
+    return (*manifest(manifest_id), _numbered(PART_PREFIX, shard))
+
+
+def manifest_parts(store: Lister, manifest_id: str) -> list[tuple[int, Parts]]:
+    """(shard number, path) of a manifest's parts, in shard order."""
+    return _listed(store, manifest(manifest_id), PART_PREFIX)
+
+
+# -- models and curriculum runs ------------------------------------------------------------------
+
+def model(model_id: str) -> Parts:
+    return ("models", model_id)
+
+
+def model_file(model_id: str, name: str) -> Parts:
+    """One of a checkpoint's MODEL_FILES."""
+    return (*model(model_id), name)
+
+
+def model_meta(model_id: str) -> Parts:
+    """Written last: a checkpoint whose meta.json exists is complete."""
+    return model_file(model_id, MODEL_FILES[-1])
+
+
+def curriculum(run_id: str) -> Parts:
+    return ("curricula", run_id)
+
+
+def curriculum_docs(run_id: str) -> Parts:
+    """The run's document ids: index i of the scheduler is row i."""
+    return (*curriculum(run_id), "docs.parquet")
+
+
+def curriculum_state(run_id: str) -> Parts:
+    """The scheduler's whole state, rewritten atomically after every change."""
+    return (*curriculum(run_id), "state.parquet")
+
+
+def curriculum_epoch(run_id: str, epoch: int) -> Parts:
+    return (*curriculum(run_id), _numbered("epoch-", epoch))
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+def probe(token: str) -> Parts:
+    """A throwaway file /readyz writes and deletes to check the store is writable."""
+    return (".probe", token)
