@@ -89,9 +89,12 @@ def documents(text: str) -> Iterator[str]:
 
 # -- the domains, in the order their documents are drawn ------------------------------------------------
 
-def kernel_docs() -> Iterator[str]:
+def kernel_docs() -> Iterator[tuple[str, str]]:
+    """(subsystem, document): the subsystem is the folder under Documentation/ (a part of the domain)."""
     for path in package_files("linux-doc-6.1", r"\.rst(\.gz)?$"):
-        yield from documents(read_text(path))
+        folder = path.split("/Documentation/", 1)[-1].split("/")
+        subsystem = folder[0] if len(folder) > 1 else ""
+        yield from ((subsystem, doc) for doc in documents(read_text(path)))
 
 
 def _render_manpage(path: str) -> str:
@@ -112,8 +115,8 @@ Job Psalms Proverbs Ecclesiastes Isaiah Jeremiah Ezekiel Daniel Matthew Mark Luk
 Corinthians Hebrews Revelation""".split()
 
 
-def scripture_docs() -> Iterator[str]:
-    """Chapter after chapter until a book runs out; four verses make a paragraph."""
+def scripture_docs() -> Iterator[tuple[str, str]]:
+    """(book, document): chapter after chapter until a book runs out; four verses make a paragraph."""
     for book in BIBLE_BOOKS:
         for chapter in range(1, 151):
             out = subprocess.run(["bible", "-f", f"{book} {chapter}:1-200"], capture_output=True, text=True).stdout
@@ -121,7 +124,7 @@ def scripture_docs() -> Iterator[str]:
             if not verses:
                 break
             paragraphs = (" ".join(verses[i:i + 4]) for i in range(0, len(verses), 4))
-            yield from documents("\n\n".join(paragraphs))
+            yield from ((book, doc) for doc in documents("\n\n".join(paragraphs)))
 
 
 def fortune_docs() -> Iterator[str]:
@@ -151,6 +154,14 @@ def write_jsonl(path: str, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def record(doc_id: str, item: str | tuple[str, str], domain: str) -> dict:
+    """A document of a domain; `part` (a book of the scripture, a kernel subsystem) when the domain has
+    parts: the benches' within-domain tasks target one part against the rest."""
+    if isinstance(item, str):
+        return {"id": doc_id, "text": item, "source": domain}
+    return {"id": doc_id, "text": item[1], "source": domain, "part": item[0]}
+
+
 def build(out: str, per_domain: int = 6000, seed: int = 7) -> str:
     """Build the corpus under `out` (see the module docstring); returns `out`."""
     install_missing()
@@ -158,7 +169,7 @@ def build(out: str, per_domain: int = 6000, seed: int = 7) -> str:
     os.makedirs(os.path.join(out, "sources"), exist_ok=True)
     pool: list[dict] = []
     for domain, produce in DOMAINS.items():
-        docs = [{"id": f"{domain}-{i}", "text": text, "source": domain} for i, text in enumerate(produce())]
+        docs = [record(f"{domain}-{i}", item, domain) for i, item in enumerate(produce())]
         rng.shuffle(docs)
         docs = docs[:per_domain]
         write_jsonl(os.path.join(out, "sources", f"{domain}.jsonl"), docs)

@@ -5,8 +5,10 @@ windows, AdamW, linear warm-up then cosine decay to `min_lr_frac` × peak, grad 
 `EarlyStopping` (pretrain only): evaluate a held-out metric every so many tokens, stop when it has
 not improved for `patience` evaluations, and keep the best weights: the model's loss on that data
 then measures the data, not how long it was trained (the projection job's proxies use it).
-`finetune`: the conditional model, ONE pass over the target documents with a fresh optimizer and a
-short warm-up; the padding of each batch is masked out of the loss (the reference code forgets this).
+`finetune`: the conditional model, `epochs` passes over the target documents (at most `max_tokens`)
+with a fresh optimizer and a short warm-up, optionally stopped early on a held-out metric (then
+the best weights, the starting ones included with `at_start`, are kept); the padding of each batch
+is masked out of the loss (the reference code forgets this).
 Defaults follow the paper (docs/methods.md §1): lr 1e-3, β = (0.9, 0.95), no weight decay, clip 1.0.
 """
 
@@ -40,6 +42,7 @@ class TrainConfig:
     seq_len: int = 128  # pretraining window; fine-tuning windows are the model context
     tokens: int = 1_000_000  # pretraining budget (seen tokens)
     epochs: int = 1  # fine-tuning passes over the target documents
+    max_tokens: int | None = None  # fine-tuning budget: the passes stop there
     seed: int = 0
 
 
@@ -48,6 +51,7 @@ class EarlyStopping:
     evaluate: Callable[[], float]  # lower is better; called with the model in eval mode
     every_tokens: int
     patience: int = 3
+    at_start: bool = False  # evaluate the initial model too: it is kept when training never beats it
 
     def __post_init__(self):
         if self.every_tokens < 1 or self.patience < 1:
@@ -130,6 +134,8 @@ def _run_steps(model, cfg: TrainConfig, total_steps: int, warmup: int, next_batc
     device = _device_of(model)
     dtype = autocast_dtype(device)
     optimizer = make_optimizer(model, cfg)
+    if stopper is not None and stopper.rule.at_start:
+        stopper.evaluate(0)
     model.train()
     losses, lrs, tokens_done, started = [], [], 0, time.perf_counter()
     for step in range(total_steps):
@@ -156,6 +162,8 @@ def _run_steps(model, cfg: TrainConfig, total_steps: int, warmup: int, next_batc
     return {
         **extra,
         "steps": len(losses),
+        "planned_steps": total_steps,
+        "planned_tokens": tokens_total,
         "warmup_steps": warmup,
         "tokens": tokens_done,
         "seconds": seconds,
@@ -212,23 +220,31 @@ def pad_windows(windows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0)
 
 
 def finetune(
-    model: torch.nn.Module, documents: Sequence[Sequence[int]], cfg: TrainConfig, on_progress: ProgressFn | None = None
+    model: torch.nn.Module, documents: Sequence[Sequence[int]], cfg: TrainConfig, on_progress: ProgressFn | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> dict:
     """cfg.epochs (default one) shuffled pass(es) over the target documents, each document a
-    right-padded sequence (long ones windowed at the model context); fresh AdamW; padding masked."""
+    right-padded sequence (long ones windowed at the model context), cut at cfg.max_tokens; fresh
+    AdamW; padding masked. The schedule spans the whole budget, also when `early_stopping` ends
+    training sooner (then the best evaluated weights are kept)."""
     windows = document_windows(documents, model.context)
     if not windows:
         raise ValueError("no target document has 2 or more tokens")
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.cat([torch.randperm(len(windows), generator=gen) for _ in range(cfg.epochs)]).tolist()
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    tokens_total = sum(len(windows[i][1]) for i in order)
+    sizes = np.cumsum([sum(len(windows[i][1]) for i in b) for b in batches])
+    if cfg.max_tokens is not None:  # keep the batches that start within the budget
+        batches = batches[: max(1, int(np.searchsorted(sizes, cfg.max_tokens, side="left")) + 1)]
+        sizes = sizes[: len(batches)]
     torch.manual_seed(cfg.seed)
 
     def next_batch(step):
         return pad_windows([windows[i] for i in batches[step]])
 
-    return _run_steps(model, cfg, len(batches), _warmup(cfg, len(batches)), next_batch, tokens_total, on_progress)
+    stopper = _EarlyStopper(model, early_stopping) if early_stopping is not None else None
+    return _run_steps(model, cfg, len(batches), _warmup(cfg, len(batches)), next_batch, int(sizes[-1]), on_progress,
+                      stopper)
 
 
 def validation_loss(model, documents: Sequence[Sequence[int]], **engine_kwargs) -> float:

@@ -142,3 +142,39 @@ def selected_by_source(store: Store, parts: list[tuple[str, ...]]) -> dict[str, 
     finally:
         con.close()
     return {s: int(c) for s, c in rows}
+
+
+def score_distribution(store: Store, parts: list[tuple[str, ...]], column: str = "score",
+                       quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9), limit: int = 50) -> dict:
+    """Per source (the `limit` largest): documents, selected, mean and quantiles of `column`."""
+    qs = ", ".join(str(q) for q in quantiles)
+    con = duckdb.connect()
+    try:
+        con.register("m", dataset(store, parts))
+        rows = con.execute(f"""
+            SELECT coalesce(source, ''), count(*), count(*) FILTER (WHERE selected),
+                   avg({duckdb_ident(column)}), quantile_cont({duckdb_ident(column)}, [{qs}])
+            FROM m WHERE {duckdb_ident(column)} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(limit)}""").fetchall()
+    finally:
+        con.close()
+    return {s: {"docs": int(n), "selected": int(k), "mean": float(mean),
+                "quantiles": {str(q): float(v) for q, v in zip(quantiles, vals)}}
+            for s, n, k, mean, vals in rows}
+
+
+def overlap_with_top(store: Store, manifest_parts: list[tuple[str, ...]], score_parts: list[tuple[str, ...]],
+                     key: str, n: int) -> dict:
+    """How many of a manifest's selected documents are among the `n` highest `key` of other score
+    parts over the same corpus (ties by doc_id), and that top-n's documents per source."""
+    con = duckdb.connect()
+    try:
+        con.register("m", dataset(store, manifest_parts))
+        con.register("other", dataset(store, score_parts))
+        con.execute(f"""CREATE TEMP TABLE top AS SELECT doc_id, source FROM other
+                        WHERE {duckdb_ident(key)} IS NOT NULL
+                        ORDER BY {duckdb_ident(key)} DESC, doc_id LIMIT {int(n)}""")
+        both = con.execute("SELECT count(*) FROM m JOIN top USING (doc_id) WHERE m.selected").fetchone()[0]
+        by_source = con.execute("SELECT coalesce(source, ''), count(*) FROM top GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    finally:
+        con.close()
+    return {"overlap": int(both), "selected_by_source": {s: int(c) for s, c in by_source}}

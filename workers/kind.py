@@ -44,7 +44,7 @@ class Resources:
 SHARD_TASK = Resources(cpus=1)                       # one shard, one core
 TRAINING = Resources(gpus=1, cpu_share=1.0)          # one model: a GPU, or the cores of the cluster
 HALF_TRAINING = Resources(gpus=1, cpu_share=0.5)     # two models trained side by side
-SCORER = Resources(gpus=1, cpu_share=1.0, max_threads=8)  # a LossScorer actor (see score_shards)
+SCORER = Resources(gpus=1, cpus=1)  # a LossScorer actor: one per GPU, or one single-threaded per core
 BOOKKEEPING = Resources(cpus=0)                      # progress boards and other tiny actors
 
 

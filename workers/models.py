@@ -14,6 +14,8 @@ import os
 import tempfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import ray
 import torch
 
@@ -80,14 +82,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @ray.remote(max_restarts=3, max_task_retries=3)
 class LossScorer:
-    """Loads one or more models once, then scores shard after shard with the same windows for all.
+    """Loads one or more models once, then scores shard after shard (or row ranges of shards) with
+    the same windows for all.
 
-    Writes a score part per shard: `loss` (one model) or `prior_loss`, `cond_loss` and
-    `score = prior_loss − cond_loss` (two models, CoLoR-Filter).
+    A score table holds `loss` (one model) or `prior_loss`, `cond_loss` and
+    `score = prior_loss − cond_loss` (two models, CoLoR-Filter). `score_shard` writes a shard's part;
+    `score_rows` returns the table of a row range, for the driver to join into the shard's part.
     """
 
-    def __init__(self, store_root: str, records: list[dict], threads: int, engine_options: dict):
+    def __init__(self, store_root: str, records: list[dict], threads: int, engine_options: dict, index: int = 0):
+        if threads == 1:  # one scorer per core: the tokenizer's thread pool would compete with the others
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            os.environ["RAYON_NUM_THREADS"] = "1"
         torch.set_num_threads(max(1, threads))
+        self.index = index
         self.store = Store(store_root)
         loaded = [load_for_scoring(self.store, r) for r in records]
         if len({tokenizer_fingerprint(t) for _, t, _ in loaded}) > 1:
@@ -95,8 +103,12 @@ class LossScorer:
         self.tokenizer, self.prepend = loaded[0][1], loaded[0][2]
         self.engine = DocumentLossEngine([m for m, _, _ in loaded], **engine_options)
 
-    def score_shard(self, shard: int, parts: tuple, out: tuple) -> int:
+    def _table(self, shard: int, parts: tuple, rows: tuple[int, int] | None = None):
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
+        first = 0
+        if rows is not None:
+            first = rows[0]
+            t = t.slice(rows[0], rows[1] - rows[0])
         texts = [x or "" for x in t["text"].to_pylist()]
         tokens = tokenize_documents(self.tokenizer, texts, prepend_id=self.prepend)
         # A document with no text has no loss: NaN here, NULL in the manifest, never selected.
@@ -110,8 +122,24 @@ class LossScorer:
             prior, cond = loss[0], loss[1]
             table = score_part(t["id"], shard, t["source"], n_tokens, prior - cond,
                                prior_loss=prior, cond_loss=cond)
+        if first:
+            table = table.set_column(table.schema.get_field_index("row"), "row",
+                                     pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
+        return table
+
+    def _info(self, table) -> dict:
+        dtype = self.engine.dtype
+        return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0),
+                "actor": self.index, "dtype": str(dtype).replace("torch.", "") if dtype else "float32"}
+
+    def score_shard(self, shard: int, parts: tuple, out: tuple) -> dict:
+        table = self._table(shard, parts)
         self.store.write_parquet(table, *out)
-        return t.num_rows
+        return self._info(table)
+
+    def score_rows(self, shard: int, parts: tuple, first: int, end: int) -> dict:
+        table = self._table(shard, parts, (first, end))
+        return {**self._info(table), "table": table}
 
 
 def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int) -> list[str]:

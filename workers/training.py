@@ -4,6 +4,8 @@ spec exposes and the one recipe for a model from scratch (train_model, CoLoR-Fil
 
 A model trained from scratch sees its documents each preceded by eos and concatenated into one
 token stream, a GPT of the preset (with architecture overrides), and `tokens` of training.
+A fine-tune with `holdout_fraction` keeps that share of its documents apart, evaluates the model on
+them as it trains (and before), stops once they stop improving and keeps the best weights.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from scoring.device import pick_device
 from scoring.gpt import GPT, config_from_preset
 from scoring.lm_loss import tokenize_documents
 from scoring.tokenizer import eos_id
-from scoring.train import EarlyStopping, TrainConfig, pretrain
+from scoring.train import EarlyStopping, TrainConfig, finetune, pretrain, validation_loss
 from workers.specs import StrictModel
 
 Preset = Literal["tiny", "small", "base", "150m"]
@@ -44,18 +46,23 @@ class TrainOptions(StrictModel):
 
 
 class FinetuneOptions(StrictModel):
-    """Fine-tuning: a fresh optimizer, `epochs` passes over the target, padding masked out."""
-    epochs: int = Field(1, ge=1, le=100)
+    """Fine-tuning: a fresh optimizer, `epochs` passes over the documents (at most `max_tokens`),
+    padding masked out; with `holdout_fraction` > 0, early stopping on the held-out documents."""
+    epochs: int = Field(1, ge=1, le=100, description="passes over the documents (a maximum with early stopping)")
+    max_tokens: int | None = Field(None, ge=1000, description="budget in trained tokens (default: none)")
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_steps: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1, le=4096)
+    holdout_fraction: float = Field(0.0, ge=0, lt=1, description="documents held out for early stopping")
+    evals_per_epoch: int = Field(2, ge=1, le=100, description="held-out evaluations per pass")
+    patience: int = Field(3, ge=1, le=100, description="evaluations without improvement before stopping")
     seed: int = 0
 
 
 def train_config(opts: TrainOptions | FinetuneOptions) -> TrainConfig:
     if isinstance(opts, FinetuneOptions):
         return TrainConfig(lr=opts.lr, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
-                           epochs=opts.epochs, seed=opts.seed)
+                           epochs=opts.epochs, max_tokens=opts.max_tokens, seed=opts.seed)
     return TrainConfig(lr=opts.lr, batch_size=opts.batch_size, tokens=opts.tokens,
                        seq_len=opts.seq_len or 10**9, seed=opts.seed)
 
@@ -69,12 +76,12 @@ def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
 
 def train_from_scratch(tokenizer, texts: list[str], opts: TrainOptions, *, epochs: float | None = None,
                        early_stopping: Callable[[torch.nn.Module], EarlyStopping] | None = None,
-                       on_progress=None) -> tuple[GPT, dict]:
+                       on_progress=None, stream: np.ndarray | None = None) -> tuple[GPT, dict]:
     """A GPT of `opts.preset` trained on `texts` for `opts.tokens` (or `epochs` passes over them).
 
     `early_stopping(model)` builds the rule that evaluates the model as it trains. The stats are
-    pretrain's, plus `stream_tokens`, the length of the training stream."""
-    stream = token_stream(tokenizer, texts)
+    pretrain's, plus `stream_tokens`, the length of the training stream (`stream`: already built)."""
+    stream = token_stream(tokenizer, texts) if stream is None else stream
     if epochs is not None:
         opts = opts.model_copy(update={"tokens": max(1000, int(epochs * len(stream)))})
     torch.manual_seed(opts.seed)
@@ -83,3 +90,35 @@ def train_from_scratch(tokenizer, texts: list[str], opts: TrainOptions, *, epoch
     rule = early_stopping(model) if early_stopping else None
     stats = pretrain(model, stream, train_config(opts), on_progress=on_progress, early_stopping=rule)
     return model, {**stats, "stream_tokens": int(len(stream))}
+
+
+def split_holdout(docs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out): round(fraction · n) documents held out (seeded), at least one when
+    fraction > 0, none when fewer than two documents are left to train on."""
+    n_held = min(max(1, round(fraction * len(docs))), len(docs) - 2) if fraction > 0 else 0
+    if n_held <= 0:
+        return docs, []
+    held = set(np.random.default_rng(seed).choice(len(docs), size=n_held, replace=False).tolist())
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def finetune_docs(model, docs: list[list[int]], opts: FinetuneOptions, on_progress=None) -> dict:
+    """Fine-tune `model` on token lists `docs`. With a holdout: the initial model and every
+    1/evals_per_epoch of a pass are evaluated on the held-out documents, training stops after
+    `patience` evaluations without improvement, and the best weights are kept (the initial ones
+    when fine-tuning never helped). Stats are finetune's plus `holdout_docs`, `initial_holdout_loss`
+    and `holdout_loss` (the kept model's)."""
+    train, held = split_holdout(docs, opts.holdout_fraction, opts.seed)
+    rule = None
+    if held:
+        epoch_tokens = sum(max(0, len(d) - 1) for d in train)
+        rule = EarlyStopping(evaluate=lambda: validation_loss(model, held),
+                             every_tokens=max(1, epoch_tokens // opts.evals_per_epoch),
+                             patience=opts.patience, at_start=True)
+    stats = finetune(model, train, train_config(opts), on_progress=on_progress, early_stopping=rule)
+    stats["train_docs"], stats["holdout_docs"] = len(train), len(held)
+    if held:
+        stats["initial_holdout_loss"] = stats["evaluations"][0][1]
+        stats["holdout_loss"] = stats["best_eval"]
+        stats["stopped_early"] = stats["steps"] < stats["planned_steps"]
+    return stats

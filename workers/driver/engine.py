@@ -163,15 +163,17 @@ class JobContext:
                 ray.cancel(ref)
         return results
 
-    def run_long(self, stage: str, unit: str, submit: Callable[["ray.actor.ActorHandle"], "ray.ObjectRef"]):
+    def run_long(self, stage: str, unit: str, submit: Callable[["ray.actor.ActorHandle"], "ray.ObjectRef"],
+                 total: float = 1):
         """Run one long Ray task that reports its own progress (e.g. training, in tokens).
 
         `submit(board)` starts the task and hands it a ProgressBoard actor to call
-        `board.set.remote(done, total)` on; this polls the board into the job's progress.
+        `board.set.remote(done, total)` on; this polls the board into the job's progress. `total`
+        is the driver's estimate until the task posts its own.
         """
         board = ProgressBoard.options(**BOOKKEEPING.ray_options()).remote()
         ref = submit(board)
-        self.progress(stage, 0, 1, unit, force=True)
+        self.progress(stage, 0, total, unit, force=True)
         try:
             while True:
                 self.check_cancelled()

@@ -9,27 +9,32 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
+import pyarrow as pa
 import ray
 import torch
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from scoring.lm_loss import tokenize_documents
 from scoring.tokenizer import eos_id, train_tokenizer
-from scoring.train import finetune, validation_loss
+from scoring.train import validation_loss
 from storage import layout
 from storage.catalog import NotFound
 from storage.fs import Store
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs.ingest import manifest_corpus
-from workers.jobs.selection import finish_selection
-from workers.kind import HALF_TRAINING, SCORER, TRAINING, JobKind
+from storage.manifests import manifest_files, overlap_with_top, score_distribution
+from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
+from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
 from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, TargetedSelection, exactly_one
-from workers.training import FinetuneOptions, TrainOptions, train_config, train_from_scratch
+from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
 
 
 class ScoreOptions(StrictModel):
@@ -49,19 +54,49 @@ def _reporter(board):
     return report
 
 
+# The prior's default budget (docs/methods.md §1): a fraction of the pool's tokens, within bounds, so a
+# small pool does not pay for a million tokens and the prior sees each pool token about once at most.
+AUTO_PRIOR_MIN_TOKENS, AUTO_PRIOR_MAX_TOKENS = 100_000, 1_000_000
+
+
+class PriorTrainOptions(TrainOptions):
+    """TrainOptions whose `tokens` default to `pool_fraction` of the pool's tokens, within bounds."""
+    tokens: int | None = Field(None, ge=1_000, description=(
+        f"training budget in tokens; default: pool_fraction × the pool's tokens, within "
+        f"[{AUTO_PRIOR_MIN_TOKENS:,}, {AUTO_PRIOR_MAX_TOKENS:,}]"))
+    pool_fraction: float = Field(0.5, gt=0, le=100, description="the default budget as a fraction of the pool's tokens")
+
+
+def prior_budget(opts: PriorTrainOptions, stream_tokens: int, sample_docs: int, corpus_docs: int) -> dict:
+    """The tokens the prior trains for, and why: given, or pool_fraction × the pool's tokens
+    (estimated from the training sample's token stream) within the bounds."""
+    if opts.tokens is not None:
+        return {"tokens": opts.tokens, "rule": "given"}
+    pool_tokens = stream_tokens * max(1, corpus_docs) / max(1, sample_docs)
+    tokens = int(min(AUTO_PRIOR_MAX_TOKENS, max(AUTO_PRIOR_MIN_TOKENS, opts.pool_fraction * pool_tokens)))
+    return {"tokens": tokens, "pool_tokens_estimate": int(pool_tokens), "rule": (
+        f"{opts.pool_fraction} × the pool's ~{int(pool_tokens):,} tokens, within "
+        f"[{AUTO_PRIOR_MIN_TOKENS:,}, {AUTO_PRIOR_MAX_TOKENS:,}]")}
+
+
 @ray.remote(max_retries=2)
-def pretrain_task(store_root: str, opts: dict, shard_parts: list, model_id: str, board, threads: int) -> dict:
+def pretrain_task(store_root: str, opts: dict, corpus_docs: int, shard_parts: list, model_id: str, board,
+                  threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
-    o = TrainOptions.model_validate(opts)
+    o = PriorTrainOptions.model_validate(opts)
     texts = read_texts(store, shard_parts, o.max_docs, o.seed)
     if not texts:
         raise JobFailed("empty_corpus", "the training corpus has no non-empty documents")
     tokenizer = train_tokenizer(texts, vocab_size=o.vocab_size)
-    model, stats = train_from_scratch(tokenizer, texts, o, on_progress=_reporter(board))
+    stream = token_stream(tokenizer, texts)
+    budget = prior_budget(o, len(stream), len(texts), corpus_docs)
+    board.set.remote(0, budget["tokens"])
+    plain = TrainOptions.model_validate({**o.model_dump(exclude={"pool_fraction"}), "tokens": budget["tokens"]})
+    model, stats = train_from_scratch(tokenizer, texts, plain, stream=stream, on_progress=_reporter(board))
     meta = {"preset": o.preset, "params": model.num_params(), "train_docs": len(texts),
-            "train_tokens": stats["tokens"], "final_loss": stats["final_loss"],
-            "tokens_per_s": stats["tokens_per_s"], "context": model.context}
+            "train_tokens": stats["tokens"], "final_loss": stats["final_loss"], "budget": budget,
+            "tokens_per_s": stats["tokens_per_s"], "seconds": stats["seconds"], "context": model.context}
     save_trained(store, model_id, model.cpu(), tokenizer, meta)
     return meta
 
@@ -76,9 +111,14 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
     model, tokenizer, _ = load_for_scoring(store, init)
     texts = read_texts(store, shard_parts, None, o.seed)
     docs = tokenize_documents(tokenizer, texts, prepend_id=eos_id(tokenizer))
-    stats = finetune(model, docs, train_config(o), on_progress=_reporter(board))
-    meta = {"init_model": init["id"], "finetune_docs": len(docs), "finetune_tokens": stats["tokens"],
-            "epochs": o.epochs, "final_loss": stats["final_loss"], "context": model.context}
+    stats = finetune_docs(model, docs, o, on_progress=_reporter(board))
+    meta = {"init_model": init["id"], "finetune_docs": stats["train_docs"], "finetune_tokens": stats["tokens"],
+            "max_epochs": o.epochs, "budget_tokens": stats["planned_tokens"], "final_loss": stats["final_loss"],
+            "seconds": stats["seconds"], "context": model.context}
+    if stats["holdout_docs"]:
+        meta.update(holdout_docs=stats["holdout_docs"], initial_holdout_loss=stats["initial_holdout_loss"],
+                    holdout_loss=stats["holdout_loss"], best_tokens=stats["best_tokens"],
+                    stopped_early=stats["stopped_early"], evaluations=stats["evaluations"])
     save_trained(store, model_id, model.cpu(), tokenizer, meta)
     return meta
 
@@ -90,25 +130,42 @@ def model_record(ctx: JobContext, model_id: str) -> dict:
         raise JobFailed("not_found", f"model {model_id} does not exist") from None
 
 
-def ensure_trained(ctx: JobContext, stage: str, role: str, name: str, corpus: str, task, *args) -> dict:
+def ensure_trained(ctx: JobContext, stage: str, role: str, name: str, corpus: str, task, *args,
+                   estimate: float = 1) -> dict:
     """The job's model `role`: trained by `task` on `corpus` unless a resumed job finds its
-    checkpoint complete, then registered (once) in the catalog."""
+    checkpoint complete, then registered (once) in the catalog. `estimate`: tokens to train, shown
+    until the task knows its budget."""
     model_id = derived_id("mdl", ctx.job_id, role)
     if not checkpoint_complete(ctx.store, model_id):
         parts = [p for _, p in ctx.corpus_shards(corpus)]
         ctx.run_long(stage, "tokens", lambda board: task.options(**ctx.options(stage)).remote(
-            ctx.store.root, *args, parts, model_id, board, ctx.threads(stage)))
+            ctx.store.root, *args, parts, model_id, board, ctx.threads(stage)), total=estimate)
     meta = json.loads(ctx.store.read_bytes(*layout.model_meta(model_id)))
     return lifecycle.commit_trained_model(ctx.catalog, ctx.job, model_id, name, {**meta, "corpus": corpus})
 
 
+BYTES_PER_TOKEN = 4  # a rough guide for progress estimates only
+
+
+def corpus_tokens_estimate(ctx: JobContext, corpus: str) -> int:
+    return max(1, int(ctx.corpus(corpus).get("num_bytes") or 0) // BYTES_PER_TOKEN)
+
+
 def ensure_pretrained(ctx: JobContext, corpus: str, opts: TrainOptions, role: str, stage: str) -> dict:
+    rec = ctx.corpus(corpus)
+    docs = max(1, (rec.get("num_docs") or 0) - (rec.get("num_empty") or 0))
+    prior = PriorTrainOptions.model_validate(opts.model_dump())
+    estimate = prior_budget(prior, corpus_tokens_estimate(ctx, corpus), docs, docs)["tokens"]
     return ensure_trained(ctx, stage, role, f"{role} ({opts.preset}) of {ctx.job_id}", corpus, pretrain_task,
-                          opts.model_dump())
+                          prior.model_dump(), docs, estimate=estimate)
 
 
 def ensure_finetuned(ctx: JobContext, init: dict, corpus: str, opts: FinetuneOptions, role: str, stage: str) -> dict:
-    return ensure_trained(ctx, stage, role, f"{role} of {ctx.job_id}", corpus, finetune_task, opts.model_dump(), init)
+    estimate = opts.epochs * corpus_tokens_estimate(ctx, corpus) * (1 - opts.holdout_fraction)
+    if opts.max_tokens:
+        estimate = min(estimate, opts.max_tokens)
+    return ensure_trained(ctx, stage, role, f"{role} of {ctx.job_id}", corpus, finetune_task,
+                          opts.model_dump(), init, estimate=max(1, int(estimate)))
 
 
 class TrainModelSpec(TrainOptions):
@@ -133,25 +190,66 @@ def run_train_model(ctx: JobContext, spec: TrainModelSpec) -> dict:
 
 # -- scoring -------------------------------------------------------------------------------------
 
-def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions) -> None:
-    """One LossScorer actor per GPU (or per few CPU cores); every shard scored once, resumable."""
+MIN_PIECE_ROWS = 64  # a shard is split into row ranges of at least this many documents
+
+
+def score_pieces(todo: list[tuple[int, tuple]], counts: dict[int, int], n_actors: int) -> list[tuple[int, tuple, int, int]]:
+    """(shard, path, first row, end row) of the scoring tasks: whole shards when there are at least
+    as many as actors, else row ranges of about (all rows / actors) documents (at least
+    MIN_PIECE_ROWS), so that every actor has work."""
+    if len(todo) >= n_actors:
+        return [(s, p, 0, counts.get(s, 0)) for s, p in todo]
+    piece = max(MIN_PIECE_ROWS, -(-sum(counts.get(s, 0) for s, _ in todo) // n_actors))
+    out = []
+    for s, p in todo:
+        rows = counts.get(s, 0)
+        edges = np.linspace(0, rows, max(1, round(rows / piece)) + 1).round().astype(int)
+        out += [(s, p, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return out
+
+
+def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions) -> dict:
+    """Score every shard of `corpus` once (resumable) on LossScorer actors: one per GPU, or one
+    single-threaded actor per CPU of the cluster. With fewer unfinished shards than actors, shards
+    are cut into row ranges scored as separate tasks and joined into the shard's one score part.
+    Returns the stage's figures (actors, actors that scored, pieces, tokens, seconds, dtype)."""
+    started = time.monotonic()
     threads = ctx.threads("score")
     n_actors = cluster_gpus() or max(1, cluster_cpus() // threads)
-    shards = ctx.corpus_shards(corpus)
-    todo = [(s, p) for s, p in shards if not ctx.store.exists(*layout.score_part(ctx.job_id, s))]
-    actors = [LossScorer.options(**ctx.actor_options("score")).remote(ctx.store.root, records, threads, opts.model_dump())
-              for _ in range(min(n_actors, max(1, len(todo))))] if todo else []
     counts = ctx.corpus_shard_sizes(corpus)
+    todo = [(s, p) for s, p in ctx.corpus_shards(corpus) if not ctx.store.exists(*layout.score_part(ctx.job_id, s))]
+    pieces = score_pieces(todo, counts, n_actors)
+    split = {s for s, _, a, b in pieces if (a, b) != (0, counts.get(s, 0))}
+    actors = [LossScorer.options(**ctx.actor_options("score")).remote(ctx.store.root, records, threads,
+                                                                      opts.model_dump(), i)
+              for i in range(min(n_actors, len(pieces)))]
     tasks = []
-    for i, (s, p) in enumerate(shards):
-        out = layout.score_part(ctx.job_id, s)
-        tasks.append(Task(out=out, key=s, size=counts.get(s, 1),
-                          submit=lambda s=s, p=p, out=out, i=i: actors[i % len(actors)].score_shard.remote(s, p, out)))
+    for i, (s, p, a, b) in enumerate(pieces):
+        actor = actors[i % len(actors)]
+        if s in split:
+            tasks.append(Task(out=None, key=(s, a), size=b - a,
+                              submit=lambda actor=actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(s, p, a, b)))
+        else:
+            out = layout.score_part(ctx.job_id, s)
+            tasks.append(Task(out=out, key=(s, a), size=max(1, b - a),
+                              submit=lambda actor=actor, s=s, p=p, out=out: actor.score_shard.remote(s, p, out)))
     try:
-        ctx.run_tasks("score", tasks, unit="documents")
+        results = ctx.run_tasks("score", tasks, unit="documents")
     finally:
         for a in actors:
             ray.kill(a)
+    for s in sorted(split):  # the row ranges of a split shard become its one score part
+        tables = [results[k]["table"] for k in sorted(k for k in results if k[0] == s)]
+        ctx.store.write_parquet(pa.concat_tables(tables), *layout.score_part(ctx.job_id, s))
+    done = [r for r in results.values() if r]
+    seconds = time.monotonic() - started
+    tokens = sum(r["tokens"] for r in done)
+    return {"actors": len(actors), "actors_used": len({r["actor"] for r in done}),
+            "threads_per_actor": threads if not cluster_gpus() else None, "tasks": len(tasks),
+            "split_shards": len(split), "documents": sum(r["rows"] for r in done), "tokens": tokens,
+            "models": len(records), "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "dtype": sorted({r["dtype"] for r in done})}
 
 
 class ScoreSpec(StrictModel):
@@ -171,16 +269,24 @@ def run_score(ctx: JobContext, spec: ScoreSpec) -> dict:
 
 class PriorSpec(StrictModel):
     model: ModelId | None = None
-    train: TrainOptions | None = None
+    train: PriorTrainOptions | None = None
 
     @model_validator(mode="after")
     def _one(self):
         return exactly_one(self, "model", "train")
 
 
+class ConditionalFinetune(FinetuneOptions):
+    """The conditional model's fine-tune: up to `epochs` passes over the target (at most
+    `max_tokens`), stopped early on a held-out tenth of it, best weights kept (docs/methods.md §1)."""
+    epochs: int = Field(20, ge=1, le=100, description="at most this many passes over the target")
+    max_tokens: int | None = Field(2_000_000, ge=1000, description="at most this many trained tokens")
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="target documents held out for early stopping")
+
+
 class ConditionalSpec(StrictModel):
     model: ModelId | None = None
-    finetune: FinetuneOptions | None = None
+    finetune: ConditionalFinetune | None = None
 
     @model_validator(mode="after")
     def _one(self):
@@ -188,9 +294,40 @@ class ConditionalSpec(StrictModel):
 
 
 class ColorFilterSpec(TargetedSelection):
-    prior: PriorSpec = PriorSpec(train=TrainOptions())
-    conditional: ConditionalSpec = ConditionalSpec(finetune=FinetuneOptions())
+    prior: PriorSpec = PriorSpec(train=PriorTrainOptions())
+    conditional: ConditionalSpec = ConditionalSpec(finetune=ConditionalFinetune())
     scoring: ScoreOptions = ScoreOptions()
+    compare_with: Literal["dsir"] | None = Field(
+        None, description="also score the pool with DSIR and report the overlap of the two selections")
+
+
+def conditional_diagnostics(prior: dict, cond: dict) -> dict:
+    """Did fine-tuning help? The prior's and the conditional's loss on the held-out target slice."""
+    meta = cond["meta"]
+    if "holdout_loss" not in meta:
+        return {"note": "no held-out target slice (a given conditional model, or holdout_fraction 0)"}
+    out = {"holdout_docs": meta["holdout_docs"], "prior_loss": meta["initial_holdout_loss"],
+           "conditional_loss": meta["holdout_loss"], "trained_tokens": meta["finetune_tokens"],
+           "best_at_tokens": meta["best_tokens"], "budget_tokens": meta["budget_tokens"],
+           "stopped_early": meta["stopped_early"]}
+    out["loss_reduction"] = out["prior_loss"] - out["conditional_loss"]
+    if not out["best_at_tokens"]:
+        out["warning"] = ("fine-tuning never lowered the held-out target loss: the conditional model is the "
+                          "prior and every score is 0; give more target documents or a lower lr")
+    return out
+
+
+def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selected: int) -> dict:
+    """DSIR scored inside this job (under a derived id), its top documents by resampling key as
+    many as CoLoR-Filter selected, and how many the two selections share."""
+    into = derived_id("job", ctx.job_id, "dsir")
+    dsir_scores_into(ctx, spec.pool, spec.target, into, DsirSpec.model_fields["buckets"].default,
+                     DsirSpec.model_fields["seed"].default, stages=("dsir_fit", "dsir_score"))
+    top = overlap_with_top(ctx.store, manifest_files(ctx.store, man_id), layout.score_parts(ctx.store, into),
+                           "resample_key", selected)
+    return {"method": "dsir", "sampling": "gumbel", "selected": selected, "overlap": top["overlap"],
+            "overlap_fraction": top["overlap"] / selected if selected else None,
+            "dsir_selected_by_source": top["selected_by_source"]}
 
 
 def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
@@ -204,9 +341,20 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
         cond = model_record(ctx, spec.conditional.model)
     else:
         cond = ensure_finetuned(ctx, prior, spec.target, spec.conditional.finetune, "conditional", "finetune")
-    score_shards(ctx, spec.pool, [prior, cond], spec.scoring)
+    scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring)
     result = finish_selection(ctx, "color_filter", spec.pool, spec.select, spec.mode,
                               meta={"prior_model": prior["id"], "conditional_model": cond["id"]})
+    man_id, summary = result["manifest_id"], result["summary"]
+    summary["models"] = {
+        "prior": {k: prior["meta"].get(k) for k in ("preset", "params", "train_docs", "train_tokens", "budget",
+                                                    "final_loss", "seconds")},
+        "conditional": {k: cond["meta"].get(k) for k in ("finetune_docs", "finetune_tokens", "max_epochs",
+                                                         "budget_tokens", "seconds")}}
+    summary["target_holdout"] = conditional_diagnostics(prior, cond)
+    summary["scoring"] = scoring
+    summary["score_by_source"] = score_distribution(ctx.store, manifest_files(ctx.store, man_id))
+    if spec.compare_with == "dsir":
+        summary["compare_with"] = compare_with_dsir(ctx, spec, man_id, summary["num_selected"])
     result["model_id"] = cond["id"]
     return result
 
@@ -275,7 +423,8 @@ KINDS = [
             stages={"score": SCORER}),
     JobKind("color_filter", ColorFilterSpec, run_color_filter,
             "CoLoR-Filter: select by conditional loss reduction (prior − conditional)",
-            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER}),
+            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER,
+                    "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK}),
     JobKind("evaluate", EvaluateSpec, run_evaluate,
             "what a selection is worth: proxies trained on it and on a random subset of equal size",
             stages={"train_proxies": HALF_TRAINING}),

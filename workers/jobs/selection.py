@@ -112,32 +112,39 @@ def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tu
     return t.num_rows
 
 
-def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
-    ctx.corpus(spec.pool)
-    ctx.corpus(spec.target)
-    opts = ctx.options("fit")
+def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets: int, seed: int,
+                     stages: tuple[str, str] = ("fit", "score")) -> None:
+    """DSIR's fit and per-shard scores of `pool` toward `target`, written under job id `into` (the
+    job's own, or a derived one when another kind compares itself with DSIR), resumable."""
+    opts = ctx.options(stages[0])
     fit = []
-    for role, corpus in (("pool", spec.pool), ("target", spec.target)):
+    for role, corpus in (("pool", pool), ("target", target)):
         for s, p in ctx.corpus_shards(corpus):
-            out = layout.dsir_counts(ctx.job_id, role, s)
+            out = layout.dsir_counts(into, role, s)
             fit.append(Task(out=out, key=(role, s),
                             submit=lambda p=p, out=out: bucket_totals.options(**opts).remote(
-                                ctx.store.root, p, out, spec.buckets)))
-    ctx.run_tasks("fit", fit)
-    ratio = layout.job_file(ctx.job_id, "dsir_log_ratio")
+                                ctx.store.root, p, out, buckets)))
+    ctx.run_tasks(stages[0], fit)
+    ratio = layout.job_file(into, "dsir_log_ratio")
     if not ctx.store.exists(*ratio):
-        totals = {"pool": np.zeros(spec.buckets), "target": np.zeros(spec.buckets)}
+        totals = {"pool": np.zeros(buckets), "target": np.zeros(buckets)}
         for t in fit:
             totals[t.key[0]] += load_array(ctx.store, *t.out)
         # Add-one smoothing keeps unseen buckets finite.
-        logp = {k: np.log((v + 1.0) / (v.sum() + spec.buckets)) for k, v in totals.items()}
+        logp = {k: np.log((v + 1.0) / (v.sum() + buckets)) for k, v in totals.items()}
         save_array(ctx.store, logp["target"] - logp["pool"], *ratio)
-    opts = ctx.options("score")
-    scoring = [Task(out=layout.score_part(ctx.job_id, s), key=s,
+    opts = ctx.options(stages[1])
+    scoring = [Task(out=layout.score_part(into, s), key=s,
                     submit=lambda s=s, p=p: dsir_scores.options(**opts).remote(
-                        ctx.store.root, s, p, layout.score_part(ctx.job_id, s), ratio, spec.buckets, spec.seed))
-               for s, p in ctx.corpus_shards(spec.pool)]
-    ctx.run_tasks("score", scoring)
+                        ctx.store.root, s, p, layout.score_part(into, s), ratio, buckets, seed))
+               for s, p in ctx.corpus_shards(pool)]
+    ctx.run_tasks(stages[1], scoring)
+
+
+def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
+    ctx.corpus(spec.pool)
+    ctx.corpus(spec.target)
+    dsir_scores_into(ctx, spec.pool, spec.target, ctx.job_id, spec.buckets, spec.seed)
     key = "resample_key" if spec.sampling == "gumbel" else "score"
     return finish_selection(ctx, "dsir", spec.pool, spec.select, spec.mode, key=key)
 
