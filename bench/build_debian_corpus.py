@@ -10,7 +10,8 @@ the repository root:
 
     .venv/bin/python -m bench.build_debian_corpus OUT_DIR [--per-domain 6000] [--seed 7]
 
-Writes JSON lines `{"id", "text", "source"}`:
+Writes JSON lines `{"id", "text", "source"}`, plus `part` where a domain has parts (the book of
+the scripture, the kernel subsystem: what bench/color_quality.py's within-domain task targets):
 
     OUT_DIR/sources/<domain>.jsonl  up to --per-domain documents of each domain (revealed samples
                                     for mixture projection)
@@ -116,13 +117,18 @@ Corinthians Hebrews Revelation""".split()
 
 
 def scripture_docs() -> Iterator[tuple[str, str]]:
-    """(book, document): chapter after chapter until a book runs out; four verses make a paragraph."""
+    """(book, document): chapter after chapter until a book runs out; four verses make a paragraph.
+
+    Asked for a chapter past a book's end, `bible` answers with the book's last chapter again, so a
+    book ends at the first answer whose references (`Ruth4:1 …`) name another chapter."""
     for book in BIBLE_BOOKS:
         for chapter in range(1, 151):
             out = subprocess.run(["bible", "-f", f"{book} {chapter}:1-200"], capture_output=True, text=True).stdout
-            verses = [re.sub(r"^\S+\s", "", line) for line in out.splitlines() if line.strip()]
-            if not verses:
+            lines = [line for line in out.splitlines() if line.strip()]
+            refs = [re.search(r"(\d+):\d+$", line.split(maxsplit=1)[0]) for line in lines]
+            if not lines or any(r is None or int(r.group(1)) != chapter for r in refs):
                 break
+            verses = [re.sub(r"^\S+\s", "", line) for line in lines]
             paragraphs = (" ".join(verses[i:i + 4]) for i in range(0, len(verses), 4))
             yield from ((book, doc) for doc in documents("\n\n".join(paragraphs)))
 
@@ -170,6 +176,8 @@ def build(out: str, per_domain: int = 6000, seed: int = 7) -> str:
     pool: list[dict] = []
     for domain, produce in DOMAINS.items():
         docs = [record(f"{domain}-{i}", item, domain) for i, item in enumerate(produce())]
+        seen: set[str] = set()  # a text met twice is kept once: a duplicate could sit in target and pool
+        docs = [d for d in docs if not (d["text"] in seen or seen.add(d["text"]))]
         rng.shuffle(docs)
         docs = docs[:per_domain]
         write_jsonl(os.path.join(out, "sources", f"{domain}.jsonl"), docs)

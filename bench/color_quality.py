@@ -1,83 +1,167 @@
-"""CoLoR-Filter quality on the real Debian corpus (not in CI).
+"""CoLoR-Filter quality on the real Debian corpus (not in CI), on two tasks:
 
-Selects 10% of the pool toward the target domain (scripture) with CoLoR-Filter, DSIR and random,
-through the real service, and reports each selection's precision and recall with respect to the
-target domain, then `evaluate`'s validation loss: proxies trained from scratch with the same token
-budget on each selection, measured on the held-out target validation set.
+- `domain`: the target is a whole domain (scripture) that is a minority of a five-domain pool;
+- `within`: the target is a *part* of one domain (by default the poetic books of the scripture:
+  Job, Psalms, Proverbs, Ecclesiastes); the pool holds a little of that part, the rest of its domain
+  (same vocabulary, other books) and two other domains. Domain labels do not separate the target.
 
-    .venv/bin/python -m bench.color_quality [--pool-docs 12000] [--prior-tokens 3000000]
+For each task and seed, CoLoR-Filter (with only pool, target and select: the defaults a user gets),
+DSIR and random select from the pool through the real service; the bench reports each selection's
+precision (the share of selected documents from the target's domain or part) and `evaluate`'s
+relative validation-loss gain (proxies trained on the selection and on a random subset of equal
+size, measured on held-out target documents), the CoLoR-Filter job's diagnostics and its scoring
+stage's figures, the machine and its load.
+
+    .venv/bin/python -m bench.color_quality [--tasks domain,within] [--seeds 0,1] [--pool-docs 8000]
+    .venv/bin/python -m bench.color_quality --tasks domain --pool-docs 10000 --no-eval   # the timing run
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import random
 import tempfile
 import time
 
 from bench.common import debian_corpus, print_table, run_job, service, upload_file, write_json
 
+WITHIN_DOMAIN, WITHIN_PARTS = "scripture", ("Job", "Psalms", "Proverbs", "Ecclesiastes")
+OTHER_DOMAINS = ("kernel", "fortunes")
 
-def subsample(src: str, dst: str, n: int | None, seed: int = 0) -> str:
-    rows = open(src).read().splitlines()
-    if n and len(rows) > n:
-        rows = random.Random(seed).sample(rows, n)
-    with open(dst, "w") as f:
-        f.write("\n".join(rows) + "\n")
-    return dst
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: list[dict]) -> str:
+    with open(path, "w") as f:
+        f.writelines(json.dumps({k: r[k] for k in ("id", "text", "source")}) + "\n" for r in rows)
+    return path
+
+
+def domain_task(data: str, work: str, pool_docs: int, seed: int) -> dict:
+    """Target scripture (a whole domain) in the corpus's five-domain pool."""
+    pool = read_jsonl(os.path.join(data, "pool.jsonl"))
+    if pool_docs and len(pool) > pool_docs:
+        pool = random.Random(seed).sample(pool, pool_docs)
+    return {"label": "scripture", "fraction": 0.1,
+            "pool": write_jsonl(os.path.join(work, f"domain-pool-{seed}.jsonl"), pool),
+            "target": os.path.join(data, "target.jsonl"), "validation": os.path.join(data, "validation.jsonl")}
+
+
+def within_task(data: str, work: str, pool_docs: int, seed: int, parts=WITHIN_PARTS, target_docs: int = 150,
+                validation_docs: int = 150, part_share: float = 0.04, domain_share: float = 0.4) -> dict:
+    """Target some parts of one domain. The pool: `part_share` of it from the target's parts (none
+    of the target or validation documents), `domain_share` from the domain's other parts, the rest
+    from two other domains; the documents' `source` is their part ('target-part') or domain, and the
+    selection keeps half as many documents as the pool has from the target's parts."""
+    rng = random.Random(seed)
+    domain = read_jsonl(os.path.join(data, "sources", f"{WITHIN_DOMAIN}.jsonl"))
+    if not any("part" in d for d in domain):
+        raise SystemExit(f"{data} was built without parts: rebuild it with bench/build_debian_corpus.py")
+    inside = [d for d in domain if d.get("part") in parts]
+    rest = [d for d in domain if d.get("part") not in parts]
+    rng.shuffle(inside)
+    rng.shuffle(rest)
+    target, validation = inside[:target_docs], inside[target_docs:target_docs + validation_docs]
+    n_part = min(len(inside) - target_docs - validation_docs, round(part_share * pool_docs))
+    n_rest = min(len(rest), round(domain_share * pool_docs))
+    n_other = (pool_docs - n_part - n_rest) // len(OTHER_DOMAINS)
+    if n_part < 20:
+        raise SystemExit(f"only {len(inside)} documents in {parts}: too few for target, validation and pool")
+    pool = [{**d, "source": "target-part"} for d in inside[target_docs + validation_docs:][:n_part]]
+    pool += [{**d, "source": f"{WITHIN_DOMAIN}-other"} for d in rest[:n_rest]]
+    for name in OTHER_DOMAINS:
+        pool += rng.sample(read_jsonl(os.path.join(data, "sources", f"{name}.jsonl")), n_other)
+    rng.shuffle(pool)
+    return {"label": "target-part", "fraction": round(0.5 * n_part / len(pool), 4), "parts": list(parts),
+            "pool": write_jsonl(os.path.join(work, f"within-pool-{seed}.jsonl"), pool),
+            "target": write_jsonl(os.path.join(work, f"within-target-{seed}.jsonl"), target),
+            "validation": write_jsonl(os.path.join(work, f"within-validation-{seed}.jsonl"), validation)}
+
+
+def machine() -> dict:
+    from scoring.device import cpu_has_native_bf16
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+            "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
+
+
+def run_task(c, name: str, task: dict, seed: int, args) -> dict:
+    pool = upload_file(c, task["pool"], f"{name}-pool-{seed}")
+    target = upload_file(c, task["target"], f"{name}-target-{seed}")
+    val = upload_file(c, task["validation"], f"{name}-validation-{seed}")
+    in_pool = pool["sources"].get(task["label"], 0)
+    select = {"fraction": task["fraction"]}
+    color = {"pool": pool["id"], "target": target["id"], "select": select, "compare_with": "dsir"}
+    if seed:  # the defaults, but another draw of the models' data and initial weights
+        color |= {"prior": {"train": {"seed": seed}}, "conditional": {"finetune": {"seed": seed}}}
+    jobs = {"color_filter": ("color_filter", color),
+            "dsir": ("dsir", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
+            "random": ("random", {"pool": pool["id"], "select": select, "seed": seed})}
+    out = {"pool_docs": pool["num_docs"], "target_docs": target["num_docs"], "in_pool": in_pool,
+           "fraction": task["fraction"], "methods": {}}
+    for method, (kind, spec) in jobs.items():
+        job = run_job(c, kind, spec)
+        s = job["result"]["summary"]
+        by_source = s["selected_by_source"]
+        selected = sum(by_source.values())
+        r = {"selected": selected, "precision": by_source.get(task["label"], 0) / max(1, selected),
+             "recall": by_source.get(task["label"], 0) / max(1, in_pool), "seconds": job["wall_s"],
+             "by_source": by_source}
+        if method == "color_filter":
+            r["diagnostics"] = {k: s.get(k) for k in ("target_holdout", "models", "scoring", "score_by_source",
+                                                      "compare_with")}
+        if not args.no_eval:
+            proxy = {"preset": "tiny", "tokens": args.proxy_tokens}
+            ev = run_job(c, "evaluate", {"selection": job["result"]["manifest_id"], "validation": val["id"],
+                                         "proxy": proxy, "seed": seed})
+            e = ev["result"]["summary"]
+            r |= {"val_loss": e["selection"]["validation_loss"], "random_subset_val_loss": e["random"]["validation_loss"],
+                  "relative_gain": e["relative_gain"], "eval_seconds": ev["wall_s"]}
+        out["methods"][method] = r
+        print(f"  {name} seed {seed} {method}: precision {r['precision']:.3f} gain {r.get('relative_gain')} "
+              f"({r['seconds']:.0f} s)", flush=True)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pool-docs", type=int, default=12000)
-    ap.add_argument("--fraction", type=float, default=0.1)
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--prior-tokens", type=int, default=3_000_000)
-    ap.add_argument("--proxy-tokens", type=int, default=1_500_000)
-    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--tasks", default="domain,within")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--pool-docs", type=int, default=8000)
+    ap.add_argument("--proxy-tokens", type=int, default=1_000_000, help="evaluate's budget (its default: 1M)")
+    ap.add_argument("--no-eval", action="store_true", help="selections only (timing)")
+    ap.add_argument("--out", default="color_quality")
     args = ap.parse_args()
 
     data = debian_corpus()
     work = tempfile.mkdtemp(prefix="thresher-bench-")
-    pool_path = subsample(os.path.join(data, "pool.jsonl"), os.path.join(work, "pool.jsonl"), args.pool_docs)
-    target_domain = "scripture"
+    info = machine()
+    results = {}
+    builders = {"domain": domain_task, "within": within_task}
     with service(os.path.join(work, "home")) as c:
-        pool = upload_file(c, pool_path, "pool")
-        target = upload_file(c, os.path.join(data, "target.jsonl"), "target")
-        val = upload_file(c, os.path.join(data, "validation.jsonl"), "validation")
-        in_pool = pool["sources"].get(target_domain, 0)
-        select = {"fraction": args.fraction}
-        train = {"preset": args.preset, "tokens": args.prior_tokens, "vocab_size": args.vocab}
-        jobs = {
-            "color_filter": ("color_filter", {"pool": pool["id"], "target": target["id"], "select": select,
-                                              "prior": {"train": train}, "conditional": {"finetune": {}}}),
-            "dsir": ("dsir", {"pool": pool["id"], "target": target["id"], "select": select}),
-            "random": ("random", {"pool": pool["id"], "select": select}),
-        }
-        results = {}
-        for name, (kind, spec) in jobs.items():
-            t0 = time.monotonic()
-            job = run_job(c, kind, spec)
-            man = job["result"]["manifest_id"]
-            by_source = job["result"]["summary"]["selected_by_source"]
-            selected = sum(by_source.values())
-            hit = by_source.get(target_domain, 0)
-            ev = run_job(c, "evaluate", {"selection": man, "validation": val["id"],
-                                         "proxy": {"preset": args.preset, "tokens": args.proxy_tokens,
-                                                   "vocab_size": args.vocab}})
-            s = ev["result"]["summary"]
-            results[name] = {"selected": selected, "precision": hit / selected, "recall": hit / max(1, in_pool),
-                             "by_source": by_source, "select_s": time.monotonic() - t0 - ev["wall_s"],
-                             "val_loss": s["selection"]["validation_loss"],
-                             "random_subset_val_loss": s["random"]["validation_loss"],
-                             "relative_gain": s["relative_gain"]}
-    rows = [[k, r["selected"], r["precision"], r["recall"], r["val_loss"], r["random_subset_val_loss"],
-             r["relative_gain"], r["select_s"]] for k, r in results.items()]
-    print_table(f"Selection of {args.fraction:.0%} toward '{target_domain}' ({in_pool} of {pool['num_docs']} pool docs; "
-                f"best possible precision {min(1, in_pool / max(1, results['random']['selected'])):.2f})",
-                ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "select_s"], rows)
-    write_json("color_quality", {"args": vars(args), "pool_docs": pool["num_docs"], "target_in_pool": in_pool,
-                                 "results": results})
+        for name in args.tasks.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                t0 = time.monotonic()
+                results[f"{name}/{seed}"] = run_task(c, name, builders[name](data, work, args.pool_docs, seed), seed, args)
+                results[f"{name}/{seed}"]["wall_s"] = time.monotonic() - t0
+    info["load_avg_at_end"] = os.getloadavg()
+    for key, r in results.items():
+        rows = [[m, x["selected"], x["precision"], x["recall"], x.get("val_loss"), x.get("random_subset_val_loss"),
+                 x.get("relative_gain"), x["seconds"]] for m, x in r["methods"].items()]
+        d = r["methods"]["color_filter"]["diagnostics"]
+        print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
+                    ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "select_s"], rows)
+        print(f"  held-out target loss: prior {d['target_holdout'].get('prior_loss')}, conditional "
+              f"{d['target_holdout'].get('conditional_loss')}; overlap with DSIR {d['compare_with']['overlap_fraction']}; "
+              f"scoring {d['scoring']['seconds']} s, {d['scoring']['tokens_per_s']} tokens/s on {d['scoring']['actors']} actors "
+              f"({d['scoring']['dtype']})")
+    print(f"\nmachine: {info}")
+    write_json(args.out, {"args": vars(args), "machine": info, "results": results})
 
 
 if __name__ == "__main__":

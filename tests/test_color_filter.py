@@ -30,7 +30,7 @@ def color_job(service, data):
     pool, target = data
     return run_ok(service, "color_filter", {
         "pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1},
-        "prior": {"train": FAST_TRAIN}, "conditional": {"finetune": FAST_FT}}, timeout=600)
+        "prior": {"train": FAST_TRAIN}, "conditional": {"finetune": FAST_FT}, "compare_with": "dsir"}, timeout=600)
 
 
 def test_color_filter_selects_target_domain(service, color_job):
@@ -54,6 +54,48 @@ def test_manifest_columns_and_score_sign(service, color_job):
     summary = color_job["result"]["summary"]
     models = {m["id"] for m in service.get("/v1/models").json()["items"]}
     assert {summary["prior_model"], summary["conditional_model"]} <= models
+
+
+def test_summary_diagnostics(color_job):
+    """What a user judges a selection by: did fine-tuning help, how scores spread per source, how
+    far the selection is from DSIR's, and how the scoring stage used the cluster."""
+    s = color_job["result"]["summary"]
+    held = s["target_holdout"]
+    assert held["holdout_docs"] == 12  # a tenth of the 120 target documents
+    assert held["conditional_loss"] <= held["prior_loss"] and held["best_at_tokens"] > 0
+    assert held["loss_reduction"] == pytest.approx(held["prior_loss"] - held["conditional_loss"])
+    assert s["models"]["prior"]["train_tokens"] > 0 and s["models"]["prior"]["budget"]["rule"] == "given"
+    by_source = s["score_by_source"]
+    assert sum(v["docs"] for v in by_source.values()) == 1000
+    assert sum(v["selected"] for v in by_source.values()) == 100
+    others = max(v["quantiles"]["0.5"] for k, v in by_source.items() if k != "astronomy")
+    assert by_source["astronomy"]["quantiles"]["0.5"] > others
+    q = by_source["astronomy"]["quantiles"]
+    assert q["0.1"] <= q["0.25"] <= q["0.5"] <= q["0.75"] <= q["0.9"]
+    dsir = s["compare_with"]
+    assert dsir["selected"] == 100 and sum(dsir["dsir_selected_by_source"].values()) == 100
+    assert 50 <= dsir["overlap"] <= 100 and dsir["overlap_fraction"] == dsir["overlap"] / 100
+    # The session's Ray has 4 CPUs: one single-threaded scorer per CPU, all of them used.
+    sc = s["scoring"]
+    assert sc["actors"] == 4 and sc["actors_used"] == 4 and sc["threads_per_actor"] == 1
+    assert sc["documents"] == 1000 and sc["tokens"] > 0 and sc["models"] == 2
+
+
+def test_small_pool_is_split_across_scorers(service, data):
+    """A one-shard pool is cut into row ranges so every scorer works; the manifest still has one
+    part per shard with every document once."""
+    pool, target = data
+    small = upload(service, corpus(150, seed=24, min_words=15, max_words=40), name="small")
+    first = run_ok(service, "train_model", {"corpus": small["id"], **FAST_TRAIN, "tokens": 20_000}, timeout=300)
+    job = run_ok(service, "score", {"corpus": small["id"], "model": first["result"]["model_id"]}, timeout=300)
+    s = job["result"]["summary"]
+    man = job["result"]["manifest_id"]
+    assert s["num_rows"] == 150
+    assert s["scoring"]["split_shards"] == 1 and s["scoring"]["tasks"] == 2 and s["scoring"]["actors_used"] == 2
+    assert service.get(f"/v1/manifests/{man}").json()["num_shards"] == 1
+    rows = service.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id), min(row), max(row), "
+                                                  "count(DISTINCT row) FROM m", "tables": {"m": man}}).json()["rows"]
+    assert rows == [[150, 150, 0, 149, 150]]
 
 
 def test_score_and_evaluate(service, data, color_job):

@@ -260,9 +260,11 @@ class ScoreSpec(StrictModel):
 
 def run_score(ctx: JobContext, spec: ScoreSpec) -> dict:
     ctx.corpus(spec.corpus)
-    score_shards(ctx, spec.corpus, [model_record(ctx, spec.model)], spec.options)
+    scoring = score_shards(ctx, spec.corpus, [model_record(ctx, spec.model)], spec.options)
     # score = −loss: lower loss ranks first; nothing is selected by a plain scoring job.
-    return finish_selection(ctx, "score", spec.corpus, None, "global", meta={"model": spec.model})
+    result = finish_selection(ctx, "score", spec.corpus, None, "global", meta={"model": spec.model})
+    result["summary"]["scoring"] = scoring
+    return result
 
 
 # -- CoLoR-Filter --------------------------------------------------------------------------------
