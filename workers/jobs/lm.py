@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from scoring.lm_loss import tokenize_documents
@@ -25,10 +24,10 @@ from scoring.train import validation_loss
 from storage import layout
 from storage.catalog import NotFound
 from storage.fs import Store
+from storage.manifests import manifest_files, overlap_with_top, score_distribution
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs.ingest import manifest_corpus
-from storage.manifests import manifest_files, overlap_with_top, score_distribution
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
