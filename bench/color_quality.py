@@ -149,19 +149,23 @@ def main():
                 t0 = time.monotonic()
                 results[f"{name}/{seed}"] = run_task(c, name, builders[name](data, work, args.pool_docs, seed), seed, args)
                 results[f"{name}/{seed}"]["wall_s"] = time.monotonic() - t0
-    info["load_avg_at_end"] = os.getloadavg()
+                info["load_avg_at_end"] = os.getloadavg()
+                write_json(args.out, {"args": vars(args), "machine": info, "results": results})  # after every run
+    report(results, info)
+
+
+def report(results: dict, info: dict) -> None:
     for key, r in results.items():
         rows = [[m, x["selected"], x["precision"], x["recall"], x.get("val_loss"), x.get("random_subset_val_loss"),
                  x.get("relative_gain"), x["seconds"]] for m, x in r["methods"].items()]
-        d = r["methods"]["color_filter"]["diagnostics"]
         print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
                     ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "select_s"], rows)
-        print(f"  held-out target loss: prior {d['target_holdout'].get('prior_loss')}, conditional "
-              f"{d['target_holdout'].get('conditional_loss')}; overlap with DSIR {d['compare_with']['overlap_fraction']}; "
-              f"scoring {d['scoring']['seconds']} s, {d['scoring']['tokens_per_s']} tokens/s on {d['scoring']['actors']} actors "
-              f"({d['scoring']['dtype']})")
-    print(f"\nmachine: {info}")
-    write_json(args.out, {"args": vars(args), "machine": info, "results": results})
+        d = r["methods"]["color_filter"]["diagnostics"]
+        held, sc = d["target_holdout"], d["scoring"]
+        print(f"  held-out target loss: prior {held.get('prior_loss')}, conditional {held.get('conditional_loss')}; "
+              f"overlap with DSIR {d['compare_with']['overlap_fraction']}; scoring {sc['seconds']} s, "
+              f"{sc['tokens_per_s']} tokens/s on {sc['actors']} actors ({sc['dtype']})")
+    print(f"\nmachine: {info}", flush=True)
 
 
 if __name__ == "__main__":
