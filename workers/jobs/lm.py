@@ -190,15 +190,16 @@ def run_train_model(ctx: JobContext, spec: TrainModelSpec) -> dict:
 # -- scoring -------------------------------------------------------------------------------------
 
 MIN_PIECE_ROWS = 64  # a shard is split into row ranges of at least this many documents
+PIECES_PER_ACTOR = 4
 
 
 def score_pieces(todo: list[tuple[int, tuple]], counts: dict[int, int], n_actors: int) -> list[tuple[int, tuple, int, int]]:
     """(shard, path, first row, end row) of the scoring tasks: whole shards when there are at least
-    as many as actors, else row ranges of about (all rows / actors) documents (at least
-    MIN_PIECE_ROWS), so that every actor has work."""
+    as many as actors, else row ranges of about a quarter of (all rows / actors) documents (at least
+    MIN_PIECE_ROWS), so that every actor has work, a slow one holds up little, and progress moves."""
     if len(todo) >= n_actors:
         return [(s, p, 0, counts.get(s, 0)) for s, p in todo]
-    piece = max(MIN_PIECE_ROWS, -(-sum(counts.get(s, 0) for s, _ in todo) // n_actors))
+    piece = max(MIN_PIECE_ROWS, -(-sum(counts.get(s, 0) for s, _ in todo) // (PIECES_PER_ACTOR * n_actors)))
     out = []
     for s, p in todo:
         rows = counts.get(s, 0)
