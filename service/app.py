@@ -18,9 +18,10 @@ from service.state import ServiceState
 from storage.catalog import Catalog
 from storage.fs import Store
 from workers.driver.curriculum_runs import CurriculumRuns
+from workers.driver import janitor
 from workers.driver.engine import EngineConfig, JobEngine
 from workers.registry import KINDS
-from workers.runtime import init_ray
+from workers.runtime import init_ray, shutdown_ray
 
 log = logging.getLogger("thresher")
 
@@ -30,13 +31,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        started = time.time()
         os.makedirs(settings.home, exist_ok=True)
         init_ray(settings.resolved_ray_address)
         catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
         store = Store(settings.store_root)
+        janitor.sweep(catalog, store, spool_dir=os.path.join(settings.home, "uploads"),
+                      scratch_dir=settings.temp_dir, started=started)
         engine = JobEngine(catalog, store, EngineConfig(
             max_inflight=settings.max_inflight, max_concurrent_jobs=settings.max_concurrent_jobs,
-            task_retries=settings.task_retries, shard_size=settings.shard_size), KINDS)
+            task_retries=settings.task_retries, shard_size=settings.shard_size,
+            temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,
@@ -50,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             engine.stop()
             catalog.close()
+            shutdown_ray()  # stops the whole local Ray if this service started it
 
     app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
                   description="Data selection and pretraining curation: score, select, reweight, "

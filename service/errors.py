@@ -1,6 +1,7 @@
 """The one error format of the API: {"error": {"code", "message", "details"}}. Never a 500 for bad input."""
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ STATUS_BY_CODE = {
     "forbidden": 403, "forbidden_statement": 403,
     "not_found": 404, "file_not_found": 404,
     "query_timeout": 408,
+    "result_too_large": 413, "payload_too_large": 413,
     "dest_not_empty": 409, "epoch_not_ready": 409, "losses_missing": 409, "wrong_epoch": 409,
     "epoch_not_started": 409,
     "unknown_format": 415,
@@ -104,8 +106,43 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail), {}), status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception):
-        log.exception("unhandled error")
-        return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
-                            status_code=500)
+    # Unhandled errors are answered here, below Starlette's ServerErrorMiddleware: that one sends
+    # its 500 and then re-raises, which makes the server drop the client's keep-alive connection.
+    app.add_middleware(CatchAll)
+
+
+def unhandled(exc: BaseException) -> JSONResponse:
+    """The answer to an exception nothing else handled: a full disk is 507, anything else a 500."""
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
+        log.error("storage is full: %s", exc)
+        return JSONResponse(_body("insufficient_storage", "the server's storage is full; nothing was stored, "
+                                  "try again later", {}), status_code=507)
+    log.error("unhandled error", exc_info=exc)
+    return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
+                        status_code=500)
+
+
+class CatchAll:
+    """ASGI middleware: an exception from the app becomes the error envelope (when no response has
+    started yet) and is not re-raised, so the connection stays open for the next request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if started:  # a streamed body failed half-way: all that can be done is to end it
+                log.error("error while streaming a response", exc_info=exc)
+                raise
+            await unhandled(exc)(scope, receive, send)

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     task_retries: int = 3
     query_timeout_s: float = 30.0
     query_memory: str = "1GB"
+    query_max_rows: int = 100_000
+    """The largest `limit` a query may ask for."""
+    query_max_bytes: int = 32 * 1024**2
+    """A query result larger than this (its JSON size, about) answers 413."""
+    duckdb_max_temp: str = "4GB"
+    """How much each DuckDB connection (query sandbox, selections) may spill under <home>/tmp."""
+    metrics_token: str | None = None
+    """Bearer token /metrics requires. Without it, /metrics answers only loopback clients."""
 
     @field_validator("api_keys", "allowed_roots", mode="before")
     @classmethod
@@ -53,6 +61,11 @@ class Settings(BaseSettings):
     @property
     def store_root(self) -> str:
         return self.storage_uri or os.path.join(os.path.abspath(self.home), "store")
+
+    @property
+    def temp_dir(self) -> str:
+        """DuckDB's spill files (one private directory per connection, removed when it closes)."""
+        return os.path.join(os.path.abspath(self.home), "tmp")
 
     @property
     def resolved_ray_address(self) -> str | None:

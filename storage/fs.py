@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+TMP_PREFIX = ".tmp-"  # a file being written; renamed to its final name when complete
+
 
 class Store:
     def __init__(self, root: str):
@@ -49,6 +51,12 @@ class Store:
         names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
 
+    def entries(self, *parts: str, recursive: bool = False) -> list[tuple[tuple[str, ...], pafs.FileInfo]]:
+        """(parts, info) of every file and folder under `parts`, temporaries included."""
+        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=recursive)
+        prefix = self.base + "/"
+        return [(tuple(i.path[len(prefix):].split("/")), i) for i in self.fs.get_file_info(sel)]
+
     def size(self, *parts: str) -> int:
         return self.fs.get_file_info(self.path(*parts)).size
 
@@ -76,7 +84,7 @@ class Store:
         self.fs.create_dir(parent, recursive=True)
         if not self.local:
             return final, final
-        return f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}", final
+        return f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}", final
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         tmp, final = self._tmp_and_final(parts)

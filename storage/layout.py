@@ -49,8 +49,13 @@ def _listed(store: Lister, folder: Parts, prefix: str, suffix: str = PARQUET) ->
 
 # -- corpora -------------------------------------------------------------------------------------
 
+def corpora() -> Parts:
+    """The folder of all corpora (the startup janitor looks for ones no catalog row names)."""
+    return ("corpora",)
+
+
 def corpus(corpus_id: str) -> Parts:
-    return ("corpora", corpus_id)
+    return (*corpora(), corpus_id)
 
 
 def corpus_shard(corpus_id: str, shard: int) -> Parts:
@@ -161,6 +166,15 @@ def curriculum_epoch(run_id: str, epoch: int) -> Parts:
 
 # -- operations ----------------------------------------------------------------------------------
 
+def probes() -> Parts:
+    return (".probe",)
+
+
 def probe(token: str) -> Parts:
     """A throwaway file /readyz writes and deletes to check the store is writable."""
-    return (".probe", token)
+    return (*probes(), token)
+
+
+def uploads() -> Parts:
+    """Upload spool files kept in the store while they are parsed."""
+    return ("uploads",)

@@ -9,13 +9,13 @@ overwrites parts and never duplicates or loses a row.
 from __future__ import annotations
 
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from storage import layout
+from storage.duck import connection
 from storage.fs import Store
 
 BASE_COLUMNS = ["doc_id", "corpus_id", "shard", "row", "source", "n_tokens", "score", "rank", "selected"]
@@ -43,15 +43,16 @@ def selection_size(select: dict, eligible: int) -> int:
 
 
 def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_id: str, *,
-                    corpus_id: str, select: dict, mode: str = "global", key: str = "score") -> dict:
+                    corpus_id: str, select: dict, mode: str = "global", key: str = "score",
+                    temp_root: str | None = None, max_temp_size: str | None = None) -> dict:
     """Rank the score parts by `key` (higher is better) and write the parts of manifest `manifest_id`.
 
     Rows with a NULL score (e.g. empty documents) get no rank and are never selected.
     `mode="per_shard"` applies the selection rule to each shard on its own.
+    DuckDB spills (the ranking of a large pool) into a private directory under `temp_root`.
     Returns {num_rows, num_selected, num_shards, columns}.
     """
-    con = duckdb.connect()
-    try:
+    with connection(temp_root, max_temp_size) as con:
         con.register("scores", dataset(store, score_parts))
         counts = con.execute(
             "SELECT shard, count(*) FILTER (WHERE score IS NOT NULL) FROM scores GROUP BY shard").fetchall()
@@ -106,8 +107,6 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_i
         columns = [{"name": f.name, "type": str(f.type)} for f in schema]
         return {"num_rows": num_rows, "num_selected": num_selected,
                 "num_shards": len(shards_written), "columns": columns}
-    finally:
-        con.close()
 
 
 def duckdb_ident(name: str) -> str:
@@ -134,11 +133,8 @@ def score_part(ids: pa.Array, shard: int, sources: pa.Array, n_tokens, score, **
     return pa.table(cols)
 
 
-def selected_by_source(store: Store, parts: list[tuple[str, ...]]) -> dict[str, int]:
-    con = duckdb.connect()
-    try:
+def selected_by_source(store: Store, parts: list[tuple[str, ...]], temp_root: str | None = None) -> dict[str, int]:
+    with connection(temp_root) as con:
         con.register("m", dataset(store, parts))
         rows = con.execute("SELECT coalesce(source, ''), count(*) FROM m WHERE selected GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    finally:
-        con.close()
     return {s: int(c) for s, c in rows}

@@ -37,6 +37,6 @@ def service(tmp_path_factory, ray_address):
     home = tmp_path_factory.mktemp("home")
     allowed = tmp_path_factory.mktemp("server-files")
     settings = make_settings(home, ray_address, allowed_roots=[str(allowed)])
-    with TestClient(create_app(settings), headers=ALICE) as client:
+    with TestClient(create_app(settings), headers=ALICE, client=("127.0.0.1", 50000)) as client:
         client.allowed_root = allowed
         yield client

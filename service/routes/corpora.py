@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Limit, Svc, Tenant, owned, page
-from service.schemas import Corpus, CorpusList, RegisterCorpus
+from service.schemas import Corpus, CorpusList, RegisterCorpus, distinct_fields
 from storage import layout
 from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, encode
@@ -116,6 +116,10 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
             raise ApiError(415, "unknown_format", "cannot tell the file's format: pass format=jsonl|csv|parquet "
                            "or a filename with an extension", {"field": "format"})
+        try:
+            distinct_fields(fields["text_field"], fields["id_field"])
+        except ValueError as e:
+            raise ApiError(422, "validation_error", f"id_field: {e}", {"field": "id_field"}) from None
         cid = new_id("corpora")
         stats = await run_in_threadpool(
             ingest, spool, filename=fname, store=s.store, dest=layout.corpus(cid), format=fmt,

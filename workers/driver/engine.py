@@ -56,6 +56,9 @@ class EngineConfig:
     max_concurrent_jobs: int = 2
     task_retries: int = 3
     shard_size: int = 10_000
+    temp_root: str | None = None
+    """Where the driver's DuckDB connections spill (selections); None: DuckDB's default."""
+    max_temp_size: str | None = None
 
 
 def derived_id(prefix: str, job_id: str, role: str = "") -> str:
@@ -260,6 +263,10 @@ class JobEngine:
     def submit(self, job: dict) -> None:
         self.catalog.insert("jobs", job)
         self._enqueue(job["id"])
+
+    def enqueue(self, job_id: str) -> None:
+        """Run a job whose `queued` row the caller inserted itself."""
+        self._enqueue(job_id)
 
     def cancel(self, job_id: str) -> dict:
         job = self.catalog.get("jobs", job_id)

@@ -32,11 +32,18 @@ def job_record(tenant: str, kind: str, name: str | None, spec: dict, idempotency
 
 
 def submit_job(engine, tenant: str, kind: str, name: str | None, spec: dict,
-               idempotency_key: str | None = None, request_hash: str | None = None) -> dict:
-    """Queue a job (the engine inserts its row and runs it); returns the stored record."""
+               idempotency_key: str | None = None, request_hash: str | None = None) -> tuple[dict, bool]:
+    """Queue a job (the engine inserts its row and runs it); returns (the stored record, whether it
+    is new). With an Idempotency-Key the check and the insert are one atomic catalog step, so
+    concurrent submissions with one key get one job; the caller compares `request_hash`."""
     job = job_record(tenant, kind, name, spec, idempotency_key, request_hash)
-    engine.submit(job)
-    return engine.catalog.get("jobs", job["id"])
+    if idempotency_key is None:
+        engine.submit(job)
+        return engine.catalog.get("jobs", job["id"]), True
+    stored, new = engine.catalog.insert_or_get("jobs", job, ("tenant", "idempotency_key"))
+    if new:
+        engine.enqueue(job["id"])
+    return (engine.catalog.get("jobs", job["id"]) if new else stored), new
 
 
 # -- corpora -------------------------------------------------------------------------------------

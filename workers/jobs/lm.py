@@ -28,7 +28,7 @@ from workers.jobs.selection import finish_selection
 from workers.kind import HALF_TRAINING, SCORER, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, TargetedSelection, exactly_one
+from workers.specs import CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection, exactly_one
 from workers.training import FinetuneOptions, TrainOptions, train_config, train_from_scratch
 
 
@@ -243,7 +243,7 @@ class EvaluateSpec(StrictModel):
     selection: ManifestId
     validation: CorpusId
     proxy: TrainOptions = TrainOptions()
-    seed: int = 0
+    seed: Seed = 0
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:

@@ -15,7 +15,7 @@ from storage.fs import Store
 from storage.manifests import manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.kind import SHARD_TASK, JobKind
-from workers.specs import CorpusId, Select, SelectMode, StrictModel, TargetedSelection
+from workers.specs import CorpusId, Seed, Select, SelectMode, StrictModel, TargetedSelection
 
 
 def empty_mask(texts) -> np.ndarray:
@@ -42,11 +42,13 @@ def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select | Non
     ctx.progress("select", 0, 1, "steps", force=True)
     man_id = derived_id("man", ctx.job_id)
     info = write_selection(ctx.store, layout.score_parts(ctx.store, ctx.job_id), man_id, corpus_id=pool,
-                           select=select.as_dict() if select else {"count": 0}, mode=mode, key=key)
+                           select=select.as_dict() if select else {"count": 0}, mode=mode, key=key,
+                           temp_root=ctx.config.temp_root, max_temp_size=ctx.config.max_temp_size)
     ctx.commit_manifest(man_id, kind, info, meta)
     ctx.progress("select", 1, 1, "steps", force=True)
     summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
-               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id)), **(meta or {})}
+               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id),
+                                                           ctx.config.temp_root), **(meta or {})}
     return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}
 
 
@@ -56,7 +58,7 @@ class RandomSpec(StrictModel):
     pool: CorpusId
     select: Select
     mode: SelectMode = "global"
-    seed: int = 0
+    seed: Seed = 0
 
 
 @ray.remote
@@ -83,7 +85,7 @@ def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
 # -- dsir ----------------------------------------------------------------------------------------
 
 class DsirSpec(TargetedSelection):
-    seed: int = 0
+    seed: Seed = 0
     buckets: int = Field(DEFAULT_BUCKETS, ge=16, le=1_000_000)
     sampling: Literal["gumbel", "topk"] = Field(
         "gumbel", description="gumbel: importance resampling without replacement (Gumbel top-k); "

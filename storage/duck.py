@@ -1,0 +1,36 @@
+"""In-memory DuckDB connections whose spill files stay in a directory the caller chooses.
+
+DuckDB spills to `.tmp` under the process's working directory by default. Every connection made
+here gets a private directory under `temp_root` (so concurrent connections never share spill
+files), bounded by `max_temp_size`, and removed when the connection closes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+import duckdb
+
+TEMP_PREFIX = "duckdb-"
+
+
+@contextmanager
+def connection(temp_root: str | None = None, max_temp_size: str | None = None,
+               **config) -> Iterator[duckdb.DuckDBPyConnection]:
+    private = None
+    if temp_root:
+        os.makedirs(temp_root, exist_ok=True)
+        private = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root)
+        config["temp_directory"] = private
+        if max_temp_size:
+            config["max_temp_directory_size"] = max_temp_size
+    con = duckdb.connect(config=config)
+    try:
+        yield con
+    finally:
+        con.close()
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
