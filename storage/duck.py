@@ -28,6 +28,7 @@ def connection(temp_root: str | None = None, max_temp_size: str | None = None,
         if max_temp_size:
             config["max_temp_directory_size"] = max_temp_size
     con = duckdb.connect(config=config)
+    con.execute("SET enable_progress_bar = false")  # it would draw on the service's stdout
     try:
         yield con
     finally:

@@ -100,10 +100,10 @@ def run_query(sql: str, tables: dict[str, ds.Dataset], *, limit: int = 1000,
             timer = threading.Timer(timeout_s, con.interrupt)
             timer.start()
             try:
-                rel = con.sql(f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT {int(limit) + 1}")
-                columns = [{"name": n, "type": str(t)} for n, t in zip(rel.columns, rel.types)]
+                cur = con.execute(f"SELECT * FROM ({sql.strip().rstrip(';')}) LIMIT {int(limit) + 1}")
+                columns = [{"name": d[0], "type": str(d[1])} for d in cur.description]
                 rows, size = [], 0
-                while batch := rel.fetchmany(FETCH_ROWS):
+                while batch := cur.fetchmany(FETCH_ROWS):
                     size += sum(value_size(v) + 1 for row in batch for v in row)
                     if size > max_bytes:
                         raise QueryError("result_too_large", f"the result is larger than the limit of "

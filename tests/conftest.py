@@ -25,8 +25,8 @@ BOB = {"Authorization": "Bearer key-bob"}
 
 def make_settings(home, address, **over):
     from service.settings import Settings
-    return Settings(home=str(home), ray_address=address, api_keys=KEYS, shard_size=200,
-                    max_upload_bytes=5_000_000, **over)
+    return Settings(**{"home": str(home), "ray_address": address, "api_keys": KEYS, "shard_size": 200,
+                       "max_upload_bytes": 5_000_000, **over})
 
 
 @pytest.fixture(scope="module")
