@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service import errors
+from service import errors, openapi
 from service.routes import corpora, curricula, jobs, manifests, models, ops, projections, query
 from service.routes.ops import JobStates
 from service.schemas import JOB_REQUESTS
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (corpora, jobs, manifests, models, curricula, projections, query, ops):
         app.include_router(module.router)
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
+    openapi.install(app)
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next):

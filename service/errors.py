@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from storage.errors import DomainError
 
@@ -60,7 +61,9 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 415, 422)}
+# Every API operation may answer these (403: a path or statement not allowed, 408: a query's time
+# limit, 413: an upload or result over its limit, 507: the server's storage is full).
+ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 507)}
 
 
 def _body(code: str, message: str, details: dict) -> dict:
@@ -102,13 +105,23 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
                                   {"field": first["field"], "errors": errors}), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return JSONResponse(_body(code, str(exc.detail), {}), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return JSONResponse(_body(code, str(exc.detail), {}), status_code=exc.status_code, headers=headers)
 
     # Unhandled errors are answered here, below Starlette's ServerErrorMiddleware: that one sends
     # its 500 and then re-raises, which makes the server drop the client's keep-alive connection.
     app.add_middleware(CatchAll)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (asked of the app's routes method by
+    method, so routers nested by include_router answer too)."""
+    return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+            if any(route.matches({**request.scope, "method": m})[0] == Match.FULL for route in request.app.routes)]
 
 
 def unhandled(exc: BaseException) -> JSONResponse:

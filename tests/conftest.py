@@ -13,7 +13,8 @@ os.environ.setdefault("THRESHER_NO_BF16", "0")
 def ray_address():
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
+        # "local": a new Ray of our own, even when another `ray start` cluster runs on this machine.
+        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -33,7 +33,7 @@ def init_ray(address: str | None = None) -> None:
         _owned.update(connection=True, local=False)
     else:
         log.info("starting a local Ray")
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, **kwargs)  # never a stranger's `ray start`
         _owned.update(connection=True, local=True)
     if main and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)

@@ -23,7 +23,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "storage not writable or Ray not reachable"}})
 def readyz(s=Svc):
     checks = {"ray": ray_reachable()}
     try:
@@ -52,7 +52,7 @@ class JobStates:
 
 
 @router.get("/metrics", response_class=Response, responses={
-    200: {"description": "Prometheus text exposition format", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+    200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}},
     401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 def metrics(request: Request, s=Svc):
     """Prometheus metrics (jobs by kind and state over all tenants, request counts and latency).
