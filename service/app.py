@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
     for module in (corpora, jobs, manifests, models, curricula, projections, query, ops):
         app.include_router(module.router)
-    errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
+    errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS},
+                   server_paths=(os.path.abspath(settings.home), settings.store_root))
     openapi.install(app)
 
     @app.middleware("http")

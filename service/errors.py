@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from storage.errors import DomainError
+from storage.errors import DomainError, redact
 
 log = logging.getLogger("thresher.api")
 
@@ -80,10 +80,15 @@ def field_path(loc) -> str:
     return ".".join(parts)
 
 
-def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
+def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple[str, ...] = ()) -> None:
+    """The error handlers; `server_paths` (home, store) never appear in a message or its details."""
+    def hide(value):
+        return redact(value, server_paths) if isinstance(value, str) else value
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+        details = {k: hide(v) for k, v in exc.details.items()}
+        return JSONResponse(_body(exc.code, hide(exc.message), details), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError):

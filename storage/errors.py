@@ -11,3 +11,11 @@ class DomainError(Exception):
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message, "details": self.details}
+
+
+def redact(text: str, paths) -> str:
+    """`text` with every one of the server's own `paths` (its home, its store) replaced by
+    `<server>`: messages reach tenants, and where the server keeps its files is none of theirs."""
+    for path in sorted((p.rstrip("/") for p in paths if p and p.rstrip("/")), key=len, reverse=True):
+        text = text.replace(path, "<server>")
+    return text

@@ -295,3 +295,17 @@ def test_startup_janitor_removes_only_unreferenced_leftovers(tmp_path, ray_addre
         assert os.path.exists(shard)  # the catalog's corpus is untouched
         got = client.get(f"/v1/corpora/{kept['id']}/download", params={"format": "jsonl"})
         assert got.status_code == 200 and len(got.text.splitlines()) == 30
+
+
+def test_job_errors_do_not_show_server_paths(service):
+    from storage import layout
+    from tests.helpers import wait
+    svc = service.app.state.svc
+    pool = upload(service, corpus(30, seed=5), name="vanishing")
+    with open(svc.store.path(*layout.corpus_shard(pool["id"], 0)), "wb") as f:
+        f.write(b"not parquet at all")  # a damaged shard: the job must fail, naming the file
+    job = service.post("/v1/jobs", json={"kind": "random", "spec": {"pool": pool["id"], "select": {"count": 3}}}).json()
+    job = wait(service, job["id"])
+    assert job["state"] == "failed", job
+    assert svc.store.base not in job["error"]["message"] and str(svc.settings.home) not in job["error"]["message"]
+    assert "<server>" in job["error"]["message"], job["error"]

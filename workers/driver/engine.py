@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ import ray
 
 from storage import layout
 from storage.catalog import Catalog, NotFound, now
-from storage.errors import DomainError
+from storage.errors import DomainError, redact
 from storage.fs import Store
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind
@@ -235,6 +236,11 @@ class JobEngine:
         self.lock = threading.Lock()
         self._stopping = False
 
+    def server_paths(self) -> list[str]:
+        """Where this server keeps its files: kept out of the error messages tenants read."""
+        home = os.path.dirname(self.config.temp_root) if self.config.temp_root else None
+        return [p for p in (self.store.base, home) if p]
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         for i in range(self.config.max_concurrent_jobs):
@@ -330,6 +336,8 @@ class JobEngine:
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
         if state != "succeeded" and ctx.kind.on_end:
             ctx.kind.on_end(ctx, state, error)
+        if error:
+            error = {**error, "message": redact(error["message"], self.server_paths())}
         fields = {"state": state, "finished_at": now(), "error": error}
         if result is not None:
             fields["result"] = result
