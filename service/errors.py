@@ -27,6 +27,7 @@ STATUS_BY_CODE = {
     "query_timeout": 408,
     "dest_not_empty": 409, "epoch_not_ready": 409, "losses_missing": 409, "wrong_epoch": 409,
     "epoch_not_started": 409,
+    "decompressed_too_large": 413, "document_too_large": 413,
     "unknown_format": 415,
     "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
     "too_many_sources": 422, "validation_error": 422, "non_finite_loss": 422, "unknown_doc_id": 422,

@@ -31,6 +31,7 @@ class Progress(BaseModel):
     unit: str | None = None
     rate_per_s: float | None = None
     eta_s: float | None = None
+    detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
 
 
 class JobError(BaseModel):

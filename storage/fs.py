@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from typing import Iterator
 
 import pyarrow as pa
@@ -80,7 +81,7 @@ class Store:
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         tmp, final = self._tmp_and_final(parts)
-        with self.fs.open_output_stream(tmp) as f:
+        with self.fs.open_output_stream(tmp, compression=None) as f:
             f.write(data)
         if tmp != final:
             self.fs.move(tmp, final)
@@ -89,6 +90,22 @@ class Store:
         """Write a whole table atomically: readers see the old file or the complete new one."""
         tmp, final = self._tmp_and_final(parts)
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd", **kwargs)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    @contextmanager
+    def open_output(self, *parts: str):
+        """A byte stream that appears under its final name when the block ends, and not at all if
+        it raises (an object store publishes an object on close; on failure it is deleted)."""
+        tmp, final = self._tmp_and_final(parts)
+        stream = self.fs.open_output_stream(tmp, compression=None)
+        try:
+            yield stream
+        except BaseException:
+            stream.close()
+            self.fs.delete_file(tmp)
+            raise
+        stream.close()
         if tmp != final:
             self.fs.move(tmp, final)
 

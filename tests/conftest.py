@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("THRESHER_NO_BF16", "0")
+# Credentials for the S3 test server, set before the session's Ray starts so its workers have them
+# too; the endpoint travels in the URIs (endpoint_override), as a user may choose.
+for _name, _value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                      ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +23,30 @@ def ray_address():
         ray.init(num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server on 127.0.0.1 (moto's standalone server): pyarrow's real S3 client
+    talks HTTP to it. Yields a function that makes a bucket and returns its URI with the endpoint and
+    region as query options (credentials come from the environment, set above)."""
+    import pyarrow.fs as pafs
+    from tests.net import free_port, wait_for_port
+    port = free_port()
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+
+    def bucket(name: str) -> str:
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{name}?{options}&allow_bucket_creation=true")
+        fs.create_dir(name)
+        return f"s3://{name}?{options}"
+    bucket.port = port
+    yield bucket
+    proc.terminate()
+    proc.wait(10)
 
 
 KEYS = ["alice:key-alice", "bob:key-bob"]

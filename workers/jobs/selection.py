@@ -15,6 +15,7 @@ from storage.fs import Store
 from storage.manifests import manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.kind import SHARD_TASK, JobKind
+from workers.runtime import node_id
 from workers.specs import CorpusId, Select, SelectMode, StrictModel, TargetedSelection
 
 
@@ -66,7 +67,7 @@ def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: i
     score = np.random.default_rng([seed, shard]).random(t.num_rows)
     score[empty_mask(t["text"])] = np.nan
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), score), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
@@ -95,7 +96,7 @@ def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int) -> in
     store = Store(store_root)
     t = store.read_parquet(*parts, columns=["text"])
     save_array(store, np.asarray(ngram_counts(t["text"], buckets).sum(axis=0)).ravel(), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 @ray.remote
@@ -109,7 +110,7 @@ def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tu
     gumbel = np.random.default_rng([seed, shard]).gumbel(size=t.num_rows)
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), logw,
                                    resample_key=logw + gumbel), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
