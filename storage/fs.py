@@ -50,6 +50,12 @@ class Store:
         names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
 
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Sorted names of the directories directly under `parts` (on an object store: the common
+        prefixes)."""
+        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory)
+
     def size(self, *parts: str) -> int:
         return self.fs.get_file_info(self.path(*parts)).size
 

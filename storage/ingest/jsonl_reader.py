@@ -136,6 +136,10 @@ class JsonlReader:
             except json.JSONDecodeError as e:
                 raise IngestError("malformed_json", f"line {line}: malformed JSON: {e.msg} "
                                   f"(column {e.colno})", {"line": line, "column": e.colno}) from None
+            except RecursionError:
+                raise IngestError("malformed_json", f"line {line}: nested too deeply", {"line": line}) from None
+            except ValueError as e:     # e.g. a number of more digits than Python converts
+                raise IngestError("malformed_json", f"line {line}: {e}", {"line": line}) from None
             if not isinstance(doc, dict):
                 raise IngestError("malformed_json", f"line {line}: expected a JSON object, found "
                                   f"{json_type(doc)} (one document per line)", {"line": line})
