@@ -201,3 +201,23 @@ def test_killed_registration_resumes_without_reingesting_finished_files(tmp_path
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_commit_protocol_on_an_object_store(s3_service):
+    """No rename on S3: a file is written under its final name and published whole when closed;
+    one whose writer fails is removed, so a reader never finds half of it."""
+    store = s3_service.store
+    table = pa.table({"x": list(range(1000))})
+    with pytest.raises(RuntimeError):
+        with store.parquet_writer(table.schema, "protocol", "part-00000.parquet") as w:
+            w.write(table)
+            raise RuntimeError("the task died")
+    assert not store.exists("protocol", "part-00000.parquet")
+    with pytest.raises(RuntimeError):
+        with store.open_output("protocol", "blob") as out:
+            out.write(b"half")
+            raise RuntimeError("the task died")
+    assert not store.exists("protocol", "blob")
+    store.write_parquet(table, "protocol", "part-00000.parquet")
+    store.write_parquet(table.slice(0, 10), "protocol", "part-00000.parquet")   # a retry overwrites
+    assert store.read_parquet("protocol", "part-00000.parquet").num_rows == 10
