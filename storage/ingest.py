@@ -83,6 +83,7 @@ class CorpusStats:
     num_empty: int                # documents whose text is empty or whitespace only (kept)
     empty_ids: list[str] = field(default_factory=list)   # the first MAX_EMPTY_IDS of them
     sources: dict[str, int] = field(default_factory=dict)  # documents per non-null source
+    ids_generated: bool = False   # the input had no ids: they were generated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,7 +164,9 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
         writer.abort()
         store.delete(*dest)
         raise
-    return stats.result(len(writer.shards))
+    result = stats.result(len(writer.shards))
+    result.ids_generated = not reader.ids_given
+    return result
 
 
 def corpus_shards(store: Store, dest: tuple[str, ...]) -> list[str]:

@@ -18,6 +18,7 @@ from service.schemas import Corpus, CorpusList, RegisterCorpus
 from storage.catalog import new_id, now
 from storage.encode import MEDIA_TYPES, encode
 from storage.ingest import IngestError, ingest
+from storage.sniff import sniff_format
 from workers.specs import iter_refs
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
@@ -29,7 +30,7 @@ CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", 
 def corpus_view(rec: dict) -> Corpus:
     meta = rec.get("meta") or {}
     return Corpus(**{k: v for k, v in rec.items() if k in Corpus.model_fields and v is not None},
-                  empty_doc_ids=meta.get("empty_ids", []))
+                  empty_doc_ids=meta.get("empty_ids", []), ids_generated=meta.get("ids_generated"))
 
 
 class _TooLarge(Exception):
@@ -111,8 +112,10 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         fmt = fields["format"] or CONTENT_TYPES.get(ctype)
         fname = fields["filename"] or fields["name"]
         if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
-            raise ApiError(415, "unknown_format", "cannot tell the file's format: pass format=jsonl|csv|parquet "
-                           "or a filename with an extension", {"field": "format"})
+            fmt = sniff_format(spool)   # neither the content type nor a name says it: read the first bytes
+        if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
+            raise ApiError(415, "unknown_format", "cannot tell the file's format from its content type, name or first bytes: "
+                           "pass format=jsonl|csv|parquet or a filename with an extension", {"field": "format"})
         cid = new_id("corpora")
         try:
             stats = await run_in_threadpool(
@@ -123,7 +126,8 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
             raise ApiError(e.status, e.code, e.message, e.details) from None
         rec = {"id": cid, "tenant": tenant, "name": fields["name"], "state": "ready", "created_at": now(),
                **{k: v for k, v in stats.to_dict().items() if k in ("num_docs", "num_bytes", "num_shards", "num_empty", "sources")},
-               "meta": {"empty_ids": stats.empty_ids, "format": fmt, "filename": fname}}
+               "meta": {"empty_ids": stats.empty_ids, "format": fmt, "filename": fname,
+                        "ids_generated": stats.ids_generated}}
         s.catalog.insert("corpora", rec)
         return corpus_view(rec)
     finally:

@@ -54,7 +54,7 @@ def mark_ready(ctx: JobContext, corpus_id: str, stats: dict) -> None:
     ctx.catalog.update("corpora", corpus_id, state="ready", num_docs=stats["num_docs"],
                        num_bytes=stats["num_bytes"], num_shards=stats["num_shards"],
                        num_empty=stats["num_empty"], sources=stats["sources"],
-                       meta={"empty_ids": stats.get("empty_ids", [])})
+                       meta={"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated")})
 
 
 def mark_failed(ctx: JobContext, state: str) -> None:
