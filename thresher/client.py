@@ -363,7 +363,7 @@ class Client:
         headers = {"User-Agent": "thresher-python"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.retries, self.backoff = retries, backoff
+        self.api_key, self.retries, self.backoff = key, retries, backoff
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
                                  transport=transport)
         self.corpora = Corpora(self)
