@@ -300,6 +300,7 @@ def corpora_upload(
     id_field: Annotated[Optional[str], typer.Option(help="Id column (server default: id).")] = None,
     source_field: Annotated[Optional[str], typer.Option(
         help="Source column (server default: source).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the new corpus id.")] = False,
     as_json: JsonFlag = False,
 ):
     """Upload a file as a new corpus (streamed as the request body)."""
@@ -309,7 +310,9 @@ def corpora_upload(
         corpus = client_of(ctx).corpora.upload(
             ProgressReader(f, lambda n: progress.advance(task, n)), name, format=fmt, filename=path.name,
             text_field=text_field, id_field=id_field, source_field=source_field)
-    if as_json:
+    if quiet:
+        typer.echo(corpus.id)
+    elif as_json:
         print_raw_json(corpus.raw)
     else:
         print_record(f"Uploaded corpus {corpus.id}", corpus.raw, CORPUS_FIELDS)
@@ -519,11 +522,14 @@ def _make_submit(kind: str) -> None:
         idempotency_key: Annotated[Optional[str], typer.Option(
             help="Resubmitting the same key and body returns the same job.")] = None,
         watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
         as_json: JsonFlag = False,
     ):
         client = client_of(ctx)
         job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **parse_spec(spec))
-        if as_json:
+        if quiet:
+            typer.echo(job.id)
+        elif as_json:
             print_raw_json(job.raw)
         else:
             out.print(f"Submitted job [bold]{job.id}[/] ({kind}), {styled_state(job.state)}")
@@ -561,9 +567,18 @@ def jobs_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOption 
 @jobs_app.command("show")
 @reports_api_errors
 def jobs_show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="Job id.")],
+              get: Annotated[Optional[str], typer.Option(help="Print only this field, a dotted path "
+                                                             "such as result.manifest_id.")] = None,
               as_json: JsonFlag = False):
     """Show one job: state, progress, error and result."""
     job = client_of(ctx).jobs.get(job_id)
+    if get:
+        value: Any = job.raw
+        for part in get.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise typer.BadParameter(f"the job has no field {get!r}", param_hint="'--get'")
+            value = value[part]
+        return typer.echo(value if isinstance(value, str) else json.dumps(value))
     if as_json:
         return print_raw_json(job.raw)
     print_record(f"Job {job_id}", job.raw, JOB_FIELDS)

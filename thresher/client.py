@@ -751,7 +751,7 @@ class _Bar:
         p = job.progress
         stage = p.stage or job.state
         if self.bar is None or stage != self.stage:
-            if self.bar:
+            if self.bar is not None:
                 self.bar.close()
             self.stage = stage
             self.bar = self.tqdm(total=p.total or None, unit=f" {p.unit}" if p.unit else "it",
@@ -763,7 +763,7 @@ class _Bar:
         self.bar.refresh()
 
     def close(self) -> None:
-        if self.bar:
+        if self.bar is not None:
             self.bar.close()
 
 
