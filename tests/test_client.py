@@ -277,7 +277,7 @@ def test_json_body_without_content_type_and_malformed_json(live_service):
     h = {"Authorization": f"Bearer {live_service.key}"}
     r = httpx.post(f"{live_service.url}/v1/jobs", headers={**h, "content-type": "application/json"},
                    content=b'{"kind": "random", "spec": {')
-    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "malformed_json"
     assert r.json()["error"]["details"]["field"] == "body" and "character" in r.json()["error"]["message"]
     r = httpx.post(f"{live_service.url}/v1/query", headers={**h, "content-type": "application/x-www-form-urlencoded"},
                    content=json.dumps({"sql": "SELECT 1", "tables": {}}).encode())
