@@ -274,6 +274,7 @@ class ProgressReader:
 
     def __init__(self, f, advance: Callable[[int], None]):
         self.f, self.advance, self.name = f, advance, f.name
+        self.fileno, self.tell = f.fileno, f.tell      # the client sends the length from these
 
     def read(self, n: int = -1) -> bytes:
         chunk = self.f.read(n)

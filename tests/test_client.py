@@ -290,3 +290,21 @@ def test_docs_are_served_offline(live_service):
     assert "cdn" not in html.lower() and "/static/swagger-ui/swagger-ui-bundle.js" in html
     js = httpx.get(f"{live_service.url}/static/swagger-ui/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
+
+
+def test_oversized_file_upload_answers_413(client, tmp_path, live_service):
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:                      # over the test service's 5 MB limit
+        for i in range(60_000):
+            f.write(json.dumps({"id": f"x{i}", "text": "lorem ipsum dolor " * 5}).encode() + b"\n")
+    with big.open("rb") as f:
+        with pytest.raises(ThresherError) as e:
+            client.corpora.upload(f, name="too-big")
+    assert e.value.status == 413 and e.value.code == "payload_too_large"
+
+
+def test_wait_with_a_timeout(client, pool):
+    job = client.train_model(pool, preset="tiny", tokens=50_000_000)
+    with pytest.raises(TimeoutError):
+        job.wait(timeout=1)
+    assert job.cancel().state == "cancelled"

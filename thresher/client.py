@@ -331,6 +331,18 @@ def _file_body(f) -> Iterator[bytes]:
         yield chunk.encode() if isinstance(chunk, str) else chunk
 
 
+def _remaining(f) -> int | None:
+    """Bytes left in a regular binary file, or None when that cannot be known."""
+    import stat
+    try:
+        if isinstance(f, io.TextIOBase):
+            return None
+        st = os.fstat(f.fileno())
+        return st.st_size - f.tell() if stat.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 def _dataframe_batches(df) -> Iterator[pa.Table]:
     for start in range(0, max(len(df), 1), PARQUET_ROWS):
         yield pa.Table.from_pandas(df.iloc[start:start + PARQUET_ROWS], preserve_index=False)
@@ -574,6 +586,9 @@ class Corpora(_Api):
             body = bytes(data)
         elif hasattr(data, "read"):
             body = _file_body(data)
+            size = _remaining(data)
+            if size is not None:     # a known length lets the server refuse an oversized upload at once
+                headers["Content-Length"] = str(size)
             fname = getattr(data, "name", None)
             if not filename and isinstance(fname, str) and not fname.isdigit():
                 filename = os.path.basename(fname)
@@ -700,18 +715,24 @@ class Jobs(_Api):
     def wait(self, job_id, progress: bool = False, timeout: float | None = None, check: bool = True) -> Job:
         """Follow the job until it ends and return it. `progress=True` shows a tqdm bar (a widget in
         Jupyter). With `check`, a failed or cancelled job raises ThresherError (its error code)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Bar() if progress else None
         job = self.get(job_id)
         try:
-            if not job.done:
-                for job in self.events(job_id):
+            if bar:
+                bar.update(job)
+            if timeout is None:             # follow the event stream
+                for job in ([] if job.done else self.events(job_id)):
                     if bar:
                         bar.update(job)
-                    if deadline is not None and time.monotonic() > deadline:
+            else:                           # poll, so that the deadline holds while nothing changes
+                deadline = time.monotonic() + timeout
+                while not job.done:
+                    if time.monotonic() > deadline:
                         raise TimeoutError(f"job {job.id} still {job.state} after {timeout}s")
-            elif bar:
-                bar.update(job)
+                    time.sleep(0.5)
+                    job = self.get(job_id)
+                    if bar:
+                        bar.update(job)
         finally:
             if bar:
                 bar.close()
