@@ -140,3 +140,18 @@ def test_bad_arguments():
         SelectionDataset("man_x")
     with pytest.raises(FileNotFoundError):
         SelectionDataset("man_missing", storage="/nonexistent-store")
+
+
+def test_a_worker_keeps_only_its_share_of_a_window(sel):
+    """Texts are taken only for the worker's own positions, one shard at a time, so what a worker
+    holds is about a window's documents / (ranks × workers)."""
+    ds = make(sel, rank=1, world_size=4)
+    taken = []
+    read = ds.source.docs
+    ds.source.docs = lambda s, rows: (taken.append((s.count, len(rows))), read(s, rows))[1]
+    items = list(ds)
+    assert sum(n for _, n in taken) == len(items) == len(ds)
+    windows = ds._windows(0)
+    assert len(taken) <= sum(len(w[1]) for w in windows)                # one read per shard of a window
+    largest = max(sum(s.count for s in w[1]) for w in windows)
+    assert max(n for _, n in taken) <= largest / 4 + BLOCK
