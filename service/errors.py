@@ -89,6 +89,11 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
     async def _validation(_: Request, exc: RequestValidationError):
         errors = []
         for e in exc.errors():
+            if e["type"] == "json_invalid":   # loc is ("body", <character offset>): not a field
+                pos = e["loc"][-1] if len(e["loc"]) > 1 else "?"
+                reason = (e.get("ctx") or {}).get("error", "")
+                return JSONResponse(_body("malformed_json", f"the request body is not valid JSON (character "
+                                          f"{pos}: {reason})", {"field": "body", "position": pos}), status_code=422)
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")

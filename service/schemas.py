@@ -19,6 +19,8 @@ class Corpus(BaseModel):
     num_empty: int | None = Field(None, description="documents with no text (stored, never scored)")
     empty_doc_ids: list[str] = Field(default_factory=list, description="the first empty documents' ids")
     sources: dict[str, int] = Field(default_factory=dict)
+    ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
+                                       "Thresher numbered them from 0000000000 in file order")
     created_at: str
     job_id: str | None = None
     error: dict | None = None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 
 class Store:
-    def __init__(self, root: str):
+    def __init__(self, root: str, create: bool = True):
         if "://" in root:
             self.fs, base = pafs.FileSystem.from_uri(root)
             self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -27,7 +27,7 @@ class Store:
             self.local, self.scheme = True, "file"
         self.base = base.rstrip("/")
         self.root = root
-        if self.local:
+        if self.local and create:
             os.makedirs(self.base, exist_ok=True)
 
     # -- paths -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ for _name, _value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "
 def ray_address():
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="thresher", log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -71,3 +71,34 @@ def service(tmp_path_factory, ray_address):
     with TestClient(create_app(settings), headers=ALICE) as client:
         client.allowed_root = allowed
         yield client
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory, ray_address):
+    """The real service listening on a free local port (uvicorn in a thread), for the Python
+    client, the CLI and the README's shell examples. `.url`, `.key` (tenant alice), `.home`,
+    `.allowed_root`."""
+    import socket
+    import threading
+    import time
+    import types
+
+    import uvicorn
+    from service.app import create_app
+    home = tmp_path_factory.mktemp("live-home")
+    allowed = tmp_path_factory.mktemp("live-files")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = make_settings(home, ray_address, allowed_roots=[str(allowed)], port=port)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the live service did not start"
+        time.sleep(0.05)
+    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}", key="key-alice", home=home,
+                                allowed_root=allowed, settings=settings)
+    server.should_exit = True
+    thread.join(timeout=30)

@@ -69,7 +69,7 @@ def test_round_trip(store, tmp_path, fmt, compression):
         "num_docs": 5, "num_shards": 3,
         "num_bytes": sum(len(d["text"].encode()) for d in DOCS),
         "num_empty": 2, "empty_ids": ["c", "d"],
-        "sources": {"web": 3, "books": 1},
+        "sources": {"web": 3, "books": 1}, "ids_generated": False,
     }
     assert store.read_parquet(*DEST, "shard-00000.parquet").schema.field("id").type == pa.string()
 

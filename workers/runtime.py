@@ -30,7 +30,8 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         log.info("starting a local Ray")
-        ray.init(include_dashboard=False, **kwargs)
+        # address="local": a new Ray of our own, even when `ray start` left a cluster on this machine.
+        ray.init(address="local", include_dashboard=False, **kwargs)
     if main and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
 

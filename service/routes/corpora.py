@@ -18,6 +18,7 @@ from storage import layout
 from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, encode
 from storage.inputs import fixed_prefix, join_uri, list_inputs, split_uri
+from storage.sniff import sniff_format
 from workers.driver import lifecycle
 from workers.jobs.ingest import ingest_upload
 from workers.registry import KINDS
@@ -32,7 +33,7 @@ CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", 
 def corpus_view(rec: dict) -> Corpus:
     meta = rec.get("meta") or {}
     return Corpus(**{k: v for k, v in rec.items() if k in Corpus.model_fields and v is not None},
-                  empty_doc_ids=meta.get("empty_ids", []))
+                  empty_doc_ids=meta.get("empty_ids", []), ids_generated=meta.get("ids_generated"))
 
 
 class _TooLarge(Exception):
@@ -113,8 +114,11 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         fmt = fields["format"] or CONTENT_TYPES.get(ctype)
         fname = fields["filename"] or fields["name"]
         if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
-            raise ApiError(415, "unknown_format", "cannot tell the file's format: pass format=jsonl|csv|parquet "
-                           "or a filename with an extension", {"field": "format"})
+            with s.store.open_input(*upload) as head:  # neither a content type nor a name says it
+                fmt = sniff_format(head.read(1 << 16))
+        if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
+            raise ApiError(415, "unknown_format", "cannot tell the file's format from its content type, name or first bytes: "
+                           "pass format=jsonl|csv|parquet or a filename with an extension", {"field": "format"})
         cid = new_id("corpora")
         options = {"text_field": fields["text_field"], "id_field": fields["id_field"],
                    "source_field": fields["source_field"], "shard_size": s.settings.shard_size,

@@ -120,7 +120,9 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
         if isinstance(e, IngestError) and source.range:
             raise in_whole_file(e, source.lines_before()) from None
         raise
-    return stats.result(len(writer.shards))
+    result = stats.result(len(writer.shards))
+    result.ids_generated = not reader.ids_given and stats.num_docs > 0
+    return result
 
 
 def check_document_size(table: pa.Table, first_row: int, reader, max_doc_bytes: int | None) -> None:

@@ -22,6 +22,7 @@ class CorpusStats:
     num_empty: int                # documents whose text is empty or whitespace only (kept)
     empty_ids: list[str] = field(default_factory=list)   # the first MAX_EMPTY_IDS of them
     sources: dict[str, int] = field(default_factory=dict)  # documents per non-null source
+    ids_generated: bool = False   # the input had no ids: they were generated
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -80,7 +80,8 @@ def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, 
         if byte_range is None or "byte range" not in str(e):
             raise
         if byte_range[0] > 0:    # the first range reads the whole file; the others nothing
-            stats = {"num_docs": 0, "num_bytes": 0, "num_shards": 0, "num_empty": 0, "empty_ids": [], "sources": {}}
+            stats = {"num_docs": 0, "num_bytes": 0, "num_shards": 0, "num_empty": 0, "empty_ids": [], "sources": {},
+                     "ids_generated": False}
         else:
             stats = ingest(src, filename=name, store=store, dest=layout.corpus(corpus_id), format=fmt,
                            unit=tuple(unit), **options).to_dict()
@@ -153,7 +154,8 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
 
 
 def merge_stats(parts: list[dict]) -> dict:
-    out = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "empty_ids": [], "sources": {}}
+    out = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "empty_ids": [], "sources": {},
+           "ids_generated": any(p.get("ids_generated") for p in parts)}
     for p in parts:
         for k in ("num_docs", "num_bytes", "num_empty"):
             out[k] += p[k]

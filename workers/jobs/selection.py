@@ -6,13 +6,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import ray
 from pydantic import Field
 
 from scoring.hashing import DEFAULT_BUCKETS, ngram_counts, word_counts
 from storage import layout
 from storage.fs import Store
-from storage.manifests import manifest_files, score_part, selected_by_source, write_selection
+from storage.manifests import dataset, manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.kind import SHARD_TASK, JobKind
 from workers.runtime import node_id
@@ -48,6 +49,12 @@ def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select | Non
     ctx.progress("select", 1, 1, "steps", force=True)
     summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
                "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id)), **(meta or {})}
+    if select is not None and select.count is not None and select.count > info["num_selected"]:
+        eligible = dataset(ctx.store, manifest_files(ctx.store, man_id)).count_rows(filter=pds.field("rank").is_valid())
+        if select.count > eligible:
+            summary.setdefault("warnings", []).append(
+                f"select.count is {select.count} but the pool has only {eligible} selectable (non-empty) "
+                "documents: all of them were selected")
     return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}
 
 
