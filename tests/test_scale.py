@@ -98,7 +98,13 @@ def test_many_files_on_s3_end_to_end(s3_service):
     target = upload(client, corpus(60, seed=7, domains=["finance"], prefix="t"), name="target")
     dsir = run_ok(client, "dsir", {"pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1}})
     man = dsir["result"]["manifest_id"]
-    assert_exactly_once(manifest_table(client, man), ids)
+    table = manifest_table(client, man)
+    assert_exactly_once(table, ids)
+    # The selection streams into training straight from the bucket.
+    from thresher.data import SelectionDataset
+    streamed = [d["doc_id"] for d in SelectionDataset(man, storage=client.store.root, seed=3)]
+    selected = set(table.filter(table["selected"])["doc_id"].to_pylist())
+    assert len(streamed) == len(set(streamed)) == len(selected) and set(streamed) == selected
 
     color = run_ok(client, "color_filter", {
         "pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1},
