@@ -64,8 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    from service.routes import corpora, curricula, jobs, manifests, models, ops, projections, query
-    for module in (corpora, jobs, manifests, models, curricula, projections, query, ops):
+    from service.routes import browse, corpora, curricula, jobs, manifests, models, ops, projections, query, ui
+    for module in (corpora, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
         app.include_router(module.router)
     from service.schemas import JOB_REQUESTS
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
