@@ -98,11 +98,28 @@ def shot(driver, name: str, full: bool = True) -> Path:
     """A screenshot of the whole page (the window grown to the page's height)."""
     path = SHOTS / f"{name}.png"
     if full:
-        height = driver.execute_script("return Math.max(document.body.scrollHeight, 700)")
-        driver.set_window_size(1360, min(int(height) + 20, 4000))
+        height = driver.execute_script("return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight")
+        driver.set_window_size(1360, min(int(height), 5000))
     driver.save_screenshot(str(path))
     driver.set_window_size(1360, 1000)
     return path
+
+
+def attr(driver, selector, name):
+    """An element's attribute, read in one step (None if absent)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1])",
+                                 selector, name)
+
+
+def click(driver, selector):
+    """Click like a user; lists re-render on a timer, so retry on a replaced element."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(5):
+        try:
+            return css(driver, selector).click()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{selector} kept being replaced")
 
 
 def css(driver, selector):
@@ -214,7 +231,7 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
     job_id = browser.current_url.rsplit("/", 1)[1]
     # The page follows the job's server-sent events (it does not poll): it must see the end.
     until(browser, lambda d: text_of(d, "#job-state") == "succeeded", timeout=120, what="the job to succeed")
-    assert css(browser, "#job-progress").get_attribute("data-fraction") == "1.0000"
+    assert attr(browser, "#job-progress", "data-fraction") == "1.0000"
     assert browser.find_elements("css selector", "#job-stages li")
     assert not browser.find_elements("id", "cancel-job")
     job = live.api.get(f"/v1/jobs/{job_id}").json()
@@ -230,7 +247,7 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
 
 def test_manifest_page_draws_bars_histogram_and_documents(browser, live, data):
     man = data["state"]["manifest"]
-    css(browser, f'tr[data-job-id="{data["state"]["job"]}"] a').click()
+    click(browser, f'tr[data-job-id="{data["state"]["job"]}"] a')
     until(browser, lambda d: d.find_elements("id", "result-manifest"), what="the job page")
     css(browser, "#result-manifest").click()
     until(browser, lambda d: d.find_elements("css selector", "#docs-bottom tbody tr"), what="the manifest page")
@@ -244,7 +261,7 @@ def test_manifest_page_draws_bars_histogram_and_documents(browser, live, data):
     # The histogram: 30 bins, stacked selected / not selected, adding up to the manifest; the
     # threshold line at the lowest selected score.
     assert chart(browser, "chart-histogram", "c.data.datasets.map(d => d.label)") == ["selected", "not selected"]
-    heights = chart(browser, "chart-histogram", "c.data.datasets.map(d => d.data.map(p => p.y))")
+    heights = chart(browser, "chart-histogram", "c.data.datasets.map(d => d.data.map(p => p.y || 0))")
     assert len(heights[0]) == 30
     (rows, selected, threshold), = q("SELECT count(*), count(*) FILTER (WHERE selected), min(score) FILTER (WHERE selected) FROM m")
     assert sum(heights[0]) == selected and sum(heights[0]) + sum(heights[1]) == rows
@@ -389,3 +406,51 @@ def test_without_keys_the_dashboard_opens_directly(browser, tmp_path, ray_addres
         # Every resource the page loaded came from the service itself.
         urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(open_server.url + "/") for u in urls), urls
+
+
+# --- the small API the dashboard reads (plain HTTP) ---------------------------------------------
+
+def test_ui_files_are_package_data():
+    """Every file under service/ui matches a package-data pattern, so an installed wheel serves it."""
+    import fnmatch
+    import tomllib
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service"]
+    files = [p.relative_to(ROOT / "service").as_posix() for p in (ROOT / "service" / "ui").rglob("*") if p.is_file()]
+    assert "ui/vendor/chart.js-LICENSE.md" in files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)] == []
+
+
+def test_kinds_describe_every_public_kind(live):
+    from service.schemas import PUBLIC_KINDS
+    r = live.api.get("/v1/kinds")
+    assert r.status_code == 200
+    kinds = {k["name"]: k for k in r.json()["items"]}
+    assert set(kinds) == PUBLIC_KINDS
+    dsir = kinds["dsir"]
+    assert dsir["refs"] == {"pool": "corpora", "target": "corpora"}
+    assert dsir["spec_schema"]["properties"]["buckets"]["default"] == 10000
+    assert set(dsir["spec_schema"]["required"]) == {"pool", "target", "select"}
+    assert kinds["score"]["refs"] == {"corpus": "corpora", "model": "models"}
+    assert httpx.get(f"{live.url}/v1/kinds").status_code == 401
+    assert live.api.get("/v1/whoami").json() == {"tenant": "alice", "auth": True}
+    assert live.api.get("/v1/whoami", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_manifest_documents(live, data):
+    man = data["state"]["manifest"]
+    top = live.api.get(f"/v1/manifests/{man}/documents", params={"n": 5, "snippet": 40}).json()["items"]
+    expected = live.api.post("/v1/query", json={"sql": "SELECT doc_id FROM m ORDER BY score DESC, doc_id LIMIT 5",
+                                                "tables": {"m": man}}).json()["rows"]
+    assert [d["doc_id"] for d in top] == [r[0] for r in expected]
+    pool = {r["id"]: r["text"] for r in corpus(360, seed=1)}
+    for d in top:
+        assert d["text"] == pool[d["doc_id"]][:40] and d["num_chars"] == len(pool[d["doc_id"]])
+    unselected = live.api.get(f"/v1/manifests/{man}/documents", params={"order": "bottom", "selected": False}).json()["items"]
+    assert len(unselected) == 10 and not any(d["selected"] for d in unselected)
+    assert [d["score"] for d in unselected] == sorted(d["score"] for d in unselected)
+    r = live.api.get(f"/v1/manifests/{man}/documents", params={"n": 0})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "n"
+    assert live.api.get(f"/v1/manifests/{man}/documents", headers={"Authorization": f"Bearer {KEY_BOB}"}).status_code == 404
+    projection = live.api.get(f"/v1/jobs/{data['state']['projection']}").json()["result"]["manifest_id"]
+    r = live.api.get(f"/v1/manifests/{projection}/documents")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_a_selection"

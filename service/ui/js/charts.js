@@ -35,6 +35,9 @@ const vline = {
       ctx.font = "12px " + Chart.defaults.font.family;
       const w = ctx.measureText(opts.label).width;
       const left = x + 6 + w > chartArea.right ? x - 6 - w : x + 6;
+      ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
+      ctx.fillRect(left - 3, chartArea.top + 2, w + 6, 16);
+      ctx.fillStyle = opts.color || "#b91c1c";
       ctx.fillText(opts.label, left, chartArea.top + 14);
     }
     ctx.restore();
@@ -77,9 +80,10 @@ export function histogram(canvas, bins, { threshold, xTitle = "score", threshold
   const mid = (b) => (b.lo + b.hi) / 2;
   const hasSelected = bins.some((b) => b.selected !== undefined);
   const datasets = hasSelected
-    ? [{ label: "selected", data: bins.map((b) => ({ x: mid(b), y: b.selected })), backgroundColor: COLORS[0] },
-       { label: "not selected", data: bins.map((b) => ({ x: mid(b), y: b.pool - b.selected })), backgroundColor: POOL }]
-    : [{ label: "documents", data: bins.map((b) => ({ x: mid(b), y: b.pool })), backgroundColor: COLORS[0] }];
+    ? [{ label: "selected", data: bins.map((b) => ({ x: mid(b), y: b.selected || null })), backgroundColor: COLORS[0] },
+       { label: "not selected", data: bins.map((b) => ({ x: mid(b), y: b.pool - b.selected || null })), backgroundColor: POOL }]
+    : [{ label: "documents", data: bins.map((b) => ({ x: mid(b), y: b.pool || null })), backgroundColor: COLORS[0] }];
+  // (empty bins are null, not 0: a zero-height bar still leaves a hairline)
   for (const d of datasets) Object.assign(d, { barPercentage: 1, categoryPercentage: 1, borderWidth: 0 });
   return make(canvas, {
     type: "bar",
@@ -96,7 +100,7 @@ export function histogram(canvas, bins, { threshold, xTitle = "score", threshold
       scales: {
         x: { type: "linear", stacked: true, offset: false, title: { display: true, text: xTitle },
              min: bins.length ? bins[0].lo : 0, max: bins.length ? bins[bins.length - 1].hi : 1,
-             ticks: { maxTicksLimit: 10 } },
+             ticks: { maxTicksLimit: 10, includeBounds: false } },
         y: { stacked: true, beginAtZero: true, title: { display: true, text: "documents" } },
       },
       datasets: { bar: { barThickness: "flex" } },
@@ -133,11 +137,18 @@ export function lines(canvas, series, { xTitle, yTitle, logX = true, marker } = 
       borderWidth: s.width || 1.5, borderDash: s.dash, pointStyle: s.pointStyle || "circle" })) },
     options: {
       plugins: { legend: { position: "bottom" }, vline: marker || {} },
-      scales: { x: { type: logX ? "logarithmic" : "linear", title: { display: true, text: xTitle } },
+      scales: { x: { type: logX ? "logarithmic" : "linear", title: { display: true, text: xTitle },
+                     ticks: logX ? { autoSkip: false, callback: logTick } : {} },
                 y: { title: { display: true, text: yTitle } } },
     },
     plugins: [vline],
   });
+}
+
+// On a log axis, label only 1, 2 and 5 times a power of ten.
+function logTick(value) {
+  const lead = value / 10 ** Math.floor(Math.log10(value) + 1e-9);
+  return [1, 2, 5].some((d) => Math.abs(lead - d) < 1e-6) ? Number(value).toLocaleString("en-US") : "";
 }
 
 export const getChart = (canvas) => Chart.getChart(canvas);

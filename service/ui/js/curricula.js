@@ -11,7 +11,7 @@ export async function curriculumPage(el, runId, { signal }) {
       h("div", { class: "page-head" }, h("h1", {}, `Curriculum run `, h("span", { class: "mono" }, c.id)),
         link(`#/jobs/${c.job_id}`, "job"), link(`#/corpora/${c.corpus_id}`, "corpus")),
       section("Run", kv([
-        ["method", c.method], ["epoch", h("span", { id: "cur-epoch" }, `${c.epoch + 1} of ${c.epochs} (epoch ${c.epoch}, counting from 0)`)],
+        ["method", c.method], ["epoch", h("span", { id: "cur-epoch" }, `${c.epoch} (epochs run 0 … ${c.epochs - 1})`)],
         ["samples", fmtNum(c.num_samples)], ["losses posted this epoch", fmtNum(c.losses_posted)],
         ["saved so far", h("span", { id: "cur-saved" }, pct(c.saved_fraction))],
         ["created", fmtTime(c.created_at)],

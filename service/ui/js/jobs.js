@@ -112,10 +112,16 @@ export async function jobPage(el, jobId, { signal }) {
     }
   }
 
-  render();
-  if (!TERMINAL.has(job.state)) {
-    followJob(jobId, (j) => { job = j; render(); }, signal)
-      .then(async () => { if (!signal.aborted) { job = await api(`/v1/jobs/${jobId}`, { signal }); render(); } })
+  if (TERMINAL.has(job.state)) render();
+  else {
+    const show = (j) => {
+      const changed = JSON.stringify(j) !== JSON.stringify(job);
+      job = j;
+      if (changed) render();
+    };
+    render();
+    followJob(jobId, show, signal)
+      .then(async () => { if (!signal.aborted) show(await api(`/v1/jobs/${jobId}`, { signal })); })
       .catch((e) => { if (e.name !== "AbortError") live.append(errorBox(e, "Live updates stopped: ")); });
   }
 }
