@@ -295,6 +295,24 @@ def test_sql_box_runs_a_query(browser, live, data):
     until(browser, lambda d: "forbidden_statement" in text_of(d, "#sql-result"), what="the refused query's message")
 
 
+def test_color_filter_manifest_shows_the_loss_scatter(browser, live, data):
+    """A deliberately tiny CoLoR-Filter (a few training steps): the page plots prior vs
+    conditional loss, selected apart from the rest."""
+    r = live.api.post("/v1/jobs", json={"kind": "color_filter", "spec": {
+        "pool": data["pool"]["id"], "target": data["target"]["id"], "select": {"fraction": 0.1},
+        "prior": {"train": {"preset": "tiny", "tokens": 4096, "vocab_size": 300, "batch_size": 8, "seq_len": 32}},
+        "conditional": {"finetune": {"epochs": 1, "warmup_steps": 1, "batch_size": 8}}}})
+    assert r.status_code == 202, r.text
+    job = wait(live.api, r.json()["id"], timeout=180)
+    assert job["state"] == "succeeded", job
+    go(browser, live, f"#/manifests/{job['result']['manifest_id']}")
+    until(browser, lambda d: chart(d, "chart-scatter", "c.data.datasets.length"), what="the loss scatter")
+    counts = dict(chart(browser, "chart-scatter", "c.data.datasets.map(d => [d.label, d.data.length])"))
+    assert counts["selected"] == 36 and counts["not selected"] == 324
+    assert inked_pixels(browser, "chart-scatter") > 2000
+    shot(browser, "manifest-color-filter")
+
+
 def test_corpus_upload_from_the_browser(browser, live, tmp_path):
     path = tmp_path / "fresh.jsonl"
     rows = corpus(30, seed=9, prefix="u") + [{"id": "blank", "text": "", "source": "cooking"}]

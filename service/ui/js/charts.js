@@ -110,13 +110,14 @@ export function histogram(canvas, bins, { threshold, xTitle = "score", threshold
 }
 
 export function scatter(canvas, groups, { xTitle, yTitle, diagonal = false } = {}) {
-  const datasets = groups.map((g, i) => ({ label: g.label, data: g.points, pointRadius: 2,
+  const datasets = groups.map((g, i) => ({ label: g.label, data: g.points, pointRadius: 2.5,
     backgroundColor: g.color || COLORS[i % COLORS.length] }));
   if (diagonal) {
     const all = groups.flatMap((g) => g.points);
-    const lo = Math.min(...all.map((p) => Math.min(p.x, p.y)));
-    const hi = Math.max(...all.map((p) => Math.max(p.x, p.y)));
-    datasets.push({ label: "x = y", data: [{ x: lo, y: lo }, { x: hi, y: hi }], showLine: true, pointRadius: 0,
+    // Only where the x and y ranges overlap, so the line never stretches the axes.
+    const lo = Math.max(Math.min(...all.map((p) => p.x)), Math.min(...all.map((p) => p.y)));
+    const hi = Math.min(Math.max(...all.map((p) => p.x)), Math.max(...all.map((p) => p.y)));
+    if (all.length && lo < hi) datasets.push({ label: "x = y", data: [{ x: lo, y: lo }, { x: hi, y: hi }], showLine: true, pointRadius: 0,
                     borderColor: "#94a3b8", borderDash: [4, 4], borderWidth: 1 });
   }
   return make(canvas, {

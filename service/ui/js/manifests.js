@@ -144,10 +144,10 @@ export async function manifestPage(el, id, { signal }) {
                                  "ORDER BY hash(doc_id) LIMIT 2000", { m: id }, 2000);
     const box = chartBox("chart-scatter", 340);
     charts.append(section("CoLoR-Filter: prior vs conditional loss (a sample of up to 2000 documents)", box,
-      h("p", { class: "muted small" }, "Selected documents lose most from prior to conditional model: they lie furthest below the diagonal.")));
+      h("p", { class: "muted small" }, "Selected documents gain most from the conditional model (score = prior − conditional loss): furthest below the diagonal.")));
     scatter(box.querySelector("canvas"), [
-      { label: "selected", points: rows.filter((r) => r[2]).map((r) => ({ x: r[0], y: r[1] })), color: COLORS[0] },
       { label: "not selected", points: rows.filter((r) => !r[2]).map((r) => ({ x: r[0], y: r[1] })), color: "#cbd5e1" },
+      { label: "selected", points: rows.filter((r) => r[2]).map((r) => ({ x: r[0], y: r[1] })), color: COLORS[0] },
     ], { xTitle: "prior loss", yTitle: "conditional loss", diagonal: true });
   }
   if (isDocs && cols.has("corpus_id")) {
