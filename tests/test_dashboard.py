@@ -245,9 +245,31 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
     shot(browser, "jobs")
 
 
+def test_running_job_shows_progress_and_cancels(browser, live, data):
+    """A long training job: the page shows its live stage and progress, and Cancel ends it."""
+    r = live.api.post("/v1/jobs", json={"kind": "train_model", "name": "long", "spec": {
+        "corpus": data["pool"]["id"], "tokens": 50_000_000, "vocab_size": 300, "batch_size": 4, "seq_len": 32}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    try:
+        go(browser, live, f"#/jobs/{job_id}")
+        until(browser, lambda d: text_of(d, "#job-state") == "running" and text_of(d, "#job-stage") not in ("", "—"),
+              timeout=60, what="the running job's stage")
+        shot(browser, "job-running", full=False)
+        click(browser, "#cancel-job")
+        until(browser, lambda d: text_of(d, "#job-state") == "cancelled", timeout=60, what="the cancelled state")
+        assert "cancelled" in text_of(browser, "#job-error")
+    finally:
+        live.api.post(f"/v1/jobs/{job_id}/cancel")
+    assert wait(live.api, job_id, timeout=30)["state"] == "cancelled"
+
+
 def test_manifest_page_draws_bars_histogram_and_documents(browser, live, data):
     man = data["state"]["manifest"]
-    click(browser, f'tr[data-job-id="{data["state"]["job"]}"] a')
+    go(browser, live, "#/jobs")
+    row = f'tr[data-job-id="{data["state"]["job"]}"] a'
+    until(browser, lambda d: d.find_elements("css selector", row), what="the dsir job in the list")
+    click(browser, row)
     until(browser, lambda d: d.find_elements("id", "result-manifest"), what="the job page")
     css(browser, "#result-manifest").click()
     until(browser, lambda d: d.find_elements("css selector", "#docs-bottom tbody tr"), what="the manifest page")
