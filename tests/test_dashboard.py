@@ -76,6 +76,7 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1360,1000", "--force-device-scale-factor=1", "--lang=en-US"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_script_timeout(30)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,8 @@ def test_ui_is_served_from_the_package_without_a_key(live):
                          ("vendor/chart.umd.min.js", "text/javascript"), ("vendor/chart.js-LICENSE.md", "text/markdown")):
         r = httpx.get(f"{live.url}/ui/{asset}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(media), asset
-    for bad in ("../app.py", "js/../../routes/ui.py", "nothing.js", ".hidden.css", "index.py"):
+    for bad in ("../app.py", "js/../../routes/ui.py", "nothing.js", ".hidden.css", "index.py", "%2Fetc%2Fhostname.css",
+                "js//main.js", "js/%2e%2e/app.css"):
         assert httpx.get(f"{live.url}/ui/{bad}").status_code == 404, bad
     # Nothing of ours names another host: every asset is served by Thresher.
     ours = [p for p in (ROOT / "service" / "ui").rglob("*") if p.suffix in (".html", ".js", ".css") and "vendor" not in p.parts]
@@ -243,6 +245,25 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
     until(browser, lambda d: d.find_elements("css selector", f'tr[data-job-id="{job_id}"][data-state="succeeded"]'),
           what="the job in the list")
     shot(browser, "jobs")
+
+
+def test_every_kind_has_a_form_from_its_spec(browser, live):
+    kinds = live.api.get("/v1/kinds").json()["items"]
+    browser.get_log("browser")  # start with an empty console
+    for kind in kinds:
+        go(browser, live, f"#/jobs/new/{kind['name']}")
+        until(browser, lambda d: d.find_elements("id", f"form-{kind['name']}"), what=f"the {kind['name']} form")
+        fields = browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' .field[data-field]')].map(e => e.dataset.field)",
+            f"#form-{kind['name']}")
+        assert fields == list(kind["spec_schema"]["properties"]), kind["name"]
+        for area in browser.find_elements("css selector", f"#form-{kind['name']} textarea"):
+            assert area.get_attribute("placeholder") or area.get_attribute("value"), (kind["name"], area.get_attribute("id"))
+    assert browser.get_log("browser") == []
+    assert css(browser, "#f-sources").get_attribute("placeholder").startswith('[{"corpus": …, "price_per_doc": …')
+    go(browser, live, "#/jobs/new/dsir")
+    until(browser, lambda d: d.find_elements("id", "form-dsir"), what="the dsir form")
+    assert css(browser, "#f-select").get_attribute("placeholder") == '{"fraction": …} | {"count": …} | {"tau": …}'
 
 
 def test_running_job_shows_progress_and_cancels(browser, live, data):

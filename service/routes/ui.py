@@ -6,6 +6,7 @@ caller's key.
 """
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -18,12 +19,13 @@ router = APIRouter(include_in_schema=False)
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
                ".md": "text/markdown; charset=utf-8"}
+SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 def asset(path: str) -> tuple[bytes, str]:
     """The bytes and media type of a file under service/ui (404 for anything else)."""
-    parts = PurePosixPath(path).parts
-    if not parts or any(p in ("..", ".") or p.startswith(".") for p in parts):
+    parts = path.split("/")
+    if not all(SAFE.match(p) for p in parts):  # no "..", no absolute path, no hidden file
         raise ApiError(404, "not_found", f"no dashboard file {path!r}")
     media = MEDIA_TYPES.get(PurePosixPath(path).suffix)
     node = resources.files("service").joinpath("ui", *parts)

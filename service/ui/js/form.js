@@ -17,7 +17,7 @@ export function fieldOf(name, prop, root, refs) {
     const other = s.anyOf.filter((x) => x.type !== "null");
     nullable = other.length < s.anyOf.length;
     if (other.length === 1) s = deref(other[0], root);
-    else s = { type: "json", variants: other.map((x) => deref(x, root)) };
+    else s = { type: "json", anyOf: other };
   }
   const hint = prop.description || s.description || "";
   if (refs[name]) return { type: "ref", table: refs[name], nullable, hint };
@@ -25,19 +25,32 @@ export function fieldOf(name, prop, root, refs) {
   if (["boolean", "integer", "number", "string"].includes(s.type)) {
     return { type: s.type, nullable, hint, min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum };
   }
-  return { type: "json", nullable, hint, example: example(s, root) };
+  return { type: "json", nullable, hint, example: example(s, root) };  // objects, arrays, unions
 }
 
-// A placeholder for a JSON field: the object's own fields with their defaults, where known.
-function example(s, root) {
-  if (s.type === "object" && s.properties) {
-    const out = {};
-    for (const [k, p] of Object.entries(s.properties)) if (p.default !== undefined && p.default !== null) out[k] = p.default;
-    return Object.keys(out).length ? JSON.stringify(out) : "{…}";
+// A placeholder for a JSON field, from its schema: an object's fields with their defaults (… where
+// there is none), an array of its items, the alternatives of a union.
+function example(s, root, depth = 0) {
+  s = deref(s, root);
+  if (depth > 2) return "…";
+  if (s.anyOf) {
+    const other = s.anyOf.filter((x) => x.type !== "null");
+    return other.map((x) => example(x, root, depth + 1)).join(" | ");
   }
-  if (s.type === "array") return "[…]";
-  if (s.variants) return s.variants.map((v) => (v.type === "string" && v.const ? JSON.stringify(v.const) : v.type || "{…}")).join(" | ");
-  return "";
+  if (s.const !== undefined) return JSON.stringify(s.const);
+  if (s.type === "object" && s.properties) {
+    const fields = Object.entries(s.properties);
+    const required = new Set(s.required || []);
+    // Alternatives such as {"fraction"} | {"count"} | {"tau"}: every field optional, none defaulted.
+    if (!required.size && fields.every(([, p]) => p.default === null)) {
+      return fields.map(([k]) => `{"${k}": …}`).join(" | ");
+    }
+    const shown = fields.filter(([k, p]) => required.has(k) || (p.default !== undefined && p.default !== null)).slice(0, 5);
+    return `{${shown.map(([k, p]) => `"${k}": ${p.default !== undefined && p.default !== null ? JSON.stringify(p.default) : example(p, root, depth + 1)}`).join(", ")}}`;
+  }
+  if (s.type === "array") return `[${s.items ? example(s.items, root, depth + 1) : "…"}, …]`;
+  if (s.enum) return s.enum.map((x) => JSON.stringify(x)).join(" | ");
+  return "…";
 }
 
 const SINGULAR = { corpora: "corpus", models: "model", manifests: "manifest" };
