@@ -198,7 +198,7 @@ def test_wrong_key_shows_a_clear_message(browser, live):
     sign_in(browser, live, "not-a-key")
     msg = until(browser, lambda d: text_of(d, "#signin-message"), what="the sign-in message")
     assert "not accepted" in msg and "unknown API key" in msg
-    assert css(browser, "#nav").get_attribute("hidden") is not None
+    assert not css(browser, "#nav").is_displayed() and not css(browser, "#signout").is_displayed()
     assert browser.execute_script("return sessionStorage.getItem('thresher.key')") is None
     shot(browser, "signin-wrong-key", full=False)
 
