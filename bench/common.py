@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-DEBIAN = os.environ.get("THRESHER_DEBIAN_CORPUS", "/work/data/debian")
+# Where the Debian corpus is built (data/ is git-ignored); THRESHER_DEBIAN_CORPUS points elsewhere.
+DEBIAN = os.environ.get("THRESHER_DEBIAN_CORPUS", os.path.join(HERE, "..", "data", "debian"))
 
 
 def debian_corpus(out: str = DEBIAN) -> str:
-    """Build ../shared/corpora's Debian corpus once (needs root and apt; a minute or two)."""
+    """The Debian corpus of bench/build_debian_corpus.py, built on first use (root and apt; a few minutes)."""
     if not os.path.exists(os.path.join(out, "pool.jsonl")):
-        script = os.path.join(HERE, "..", "..", "shared", "corpora", "build_debian_corpus.py")
-        subprocess.run([sys.executable, script, out], check=True)
+        from bench.build_debian_corpus import build
+        build(out)
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scoring.curriculum import InfoBatchScheduler, SeTaScheduler
+from scoring.schedulers import InfoBatchScheduler, SeTaScheduler
 from scoring.reweight import ReweightedLoss
 from scoring.torch_data import EpochSampler
 

@@ -129,13 +129,17 @@ def child(kind: str, path: str, work: str, size_mb: float | None = None) -> dict
 def stages(path: str, work: str) -> dict:
     """CPU seconds (all threads) per stage, run one after the other; the real run overlaps reading
     and writing with parsing on threads of their own. Load on the machine barely changes these."""
-    from storage import ingest as I
+    from storage import layout
     from storage.fs import Store
-    reader = I._JsonlReader(I._Source(path), I._Fields("text", "id", "source"), 8 << 20)
+    from storage.ingest import SCHEMA, Fields, check_duplicate_ids
+    from storage.ingest.jsonl_reader import JsonlReader
+    from storage.ingest.shards import StatsBuilder, to_table
+    from storage.ingest.source import Source
+    reader = JsonlReader(Source(path), Fields("text", "id", "source"), 8 << 20)
     t = dict.fromkeys(["read_split_count", "parse_pyarrow", "validate", "table_stats", "write_parquet"], 0.0)
     store = Store(os.path.join(work, "stages"))
-    writer = store.parquet_writer(I.SCHEMA, "all.parquet")
-    stats = I._StatsBuilder("source")
+    writer = store.parquet_writer(SCHEMA, "all.parquet")
+    stats = StatsBuilder("source")
     last = time.process_time()
     for first_line, block, newlines in reader._blocks():
         now = time.process_time(); t["read_split_count"] += now - last; last = now
@@ -143,7 +147,7 @@ def stages(path: str, work: str) -> dict:
         now = time.process_time(); t["parse_pyarrow"] += now - last; last = now
         rows = reader._accept(table, block, newlines, first_line)
         now = time.process_time(); t["validate"] += now - last; last = now
-        table = I._to_table(rows, stats.num_docs)
+        table = to_table(rows, stats.num_docs)
         stats.add(table)
         now = time.process_time(); t["table_stats"] += now - last; last = now
         writer.write(table)
@@ -151,10 +155,10 @@ def stages(path: str, work: str) -> dict:
     writer.close()
     everything = store.read_parquet("all.parquet")
     for s in range(0, stats.num_docs, 10_000):   # shards as ingest would write them, for the id check
-        store.write_parquet(everything.slice(s, 10_000), "shards", f"shard-{s // 10_000:05d}.parquet")
+        store.write_parquet(everything.slice(s, 10_000), *layout.shard_in(("shards",), s // 10_000))
     del everything
     now = time.process_time()
-    I._check_duplicate_ids(store, ("shards",), I.corpus_shards(store, ("shards",)), reader)
+    check_duplicate_ids(store, [p for _, p in layout.shards_in(store, ("shards",))], reader)
     t["duplicate_check"] = time.process_time() - now
     shutil.rmtree(os.path.join(work, "stages"))
     return {k: round(v, 3) for k, v in t.items()}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from scoring.curriculum import SeTaScheduler, scheduler_from_state
+from scoring.schedulers import SeTaScheduler, scheduler_from_state
 from scoring.reweight import ReweightedLoss
 from scoring.torch_data import EpochSampler, IndexedDataset
 

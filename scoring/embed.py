@@ -1,4 +1,4 @@
-"""Deterministic document embeddings for Projektor's OT distances (ALGORITHMS.md §5, Stage 1).
+"""Deterministic document embeddings for Projektor's OT distances (docs/methods.md §5, Stage 1).
 
 Two kinds:
 

@@ -1,4 +1,4 @@
-"""Projektor: project a model's metric for a data mixture from a few pilot runs (ALGORITHMS.md §5).
+"""Projektor: project a model's metric for a data mixture from a few pilot runs (docs/methods.md §5).
 
 Pure compute. The pieces, in the order a `projection` job uses them:
 
@@ -11,7 +11,7 @@ Pure compute. The pieces, in the order a `projection` job uses them:
    It does not depend on N (the pilot sizes differ only through the fitted coefficients).
    The gradient is *calibrated* to the simplex: its mean over sources is subtracted, so it sums to
    zero (only the tangent part is meaningful on Σp = 1), and grad·d is the exact derivative of
-   OT along any direction d with Σd = 0 (tested against finite differences). ALGORITHMS.md's
+   OT along any direction d with Σd = 0 (tested against finite differences). The paper's
    ``(1/n_i)(Σ_{x∈i} f − n_i/(N−n_i)·Σ_{x∉i} f)`` is the subsampled-set analogue: the mean
    potential over source i minus the mean over the other points, i.e. the derivative along
    "move mass onto i from the rest of the mixture".
@@ -239,11 +239,26 @@ class _PolyFit:
     def num_pilots(self) -> int:
         return len(self._y)
 
+    def state_dict(self) -> dict:
+        """What predicting and differentiating need, as plain JSON-able values (no pickle)."""
+        return {"kind": type(self).__name__, "ridge": self.ridge, "lam": self.lam, "beta": self.beta.tolist(),
+                "c0": self.c0, "r2": self.r2, "num_sources": self.num_sources,
+                "drop_c2": getattr(self, "drop_c2", False)}
+
+
+def fit_from_state(state: dict) -> "_PolyFit":
+    """A fitted predictor back from its state_dict (it predicts; it cannot report LOO errors)."""
+    cls = {c.__name__: c for c in (PseudoQuadraticOT, PseudoQuadraticNoOT)}[state["kind"]]
+    fit = cls(state["ridge"], state["drop_c2"]) if cls is PseudoQuadraticOT else cls(state["ridge"])
+    fit.lam, fit.beta, fit.c0 = state["lam"], np.asarray(state["beta"], dtype=np.float64), state["c0"]
+    fit.r2, fit.num_sources = state["r2"], state["num_sources"]
+    return fit
+
 
 class PseudoQuadraticOT(_PolyFit):
     """L̂(p) = Σ_i (b2_i p_i² + b1_i p_i)·OT + Σ_i (c2_i p_i² + c1_i p_i) + c0, one fit per pilot size.
 
-    ALGORITHMS.md also lists b0·OT and c0 terms. On the simplex Σ p_i = 1, so b0·OT = Σ_i b0·p_i·OT
+    The paper also lists b0·OT and c0 terms. On the simplex Σ p_i = 1, so b0·OT = Σ_i b0·p_i·OT
     is absorbed into b1 exactly; the intercept c0 is kept (it is the pilots' mean, unpenalised).
     ``drop_c2`` removes the c2_i terms as the reference notebook does with few pilots.
     """
@@ -271,7 +286,7 @@ class PseudoQuadraticOT(_PolyFit):
 
     def grad_p(self, p, ot_value, dOT_dp) -> np.ndarray:
         """∂L̂/∂p (calibrated to sum to zero). The OT gradient is scaled by the whole factor
-        A(p) = Σ_j (b2_j p_j² + b1_j p_j) that multiplies OT — the chain rule; ALGORITHMS.md writes
+        A(p) = Σ_j (b2_j p_j² + b1_j p_j) that multiplies OT — the chain rule; the paper writes
         the i-th term alone there."""
         k, p = self.coef, np.asarray(p, dtype=np.float64)
         factor = float(np.sum(k["b2"] * p ** 2 + k["b1"] * p))

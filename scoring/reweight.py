@@ -1,4 +1,4 @@
-"""Dynamic loss-based sample reweighting (Sow et al., ICLR 2025; ALGORITHMS.md §3).
+"""Dynamic loss-based sample reweighting (Sow et al., ICLR 2025; docs/methods.md §3).
 
 Per training step, the current model's per-sample losses of the (global) mini-batch are mapped to
 multipliers ``N·w_i`` (mean exactly 1, so the loss scale matches the plain mean). The weights are

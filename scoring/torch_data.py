@@ -1,4 +1,4 @@
-"""PyTorch glue for per-epoch curricula, without monkey-patching the DataLoader (ALGORITHMS.md §4).
+"""PyTorch glue for per-epoch curricula, without monkey-patching the DataLoader (docs/methods.md §4).
 
 ``IndexedDataset`` makes every item carry its sample index; ``EpochSampler`` /
 ``DistributedEpochSampler`` yield exactly the scheduler's plan for the current epoch.

@@ -7,7 +7,7 @@ not improved for `patience` evaluations, and keep the best weights: the model's 
 then measures the data, not how long it was trained (the projection job's proxies use it).
 `finetune`: the conditional model, ONE pass over the target documents with a fresh optimizer and a
 short warm-up; the padding of each batch is masked out of the loss (the reference code forgets this).
-Defaults follow the paper (ALGORITHMS.md §1): lr 1e-3, β = (0.9, 0.95), no weight decay, clip 1.0.
+Defaults follow the paper (docs/methods.md §1): lr 1e-3, β = (0.9, 0.95), no weight decay, clip 1.0.
 """
 
 from __future__ import annotations

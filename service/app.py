@@ -5,33 +5,27 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service import errors
+from service.docs import install_docs
+from service.lenient import JsonByDefault
+from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
+                            query, ui)
+from service.routes.ops import JobStates
+from service.schemas import JOB_REQUESTS
 from service.settings import Settings
+from service.state import ServiceState
 from storage.catalog import Catalog
 from storage.fs import Store
-from workers.curricula import CurriculumRuns
-from workers.engine import EngineConfig, JobEngine
-from workers.jobs import KINDS
+from workers.driver.curriculum_runs import CurriculumRuns
+from workers.driver.engine import EngineConfig, JobEngine
+from workers.registry import KINDS
 from workers.runtime import init_ray
 
 log = logging.getLogger("thresher")
-
-
-@dataclass
-class ServiceState:
-    settings: Settings
-    catalog: Catalog
-    store: Store
-    engine: JobEngine
-    curricula: CurriculumRuns
-    registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,7 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, catalog, store, engine, CurriculumRuns(store), registry,
             Counter("thresher_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
             Histogram("thresher_http_request_seconds", "HTTP request latency", ["route"], registry=registry))
-        from service.routes.ops import JobStates
         registry.register(JobStates(catalog))
         app.state.keys = settings.keys_by_token()
         engine.start()
@@ -61,13 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.stop()
             catalog.close()
 
-    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    from service.routes import browse, corpora, curricula, jobs, manifests, models, ops, projections, query, ui
-    for module in (corpora, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
+    for module in (corpora, corpus_shards, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
         app.include_router(module.router)
-    from service.schemas import JOB_REQUESTS
+    install_docs(app)
+    app.add_middleware(JsonByDefault)
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
 
     @app.middleware("http")

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from storage.errors import DomainError
+
 log = logging.getLogger("thresher.api")
 
 
@@ -16,6 +18,24 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: dict | None = None, headers=None):
         super().__init__(message)
         self.status, self.code, self.message, self.details, self.headers = status, code, message, details or {}, headers
+
+
+# The HTTP status of each domain error code (storage/, workers/); any other code is a 400.
+STATUS_BY_CODE = {
+    "forbidden": 403, "forbidden_statement": 403,
+    "not_found": 404, "file_not_found": 404,
+    "query_timeout": 408,
+    "dest_not_empty": 409, "epoch_not_ready": 409, "losses_missing": 409, "wrong_epoch": 409,
+    "epoch_not_started": 409,
+    "decompressed_too_large": 413, "document_too_large": 413,
+    "unknown_format": 415,
+    "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
+    "too_many_sources": 422, "validation_error": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
+}
+
+
+def from_domain(e: DomainError) -> ApiError:
+    return ApiError(STATUS_BY_CODE.get(e.code, 400), e.code, e.message, e.details)
 
 
 def invalid_body(e) -> ApiError:
@@ -61,10 +81,19 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError):
+        return await _api_error(request, from_domain(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
         errors = []
         for e in exc.errors():
+            if e["type"] == "json_invalid":   # loc is ("body", <character offset>): not a field
+                pos = e["loc"][-1] if len(e["loc"]) > 1 else "?"
+                reason = (e.get("ctx") or {}).get("error", "")
+                return JSONResponse(_body("malformed_json", f"the request body is not valid JSON (character "
+                                          f"{pos}: {reason})", {"field": "body", "position": pos}), status_code=422)
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")

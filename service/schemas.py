@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 from fastapi import Body
 from pydantic import BaseModel, Field, create_model
 
-from workers.jobs import KINDS
+from workers.registry import KINDS
 
 
 class Corpus(BaseModel):
@@ -19,6 +19,8 @@ class Corpus(BaseModel):
     num_empty: int | None = Field(None, description="documents with no text (stored, never scored)")
     empty_doc_ids: list[str] = Field(default_factory=list, description="the first empty documents' ids")
     sources: dict[str, int] = Field(default_factory=dict)
+    ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
+                                       "Thresher numbered them from 0000000000 in file order")
     created_at: str
     job_id: str | None = None
     error: dict | None = None
@@ -31,6 +33,7 @@ class Progress(BaseModel):
     unit: str | None = None
     rate_per_s: float | None = None
     eta_s: float | None = None
+    detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
 
 
 class JobError(BaseModel):

@@ -15,13 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from storage import layout
 from storage.fs import Store
 
 BASE_COLUMNS = ["doc_id", "corpus_id", "shard", "row", "source", "n_tokens", "score", "rank", "selected"]
-
-
-def part_name(shard: int) -> str:
-    return f"part-{shard:05d}.parquet"
 
 
 def dataset(store: Store, parts: list[tuple[str, ...]]) -> ds.Dataset:
@@ -29,8 +26,9 @@ def dataset(store: Store, parts: list[tuple[str, ...]]) -> ds.Dataset:
     return ds.dataset([store.path(*p) for p in parts], filesystem=store.fs, format="parquet")
 
 
-def manifest_parts(store: Store, dest: tuple[str, ...]) -> list[tuple[str, ...]]:
-    return [(*dest, n) for n in store.list(*dest, suffix=".parquet")]
+def manifest_files(store: Store, manifest_id: str) -> list[tuple[str, ...]]:
+    """The paths of a manifest's parts, in shard order."""
+    return [p for _, p in layout.manifest_parts(store, manifest_id)]
 
 
 def selection_size(select: dict, eligible: int) -> int:
@@ -44,9 +42,9 @@ def selection_size(select: dict, eligible: int) -> int:
     raise ValueError(f"select must have fraction, count or tau: {select}")
 
 
-def write_selection(store: Store, score_parts: list[tuple[str, ...]], dest: tuple[str, ...], *,
+def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_id: str, *,
                     corpus_id: str, select: dict, mode: str = "global", key: str = "score") -> dict:
-    """Rank the score parts by `key` (higher is better) and write the manifest parts under `dest`.
+    """Rank the score parts by `key` (higher is better) and write the parts of manifest `manifest_id`.
 
     Rows with a NULL score (e.g. empty documents) get no rank and are never selected.
     `mode="per_shard"` applies the selection rule to each shard on its own.
@@ -70,7 +68,7 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], dest: tupl
         con.register("quota", pa.table({"q_shard": pa.array(list(quota), pa.int32()),
                                         "q_n": pa.array(list(quota.values()), pa.int64())}))
         extra = [d[0] for d in con.execute("SELECT * FROM scores LIMIT 0").description
-                 if d[0] not in BASE_COLUMNS and d[0] != "rank_key"]
+                 if d[0] not in BASE_COLUMNS]
         extra_sql = "".join(f", {duckdb_ident(c)}" for c in extra)
         order = f"{duckdb_ident(key)} DESC NULLS LAST, doc_id"
         sql = f"""
@@ -97,7 +95,7 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], dest: tupl
                 if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
                     if writer:
                         writer.close()
-                    writer, cur = store.parquet_writer(schema, *dest, part_name(s)), s
+                    writer, cur = store.parquet_writer(schema, *layout.manifest_part(manifest_id, s)), s
                     shards_written.append(s)
                 piece = batch.slice(start, end - start)
                 writer.write(piece)
@@ -116,9 +114,9 @@ def duckdb_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def write_table_manifest(store: Store, table: pa.Table, dest: tuple[str, ...]) -> dict:
+def write_table_manifest(store: Store, table: pa.Table, manifest_id: str) -> dict:
     """A manifest that is not a selection (e.g. projection predictions): one part, as given."""
-    store.write_parquet(table, *dest, part_name(0))
+    store.write_parquet(table, *layout.manifest_part(manifest_id, 0))
     sel = pc.sum(table.column("selected")).as_py() or 0 if "selected" in table.column_names else 0
     return {"num_rows": table.num_rows, "num_selected": int(sel), "num_shards": 1,
             "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema]}

@@ -10,15 +10,16 @@ from __future__ import annotations
 import threading
 
 import duckdb
+
+from storage.errors import DomainError
 import pyarrow.dataset as ds
 
 
-class QueryError(Exception):
+class QueryError(DomainError):
     """The query was refused or failed because of what it asked for (a 4xx, never a 5xx)."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+        super().__init__(code, message, {"field": "sql"})
 
 
 def run_query(sql: str, tables: dict[str, ds.Dataset], *, limit: int = 1000,

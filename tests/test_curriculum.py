@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from scoring.curriculum import (InfoBatchScheduler, SeTaScheduler, keep_count, kmeans_1d,
+from scoring.schedulers import (InfoBatchScheduler, SeTaScheduler, keep_count, kmeans_1d,
                                 pruning_epochs, scheduler_from_state)
 from scoring.torch_data import DistributedEpochSampler, EpochSampler, IndexedDataset
 
@@ -18,7 +18,7 @@ def window_sequence(k, window_scale, n):
 
 
 def test_window_sequence_k10_ws06():
-    # ALGORITHMS.md §4: all, [1..6], [2..7], [3..8], [4..9], [0..5], [1..6], ...
+    # docs/methods.md §4: all, [1..6], [2..7], [3..8], [4..9], [0..5], [1..6], ...
     assert window_sequence(10, 0.6, 8) == [ALL, [1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7], [3, 4, 5, 6, 7, 8],
                                            [4, 5, 6, 7, 8, 9], [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6],
                                            [2, 3, 4, 5, 6, 7]]

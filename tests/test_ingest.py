@@ -1,20 +1,23 @@
 """Streaming corpus ingestion: formats, compression, ids, validation with line numbers, cleanup."""
-import csv
 import gzip
-import io
-import json
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
-import zstandard
 
 from storage.fs import Store
-from storage.ingest import (CorpusStats, IngestError, corpus_shards, detect_format, ingest,
-                            iter_corpus)
+from service.errors import from_domain
+from storage import layout
+from storage.ingest import CorpusStats, IngestError, detect_format, ingest, iter_corpus
+from tests.corpus_gen import compress, csv_bytes, encode, jsonl, parquet_bytes
 
-DEST = ("corpora", "c1")
+DEST = layout.corpus("c1")
+
+
+def corpus_shards(store, dest):
+    return [path[-1] for _, path in layout.shards_in(store, dest)]
+
+
 DOCS = [
     {"id": "a", "text": "The quick brown fox.", "source": "web"},
     {"id": "b", "text": "Ünïcödé — 日本語 text, with \"quotes\",\nand a newline.", "source": "books"},
@@ -27,41 +30,6 @@ DOCS = [
 @pytest.fixture
 def store(tmp_path):
     return Store(str(tmp_path / "store"))
-
-
-def compress(data: bytes, compression: str) -> bytes:
-    if compression == "gz":
-        return gzip.compress(data)
-    if compression == "zst":
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def jsonl(docs) -> bytes:
-    return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
-
-
-def csv_bytes(docs, columns=("id", "text", "source")) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for d in docs:
-        writer.writerow(["" if d.get(c) is None else d[c] for c in columns])
-    return out.getvalue().encode()
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def encode(docs, fmt: str) -> bytes:
-    if fmt == "jsonl":
-        return jsonl(docs)
-    if fmt == "csv":
-        return csv_bytes(docs)
-    return parquet_bytes(pa.Table.from_pylist(docs))
 
 
 def write(tmp_path, name: str, data: bytes) -> str:
@@ -101,7 +69,7 @@ def test_round_trip(store, tmp_path, fmt, compression):
         "num_docs": 5, "num_shards": 3,
         "num_bytes": sum(len(d["text"].encode()) for d in DOCS),
         "num_empty": 2, "empty_ids": ["c", "d"],
-        "sources": {"web": 3, "books": 1},
+        "sources": {"web": 3, "books": 1}, "ids_generated": False,
     }
     assert store.read_parquet(*DEST, "shard-00000.parquet").schema.field("id").type == pa.string()
 
@@ -125,7 +93,7 @@ def test_format_from_name_and_unknown_format(store, tmp_path):
     assert detect_format("x.bin", "parquet") == "parquet"
     with pytest.raises(IngestError) as info:
         detect_format("x.txt")
-    assert info.value.code == "unknown_format" and info.value.status == 415
+    assert info.value.code == "unknown_format" and from_domain(info.value).status == 415
     failing(store, tmp_path, "x.jsonl", jsonl(DOCS), "unknown_format", format="xml")
 
 
@@ -221,7 +189,7 @@ def test_two_objects_on_one_line_is_malformed(store, tmp_path):
 def test_missing_text_field(store, tmp_path):
     data = jsonl(DOCS[:2] + [{"id": "z", "body": "no text"}] + DOCS[2:])
     err = failing(store, tmp_path, "d.jsonl", data, "missing_field")
-    assert err.details == {"line": 3, "field": "text"} and err.status == 422
+    assert err.details == {"line": 3, "field": "text"} and from_domain(err).status == 422
     err = failing(store, tmp_path, "d.csv", b"id,body\n1,x\n", "missing_field")
     assert err.details == {"line": 1, "field": "text"} and "header" in err.message
     err = failing(store, tmp_path, "d.parquet", encode([{"id": "1", "body": "x"}], "parquet"), "missing_field")
@@ -249,7 +217,7 @@ def test_duplicate_ids_name_both_lines(store, tmp_path):
     data = jsonl(docs[:10]) + b"\n" + jsonl(docs[10:])     # the blank line 11 shifts later lines
     err = failing(store, tmp_path, "d.jsonl", data, "duplicate_id", shard_size=7, block_size=128)
     assert err.details == {"id": "d4", "line": 19, "first_line": 5, "lines": [5, 19]}
-    assert err.status == 422
+    assert from_domain(err).status == 422
     err = failing(store, tmp_path, "d.csv", csv_bytes(docs, ("id", "text")), "duplicate_id")
     assert err.details["lines"] == [6, 19] and "header" in err.message
     err = failing(store, tmp_path, "d.parquet", encode(docs, "parquet"), "duplicate_id")

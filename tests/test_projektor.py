@@ -1,4 +1,4 @@
-"""Projektor (ALGORITHMS.md §5): OT, its gradient, the pilot fits, Stage 2, the optimiser, the planner,
+"""Projektor (docs/methods.md §5): OT, its gradient, the pilot fits, Stage 2, the optimiser, the planner,
 and the embeddings behind them."""
 import hashlib
 import itertools

@@ -10,7 +10,7 @@ from scoring.reweight import ReweightedLoss, gather_across_ranks, per_sample_los
 from scoring.torch_data import gather_indexed_losses
 
 WORKED_LOSSES = [2.0, 2.5, 3.0, 3.5, 4.0]
-WORKED = {  # ALGORITHMS.md §3, multipliers N·w_i at r = 0.4
+WORKED = {  # docs/methods.md §3, multipliers N·w_i at r = 0.4
     "linupper": [0.12, 0.43, 1.48, 1.48, 1.48],
     "quadratic": [0.18, 1.20, 2.24, 1.20, 0.18],
     "extremes": [1.88, 0.54, 0.15, 0.54, 1.88],

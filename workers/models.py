@@ -21,33 +21,34 @@ from scoring.checkpoint import load_hf_causal_lm, load_model, save_model
 from scoring.device import pick_device
 from scoring.lm_loss import DocumentLossEngine, tokenize_documents
 from scoring.tokenizer import eos_id
+from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
+from workers.runtime import node_id, ray_get
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
-CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "meta.json")  # meta last
 
 
 def store_checkpoint(store: Store, model_id: str, local_dir: str) -> None:
-    for name in CHECKPOINT_FILES:
+    for name in layout.MODEL_FILES:
         with open(os.path.join(local_dir, name), "rb") as f:
-            store.write_bytes(f.read(), "models", model_id, name)
+            store.write_bytes(f.read(), *layout.model_file(model_id, name))
 
 
 def checkpoint_complete(store: Store, model_id: str) -> bool:
-    return store.exists("models", model_id, "meta.json")
+    return store.exists(*layout.model_meta(model_id))
 
 
 def local_checkpoint(store: Store, model_id: str) -> str:
     """A local directory holding the checkpoint (the store itself when it is local)."""
     if store.local:
-        return store.path("models", model_id)
+        return store.path(*layout.model(model_id))
     target = os.path.join(CACHE, model_id)
     if not os.path.exists(os.path.join(target, "meta.json")):
         os.makedirs(target, exist_ok=True)
-        for name in CHECKPOINT_FILES:
+        for name in layout.MODEL_FILES:
             with open(os.path.join(target, name), "wb") as f:
-                f.write(store.read_bytes("models", model_id, name))
+                f.write(store.read_bytes(*layout.model_file(model_id, name)))
     return target
 
 
@@ -110,7 +111,7 @@ class LossScorer:
             table = score_part(t["id"], shard, t["source"], n_tokens, prior - cond,
                                prior_loss=prior, cond_loss=cond)
         self.store.write_parquet(table, *out)
-        return t.num_rows
+        return {"rows": t.num_rows, "node": node_id()}
 
 
 def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int) -> list[str]:
@@ -130,7 +131,6 @@ def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, see
 
 
 
-
 @ray.remote(num_cpus=1, max_retries=0)
 def inspect_checkpoint(path: str) -> dict:
     """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration."""
@@ -142,6 +142,6 @@ def inspect_checkpoint(path: str) -> dict:
 def inspect_hf_checkpoint(path: str, timeout_s: float = 300) -> dict:
     """The checkpoint's metadata, or ValueError saying why it cannot be used."""
     try:
-        return ray.get(inspect_checkpoint.remote(path), timeout=timeout_s)
-    except ray.exceptions.RayTaskError as e:
-        raise ValueError(f"cannot load a causal LM from {path}: {e.cause if getattr(e, 'cause', None) else e}") from None
+        return ray_get(inspect_checkpoint.remote(path), "loading the checkpoint", timeout=timeout_s)
+    except RuntimeError as e:
+        raise ValueError(f"cannot load a causal LM from {path}: {e}") from None

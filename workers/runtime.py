@@ -8,6 +8,8 @@ import threading
 
 import ray
 
+from storage.errors import DomainError
+
 log = logging.getLogger("thresher.ray")
 NAMESPACE = "thresher"
 
@@ -28,7 +30,8 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         log.info("starting a local Ray")
-        ray.init(include_dashboard=False, **kwargs)
+        # address="local": a new Ray of our own, even when `ray start` left a cluster on this machine.
+        ray.init(address="local", include_dashboard=False, **kwargs)
     if main and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
 
@@ -41,8 +44,25 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def node_id() -> str:
+    """The Ray node this code runs on (tasks return it, so a job can say where its shards ran)."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def ray_reachable() -> bool:
     try:
         return ray.is_initialized() and bool(ray.cluster_resources())
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
+
+
+def ray_get(ref, what: str, timeout: float | None = None):
+    """The result of a Ray task or actor call. A domain error raised inside it (JobFailed, a bad
+    checkpoint) comes back as itself; any other failure as RuntimeError naming `what`."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.cause if getattr(e, "cause", None) else e
+        if isinstance(cause, DomainError):
+            raise cause from None
+        raise RuntimeError(f"{what} failed: {cause}") from None

@@ -50,7 +50,15 @@ class Select(StrictModel):
 SelectMode = Literal["global", "per_shard"]
 
 
-def _ref_of(info) -> Ref | None:
+class TargetedSelection(StrictModel):
+    """A selection from `pool` toward `target` (DSIR, CoLoR-Filter)."""
+    pool: CorpusId
+    target: CorpusId
+    select: Select
+    mode: SelectMode = "global"
+
+
+def ref_of(info) -> Ref | None:
     """The Ref of a field, also when it hides in an Optional (`ModelId | None`)."""
     found = next((m for m in info.metadata if isinstance(m, Ref)), None)
     if found:
@@ -68,7 +76,7 @@ def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
     if isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
             v = getattr(value, name)
-            ref = _ref_of(info)
+            ref = ref_of(info)
             if ref and isinstance(v, str):
                 yield ref.table, v, (*path, name)
             else:

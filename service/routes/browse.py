@@ -12,10 +12,12 @@ from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
-from storage.manifests import dataset, manifest_parts
-from storage.query import QueryError, run_query
-from workers.jobs import KINDS
-from workers.specs import _ref_of
+from storage import layout
+from storage.manifests import dataset, manifest_files
+from storage.query import run_query
+from workers.driver.curriculum_runs import planned_counts
+from workers.registry import KINDS
+from workers.specs import ref_of
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -37,7 +39,7 @@ def kind_infos() -> list[KindInfo]:
     for kind in KINDS.values():
         if kind.internal:
             continue
-        refs = {name: ref.table for name, info in kind.spec.model_fields.items() if (ref := _ref_of(info))}
+        refs = {name: ref.table for name, info in kind.spec.model_fields.items() if (ref := ref_of(info))}
         out.append(KindInfo(name=kind.name, description=kind.description,
                             spec_schema=kind.spec.model_json_schema(), refs=refs))
     return out
@@ -82,9 +84,12 @@ def _texts(store, rows: list[dict], snippet: int) -> None:
     by_shard: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in rows:
         by_shard[(r["corpus_id"], int(r["shard"]))].append(r)
+    shards_of: dict[str, dict] = {}
     for (corpus_id, shard), wanted in by_shard.items():
-        parts = ("corpora", corpus_id, f"shard-{shard:05d}.parquet")
-        if not store.exists(*parts):
+        if corpus_id not in shards_of:
+            shards_of[corpus_id] = dict(layout.corpus_shards(store, corpus_id))
+        parts = shards_of[corpus_id].get(shard)
+        if parts is None:
             continue
         pf = store.parquet_file(*parts)
         starts, offset = [], 0
@@ -122,12 +127,9 @@ async def manifest_documents(manifest_id: str, order: Literal["top", "bottom"] =
         where += f" AND selected = {'true' if selected else 'false'}"
     sql = (f"SELECT {', '.join(DOC_COLUMNS + tuple(extra))} FROM m WHERE {where} "
            f"ORDER BY score {'DESC' if order == 'top' else 'ASC'}, doc_id LIMIT {n}")
-    data = dataset(s.store, manifest_parts(s.store, ("manifests", manifest_id)))
-    try:
-        result = await run_in_threadpool(run_query, sql, {"m": data}, limit=n,
-                                         timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
-    except QueryError as e:
-        raise ApiError(400, e.code, e.message) from None
+    data = dataset(s.store, manifest_files(s.store, manifest_id))
+    result = await run_in_threadpool(run_query, sql, {"m": data}, limit=n,
+                                     timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
     names = [c["name"] for c in result["columns"]]
     rows = [dict(zip(names, r)) for r in result["rows"]]
     for r in rows:
@@ -149,8 +151,6 @@ class EpochCounts(BaseModel):
 @router.get("/v1/curricula/{curriculum_id}/epochs", response_model=EpochCounts, tags=["curricula"])
 def curriculum_epochs(curriculum_id: str, tenant: str = Tenant, s=Svc):
     """Samples kept in each epoch planned so far (of `num_samples`)."""
-    from workers.curricula import _load
     owned(s, "curricula", curriculum_id, tenant)
-    sched, _, _ = _load(s.store, curriculum_id)
-    return EpochCounts(num_samples=sched.num_samples,
-                       items=[EpochCount(epoch=e, kept=c) for e, c in sorted(sched.planned_counts.items())])
+    num_samples, counts = planned_counts(s.store, curriculum_id)
+    return EpochCounts(num_samples=num_samples, items=[EpochCount(epoch=e, kept=c) for e, c in sorted(counts.items())])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from fastapi import Depends, Query, Request
 
-from service.app import ServiceState
 from service.auth import tenant_of
 from service.errors import ApiError, not_found
+from service.state import ServiceState
 from storage.catalog import NotFound
 
 NAMES = {"corpora": "corpus", "jobs": "job", "manifests": "manifest", "models": "model", "curricula": "curriculum run"}

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Svc, Tenant, owned
 from storage.encode import MEDIA_TYPES
-from workers.curricula import CurriculumError, describe
+from workers.driver.curriculum_runs import describe
 
 router = APIRouter(prefix="/v1/curricula", tags=["curricula"], responses=ERROR_RESPONSES)
 
@@ -54,10 +54,6 @@ def _run(s, run_id: str, tenant: str) -> dict:
     return owned(s, "curricula", run_id, tenant)
 
 
-def _raise(e: CurriculumError):
-    raise ApiError(e.status, e.code, e.message, e.details) from None
-
-
 @router.get("/{curriculum_id}", response_model=Curriculum)
 def get_curriculum(curriculum_id: str, tenant: str = Tenant, s=Svc):
     rec = _run(s, curriculum_id, tenant)
@@ -74,10 +70,7 @@ async def get_epoch(curriculum_id: str, epoch: int, format: Literal["json", "par
     """The samples to train on in `epoch`, in order. Asking for the epoch after the current one
     moves the run forward (once that epoch's losses were posted)."""
     _run(s, curriculum_id, tenant)
-    try:
-        ids, weights = await run_in_threadpool(s.curricula.plan, curriculum_id, epoch)
-    except CurriculumError as e:
-        _raise(e)
+    ids, weights = await run_in_threadpool(s.curricula.plan, curriculum_id, epoch)
     s.catalog.update("curricula", curriculum_id, epoch=max(epoch, _run(s, curriculum_id, tenant)["epoch"]))
     if format == "parquet":
         cols = {"doc_id": ids}
@@ -118,8 +111,5 @@ async def post_losses(curriculum_id: str, request: Request, epoch: int | None = 
         epoch = post.epoch
         ids = pa.array([x.doc_id for x in post.losses], pa.string())
         losses = np.array([x.loss for x in post.losses], dtype=np.float64)
-    try:
-        await run_in_threadpool(s.curricula.post_losses, curriculum_id, epoch, ids, losses)
-    except CurriculumError as e:
-        _raise(e)
+    await run_in_threadpool(s.curricula.post_losses, curriculum_id, epoch, ids, losses)
     return get_curriculum(curriculum_id, tenant, s)

@@ -11,8 +11,9 @@ from fastapi.responses import StreamingResponse
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, NAMES, Svc, Tenant, owned, page
 from service.schemas import Job, JobList, JobRequest
-from storage.catalog import NotFound, new_id, now
-from workers.engine import TERMINAL
+from storage.catalog import NotFound
+from workers.driver.engine import TERMINAL
+from workers.driver.lifecycle import submit_job
 from workers.specs import iter_refs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -33,15 +34,6 @@ def check_refs(s, tenant: str, spec) -> None:
                            {"field": field, "id": id_}) from None
 
 
-def submit_job(s, tenant: str, kind: str, name: str | None, spec: dict,
-               idempotency_key: str | None = None, request_hash: str | None = None) -> dict:
-    job = {"id": new_id("jobs"), "tenant": tenant, "kind": kind, "name": name, "state": "queued",
-           "spec": spec, "created_at": now(), "idempotency_key": idempotency_key,
-           "request_hash": request_hash, "attempts": 0}
-    s.engine.submit(job)
-    return s.catalog.get("jobs", job["id"])
-
-
 @router.post("", status_code=202, response_model=Job)
 def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
                idempotency_key: str | None = Header(None, description="same key + same body → same job")):
@@ -55,7 +47,7 @@ def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
                 raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a "
                                "different request body", {"job_id": prior[0]["id"]})
             return job_view(prior[0])
-    rec = submit_job(s, tenant, request.kind, request.name, body["spec"], idempotency_key, digest)
+    rec = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key, digest)
     return job_view(rec)
 
 

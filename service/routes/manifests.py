@@ -9,11 +9,12 @@ from fastapi.responses import StreamingResponse
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, Svc, Tenant, owned, page
-from service.routes.jobs import job_view, submit_job
+from service.routes.jobs import job_view
 from service.schemas import ExportRequest, Job, Manifest, ManifestList, ManifestShard, ShardList
-from storage.catalog import new_id, now
+from storage import layout
 from storage.encode import MEDIA_TYPES, encode
-from storage.manifests import dataset, manifest_parts, part_name
+from storage.manifests import dataset, manifest_files
+from workers.driver.lifecycle import create_corpus_by_job
 
 router = APIRouter(prefix="/v1/manifests", tags=["manifests"], responses=ERROR_RESPONSES)
 Format = Literal["parquet", "csv", "jsonl"]
@@ -48,15 +49,14 @@ def get_manifest(manifest_id: str, tenant: str = Tenant, s=Svc):
 def download_manifest(manifest_id: str, format: Format = "parquet", selected_only: bool = False,
                       tenant: str = Tenant, s=Svc):
     owned(s, "manifests", manifest_id, tenant)
-    return _stream(s, manifest_parts(s.store, ("manifests", manifest_id)), format, selected_only, manifest_id)
+    return _stream(s, manifest_files(s.store, manifest_id), format, selected_only, manifest_id)
 
 
 @router.get("/{manifest_id}/shards", response_model=ShardList)
 def list_shards(manifest_id: str, request: Request, tenant: str = Tenant, s=Svc):
     owned(s, "manifests", manifest_id, tenant)
     items = []
-    for parts in manifest_parts(s.store, ("manifests", manifest_id)):
-        shard = int(parts[-1].split("-")[1].split(".")[0])
+    for shard, parts in layout.manifest_parts(s.store, manifest_id):
         meta = s.store.parquet_file(*parts)
         selected = 0
         if "selected" in meta.schema_arrow.names:
@@ -72,7 +72,7 @@ def download_shard(manifest_id: str, shard: int, format: Format = "parquet", sel
                    tenant: str = Tenant, s=Svc):
     """One corpus shard's manifest rows (by default only the selected ones)."""
     owned(s, "manifests", manifest_id, tenant)
-    part = ("manifests", manifest_id, part_name(shard))
+    part = layout.manifest_part(manifest_id, shard)
     if not s.store.exists(*part):
         raise ApiError(404, "not_found", f"manifest {manifest_id} has no shard {shard}", {"shard": shard})
     return _stream(s, [part], format, selected_only, f"{manifest_id}-{shard:05d}")
@@ -86,10 +86,7 @@ def export_manifest(manifest_id: str, body: ExportRequest | None = None, tenant:
     man = owned(s, "manifests", manifest_id, tenant)
     if "selected" not in [c["name"] for c in man["columns"]] or "doc_id" not in [c["name"] for c in man["columns"]]:
         raise ApiError(409, "not_a_selection", f"manifest {manifest_id} is not a document selection")
-    cid = new_id("corpora")
-    spec = {"manifest": manifest_id, "corpus_id": cid, "selected_only": body.selected_only}
     name = body.name or f"{manifest_id}-{'selected' if body.selected_only else 'all'}"
-    job = submit_job(s, tenant, "export", f"export {manifest_id}", spec)
-    s.catalog.insert("corpora", {"id": cid, "tenant": tenant, "name": name, "state": "ingesting",
-                                 "created_at": now(), "job_id": job["id"], "sources": {}})
+    _, job = create_corpus_by_job(s.engine, tenant, name, "export", f"export {manifest_id}",
+                                  {"manifest": manifest_id, "selected_only": body.selected_only})
     return job_view(job)

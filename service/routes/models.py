@@ -11,7 +11,7 @@ from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, Svc, Tenant, owned, page
 from service.routes.corpora import allowed_uri
 from service.schemas import Model, ModelList
-from storage.catalog import new_id, now
+from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -42,10 +42,7 @@ async def register_model(body: RegisterModel, tenant: str = Tenant, s=Svc):
         meta = await run_in_threadpool(inspect_hf_checkpoint, path)
     except ValueError as e:
         raise ApiError(422, "bad_checkpoint", str(e), {"field": "path"}) from None
-    rec = {"id": new_id("models"), "tenant": tenant, "name": body.name, "source": "huggingface",
-           "job_id": None, "created_at": now(), "meta": meta}
-    s.catalog.insert("models", rec)
-    return model_view(rec)
+    return model_view(register_checkpoint(s.catalog, tenant, body.name, meta))
 
 
 @router.get("", response_model=ModelList)

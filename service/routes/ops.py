@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from service.routes.common import Svc
+from storage import layout
 from workers.runtime import ray_reachable
 
 router = APIRouter(tags=["operations"])
@@ -23,7 +24,7 @@ def healthz():
 def readyz(s=Svc):
     checks = {"ray": ray_reachable()}
     try:
-        probe = (".probe", uuid.uuid4().hex)
+        probe = layout.probe(uuid.uuid4().hex)
         s.store.write_bytes(b"ok", *probe)
         s.store.delete(*probe)
         checks["storage"] = True

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
+from storage import layout
 from workers.jobs.projection import predict, simplex_problem
 
 router = APIRouter(tags=["projections"], responses=ERROR_RESPONSES)
@@ -63,4 +64,4 @@ def projection_plot(job_id: str, tenant: str = Tenant, s=Svc):
     """Projected metric against size for the optimum, the uniform mixture and each single source,
     with the pilots marked (PNG)."""
     _finished_projection(s, job_id, tenant)
-    return Response(s.store.read_bytes("jobs", job_id, "plot.png"), media_type="image/png")
+    return Response(s.store.read_bytes(*layout.job_file(job_id, "plot")), media_type="image/png")

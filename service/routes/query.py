@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
 from service.schemas import QueryRequest, QueryResult
-from storage.manifests import dataset, manifest_parts
-from storage.query import QueryError, run_query
+from storage.manifests import dataset, manifest_files
+from storage.query import run_query
 
 router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -26,10 +26,6 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
             raise ApiError(422, "validation_error", f"tables.{name}: table names must be SQL identifiers",
                            {"field": f"tables.{name}"})
         owned(s, "manifests", manifest_id, tenant)
-        tables[name] = dataset(s.store, manifest_parts(s.store, ("manifests", manifest_id)))
-    try:
-        return await run_in_threadpool(run_query, body.sql, tables, limit=body.limit,
-                                       timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
-    except QueryError as e:
-        status = {"forbidden": 403, "forbidden_statement": 403, "query_timeout": 408}.get(e.code, 400)
-        raise ApiError(status, e.code, e.message, {"field": "sql"}) from None
+        tables[name] = dataset(s.store, manifest_files(s.store, manifest_id))
+    return await run_in_threadpool(run_query, body.sql, tables, limit=body.limit,
+                                   timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)

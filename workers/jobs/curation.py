@@ -1,4 +1,4 @@
-"""Training-time curation kinds: `reweight` (ALGORITHMS.md §3) and `curriculum` (§4).
+"""Training-time curation kinds: `reweight` (docs/methods.md §3) and `curriculum` (§4).
 
 Both start from per-document losses: those of an auxiliary model (scored here on LossScorer
 actors, resumable per shard) or those of an existing `score` manifest.
@@ -14,13 +14,15 @@ import ray
 from pydantic import Field, model_validator
 
 from scoring.reweight import STRATEGIES, sample_weights
-from storage.catalog import NotFound, now
+from storage import layout
+from storage.catalog import NotFound
 from storage.fs import Store
-from storage.manifests import dataset, manifest_parts, write_table_manifest
-from workers.curricula import create_run
-from workers.engine import JobContext, JobFailed, Task, derived_id
-from workers.jobs import JobKind
+from storage.manifests import dataset, manifest_files, write_table_manifest
+from workers.driver import lifecycle
+from workers.driver.curriculum_runs import create_run
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs.lm import ScoreOptions, model_record, score_shards
+from workers.kind import SCORER, SHARD_TASK, JobKind
 from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, exactly_one
 
 
@@ -29,12 +31,12 @@ def document_losses(ctx: JobContext, corpus: str, model: str | None, losses: str
     """doc_id, shard, row, source, loss (NaN for unscored documents) in corpus order."""
     if model:
         score_shards(ctx, corpus, [model_record(ctx, model)], options)
-        parts = [(*ctx.work, "scores", n) for n in ctx.store.list(*ctx.work, "scores", suffix=".parquet")]
+        parts = layout.score_parts(ctx.store, ctx.job_id)
     else:
         man = ctx.catalog.get("manifests", losses, ctx.tenant)
         if "loss" not in [c["name"] for c in man["columns"]]:
             raise JobFailed("not_a_loss_manifest", f"manifest {losses} has no loss column (use a score job's)")
-        parts = manifest_parts(ctx.store, ("manifests", losses))
+        parts = manifest_files(ctx.store, losses)
     con = duckdb.connect()
     try:
         con.register("s", dataset(ctx.store, parts))
@@ -65,7 +67,7 @@ class ReweightSpec(LossSource):
 
 
 @ray.remote
-def reweight_batches(store_root: str, losses: pa.Table, out: tuple, corpus_id: str, strategy: str,
+def reweight_batches(store_root: str, losses: pa.Table, manifest_id: str, corpus_id: str, strategy: str,
                      r: float, batch_size: int, seed: int) -> dict:
     """A seeded epoch order of the scored documents, cut into batches, each weighted on its own."""
     store = Store(store_root)
@@ -83,7 +85,7 @@ def reweight_batches(store_root: str, losses: pa.Table, out: tuple, corpus_id: s
         "source": losses["source"].take(order),
         "batch": pa.array(np.arange(n) // batch_size), "position": pa.array(np.arange(n) % batch_size),
         "loss": pa.array(loss[order]), "weight": pa.array(weight)})
-    info = write_table_manifest(store, table, out)
+    info = write_table_manifest(store, table, manifest_id)
     info["skipped_unscored"] = int(len(loss) - n)
     return info
 
@@ -92,9 +94,8 @@ def run_reweight(ctx: JobContext, spec: ReweightSpec) -> dict:
     ctx.corpus(spec.corpus)
     losses = document_losses(ctx, spec.corpus, spec.model, spec.losses, spec.scoring)
     man_id = derived_id("man", ctx.job_id)
-    out = ("manifests", man_id)
-    task = Task(out=None, key="weights", submit=lambda: reweight_batches.options(**ctx.task_options()).remote(
-        ctx.store.root, losses, out, spec.corpus, spec.strategy, spec.r, spec.batch_size, spec.seed))
+    task = Task(out=None, key="weights", submit=lambda: reweight_batches.options(**ctx.options("weights")).remote(
+        ctx.store.root, losses, man_id, spec.corpus, spec.strategy, spec.r, spec.batch_size, spec.seed))
     info = ctx.run_tasks("weights", [task], unit="steps")["weights"]
     skipped = info.pop("skipped_unscored")
     ctx.commit_manifest(man_id, "reweight", info, {"strategy": spec.strategy, "r": spec.r})
@@ -141,17 +142,16 @@ def run_curriculum(ctx: JobContext, spec: CurriculumSpec) -> dict:
     else:
         params.update(prune_ratio=0.5 if spec.prune_ratio is None else spec.prune_ratio)
     info = create_run(ctx.store, run_id, spec.method, ids, params, initial)
-    ctx.catalog.insert("curricula", {"id": run_id, "tenant": ctx.tenant, "job_id": ctx.job_id,
-                                     "method": spec.method, "corpus_id": spec.corpus, "epoch": 0,
-                                     "epochs": spec.epochs, "created_at": now(), "params": info["params"],
-                                     "stats": {}})
+    lifecycle.commit_curriculum(ctx.catalog, ctx.job, run_id, spec.method, spec.corpus, spec.epochs, info["params"])
     return {"curriculum_id": run_id, "corpus_id": spec.corpus,
             "summary": {"num_samples": info["num_samples"], "initial_losses": spec.model is not None}}
 
 
 KINDS = [
     JobKind("reweight", ReweightSpec, run_reweight,
-            "per-sample loss weights (LinUpper / Quadratic / Extremes) for a seeded batch order"),
+            "per-sample loss weights (LinUpper / Quadratic / Extremes) for a seeded batch order",
+            stages={"score": SCORER, "weights": SHARD_TASK}),
     JobKind("curriculum", CurriculumSpec, run_curriculum,
-            "a SeTa or InfoBatch curriculum run that a training loop drives over HTTP"),
+            "a SeTa or InfoBatch curriculum run that a training loop drives over HTTP",
+            stages={"score": SCORER}),
 ]

@@ -1,4 +1,4 @@
-"""Model-based kinds: `train_model`, `score`, `color_filter` (ALGORITHMS.md §1) and `evaluate`.
+"""Model-based kinds: `train_model`, `score`, `color_filter` (docs/methods.md §1) and `evaluate`.
 
 Training runs as one Ray task per model (progress in tokens through a ProgressBoard); scoring runs
 on LossScorer actors that load the models once and stream shards through them. Every product is
@@ -9,58 +9,27 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal
 
 import numpy as np
 import ray
 import torch
 from pydantic import Field, model_validator
 
-from scoring.device import pick_device
-from scoring.gpt import GPT, config_from_preset
 from scoring.lm_loss import tokenize_documents
 from scoring.tokenizer import eos_id, train_tokenizer
-from scoring.train import TrainConfig, finetune, pretrain, validation_loss
-from storage.catalog import NotFound, now
+from scoring.train import finetune, validation_loss
+from storage import layout
+from storage.catalog import NotFound
 from storage.fs import Store
-from workers.engine import JobContext, JobFailed, Task, derived_id
-from workers.jobs import JobKind
+from workers.driver import lifecycle
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id
+from workers.jobs.ingest import manifest_corpus
 from workers.jobs.selection import finish_selection
-from workers.models import (LossScorer, checkpoint_complete, load_for_scoring, read_texts,
-                            save_trained)
+from workers.kind import HALF_TRAINING, SCORER, TRAINING, JobKind
+from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import CorpusId, ManifestId, ModelId, Select, SelectMode, StrictModel, exactly_one
-
-Preset = Literal["tiny", "small", "base", "150m"]
-
-
-class Architecture(StrictModel):
-    n_layer: int | None = Field(None, ge=1, le=48)
-    n_head: int | None = Field(None, ge=1, le=64)
-    n_embd: int | None = Field(None, ge=16, le=8192)
-    context: int | None = Field(None, ge=8, le=8192)
-
-
-class TrainOptions(StrictModel):
-    """Pretraining from scratch (defaults finish in about a minute on a laptop CPU)."""
-    preset: Preset = "tiny"
-    architecture: Architecture | None = None
-    tokens: int = Field(1_000_000, ge=1_000, description="training budget in tokens")
-    seq_len: int | None = Field(None, ge=8, description="default: the model's context")
-    lr: float = Field(1e-3, gt=0, le=1)
-    batch_size: int = Field(16, ge=1, le=4096)
-    vocab_size: int = Field(4096, ge=256, le=262_144)
-    max_docs: int | None = Field(20_000, ge=1, description="documents sampled from the corpus")
-    seed: int = 0
-
-
-class FinetuneOptions(StrictModel):
-    """Fine-tuning: a fresh optimizer, `epochs` passes over the target, padding masked out."""
-    epochs: int = Field(1, ge=1, le=100)
-    lr: float = Field(1e-3, gt=0, le=1)
-    warmup_steps: int = Field(20, ge=1)
-    batch_size: int = Field(8, ge=1, le=4096)
-    seed: int = 0
+from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, TargetedSelection, exactly_one
+from workers.training import FinetuneOptions, TrainOptions, train_config, train_from_scratch
 
 
 class ScoreOptions(StrictModel):
@@ -69,14 +38,6 @@ class ScoreOptions(StrictModel):
 
 
 # -- training ------------------------------------------------------------------------------------
-
-def train_config(opts, seq_len: int | None = None) -> TrainConfig:
-    if isinstance(opts, FinetuneOptions):
-        return TrainConfig(lr=opts.lr, warmup_steps=opts.warmup_steps, batch_size=opts.batch_size,
-                           epochs=opts.epochs, seed=opts.seed)
-    return TrainConfig(lr=opts.lr, batch_size=opts.batch_size, tokens=opts.tokens,
-                       seq_len=seq_len or 10**9, seed=opts.seed)
-
 
 def _reporter(board):
     last = [0.0]
@@ -89,20 +50,15 @@ def _reporter(board):
 
 
 @ray.remote(max_retries=2)
-def pretrain_task(store_root: str, shard_parts: list, model_id: str, opts: dict, board, threads: int) -> dict:
+def pretrain_task(store_root: str, opts: dict, shard_parts: list, model_id: str, board, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = TrainOptions.model_validate(opts)
-    torch.manual_seed(o.seed)
     texts = read_texts(store, shard_parts, o.max_docs, o.seed)
     if not texts:
         raise JobFailed("empty_corpus", "the training corpus has no non-empty documents")
     tokenizer = train_tokenizer(texts, vocab_size=o.vocab_size)
-    eos = eos_id(tokenizer)
-    stream = np.fromiter((t for doc in tokenize_documents(tokenizer, texts, prepend_id=eos) for t in doc), dtype=np.int64)
-    arch = o.architecture.model_dump(exclude_none=True) if o.architecture else {}
-    model = GPT(config_from_preset(o.preset, tokenizer.get_vocab_size(), **arch)).to(pick_device())
-    stats = pretrain(model, stream, train_config(o, o.seq_len), on_progress=_reporter(board))
+    model, stats = train_from_scratch(tokenizer, texts, o, on_progress=_reporter(board))
     meta = {"preset": o.preset, "params": model.num_params(), "train_docs": len(texts),
             "train_tokens": stats["tokens"], "final_loss": stats["final_loss"],
             "tokens_per_s": stats["tokens_per_s"], "context": model.context}
@@ -111,7 +67,7 @@ def pretrain_task(store_root: str, shard_parts: list, model_id: str, opts: dict,
 
 
 @ray.remote(max_retries=2)
-def finetune_task(store_root: str, init: dict, shard_parts: list, model_id: str, opts: dict, board, threads: int) -> dict:
+def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, model_id: str, board, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = FinetuneOptions.model_validate(opts)
@@ -127,14 +83,6 @@ def finetune_task(store_root: str, init: dict, shard_parts: list, model_id: str,
     return meta
 
 
-def train_threads() -> int:
-    return min(cluster_cpus(), 16)
-
-
-def task_resources() -> dict:
-    return {"num_gpus": 1, "num_cpus": 1} if cluster_gpus() else {"num_cpus": train_threads()}
-
-
 def model_record(ctx: JobContext, model_id: str) -> dict:
     try:
         return ctx.catalog.get("models", model_id, ctx.tenant)
@@ -142,33 +90,25 @@ def model_record(ctx: JobContext, model_id: str) -> dict:
         raise JobFailed("not_found", f"model {model_id} does not exist") from None
 
 
-def register_model(ctx: JobContext, model_id: str, name: str, meta: dict) -> dict:
-    try:
-        return ctx.catalog.get("models", model_id)
-    except NotFound:
-        return ctx.catalog.insert("models", {"id": model_id, "tenant": ctx.tenant, "name": name,
-                                             "source": "trained", "job_id": ctx.job_id,
-                                             "created_at": now(), "meta": meta})
+def ensure_trained(ctx: JobContext, stage: str, role: str, name: str, corpus: str, task, *args) -> dict:
+    """The job's model `role`: trained by `task` on `corpus` unless a resumed job finds its
+    checkpoint complete, then registered (once) in the catalog."""
+    model_id = derived_id("mdl", ctx.job_id, role)
+    if not checkpoint_complete(ctx.store, model_id):
+        parts = [p for _, p in ctx.corpus_shards(corpus)]
+        ctx.run_long(stage, "tokens", lambda board: task.options(**ctx.options(stage)).remote(
+            ctx.store.root, *args, parts, model_id, board, ctx.threads(stage)))
+    meta = json.loads(ctx.store.read_bytes(*layout.model_meta(model_id)))
+    return lifecycle.commit_trained_model(ctx.catalog, ctx.job, model_id, name, {**meta, "corpus": corpus})
 
 
 def ensure_pretrained(ctx: JobContext, corpus: str, opts: TrainOptions, role: str, stage: str) -> dict:
-    model_id = derived_id("mdl", ctx.job_id, role)
-    if not checkpoint_complete(ctx.store, model_id):
-        parts = [p for _, p in ctx.corpus_shards(corpus)]
-        ctx.run_long(stage, "tokens", lambda board: pretrain_task.options(**task_resources()).remote(
-            ctx.store.root, parts, model_id, opts.model_dump(), board, train_threads()))
-    meta = json.loads(ctx.store.read_bytes("models", model_id, "meta.json"))
-    return register_model(ctx, model_id, f"{role} ({opts.preset}) of {ctx.job_id}", {**meta, "corpus": corpus})
+    return ensure_trained(ctx, stage, role, f"{role} ({opts.preset}) of {ctx.job_id}", corpus, pretrain_task,
+                          opts.model_dump())
 
 
 def ensure_finetuned(ctx: JobContext, init: dict, corpus: str, opts: FinetuneOptions, role: str, stage: str) -> dict:
-    model_id = derived_id("mdl", ctx.job_id, role)
-    if not checkpoint_complete(ctx.store, model_id):
-        parts = [p for _, p in ctx.corpus_shards(corpus)]
-        ctx.run_long(stage, "tokens", lambda board: finetune_task.options(**task_resources()).remote(
-            ctx.store.root, init, parts, model_id, opts.model_dump(), board, train_threads()))
-    meta = json.loads(ctx.store.read_bytes("models", model_id, "meta.json"))
-    return register_model(ctx, model_id, f"{role} of {ctx.job_id}", {**meta, "corpus": corpus})
+    return ensure_trained(ctx, stage, role, f"{role} of {ctx.job_id}", corpus, finetune_task, opts.model_dump(), init)
 
 
 class TrainModelSpec(TrainOptions):
@@ -195,20 +135,16 @@ def run_train_model(ctx: JobContext, spec: TrainModelSpec) -> dict:
 
 def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions) -> None:
     """One LossScorer actor per GPU (or per few CPU cores); every shard scored once, resumable."""
-    gpus = cluster_gpus()
-    if gpus:
-        n_actors, threads, res = gpus, 1, {"num_gpus": 1, "num_cpus": 1}
-    else:
-        threads = min(cluster_cpus(), 8)
-        n_actors, res = max(1, cluster_cpus() // threads), {"num_cpus": threads}
+    threads = ctx.threads("score")
+    n_actors = cluster_gpus() or max(1, cluster_cpus() // threads)
     shards = ctx.corpus_shards(corpus)
-    todo = [(s, p) for s, p in shards if not ctx.store.exists(*ctx.work, "scores", f"part-{s:05d}.parquet")]
-    actors = [LossScorer.options(**res).remote(ctx.store.root, records, threads, opts.model_dump())
+    todo = [(s, p) for s, p in shards if not ctx.store.exists(*layout.score_part(ctx.job_id, s))]
+    actors = [LossScorer.options(**ctx.actor_options("score")).remote(ctx.store.root, records, threads, opts.model_dump())
               for _ in range(min(n_actors, max(1, len(todo))))] if todo else []
     counts = ctx.corpus_shard_sizes(corpus)
     tasks = []
     for i, (s, p) in enumerate(shards):
-        out = (*ctx.work, "scores", f"part-{s:05d}.parquet")
+        out = layout.score_part(ctx.job_id, s)
         tasks.append(Task(out=out, key=s, size=counts.get(s, 1),
                           submit=lambda s=s, p=p, out=out, i=i: actors[i % len(actors)].score_shard.remote(s, p, out)))
     try:
@@ -251,11 +187,7 @@ class ConditionalSpec(StrictModel):
         return exactly_one(self, "model", "finetune")
 
 
-class ColorFilterSpec(StrictModel):
-    pool: CorpusId
-    target: CorpusId
-    select: Select
-    mode: SelectMode = "global"
+class ColorFilterSpec(TargetedSelection):
     prior: PriorSpec = PriorSpec(train=TrainOptions())
     conditional: ConditionalSpec = ConditionalSpec(finetune=FinetuneOptions())
     scoring: ScoreOptions = ScoreOptions()
@@ -300,14 +232,9 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
     if sample_seed is not None:
         pick = np.random.default_rng(sample_seed).choice(len(texts), size=min(n_docs, len(texts)), replace=False)
         texts = [texts[i] for i in sorted(pick)]
-    eos = eos_id(tokenizer)
-    stream = np.fromiter((t for d in tokenize_documents(tokenizer, texts, prepend_id=eos) for t in d), dtype=np.int64)
-    arch = o.architecture.model_dump(exclude_none=True) if o.architecture else {}
-    torch.manual_seed(o.seed)
-    model = GPT(config_from_preset(o.preset, tokenizer.get_vocab_size(), **arch)).to(pick_device())
-    stats = pretrain(model, stream, train_config(o, o.seq_len))
+    model, stats = train_from_scratch(tokenizer, texts, o)
     val_texts = read_texts(store, validation_parts, None, 0)
-    val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos))
+    val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
     return {"docs": len(texts), "train_tokens": stats["tokens"], "train_loss": stats["final_loss"],
             "validation_loss": val}
 
@@ -322,24 +249,18 @@ class EvaluateSpec(StrictModel):
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
     man = ctx.catalog.get("manifests", spec.selection, ctx.tenant)
     ctx.corpus(spec.validation)
-    first = ctx.store.read_parquet("manifests", spec.selection, "part-00000.parquet", columns=["corpus_id"]) \
-        if man["num_shards"] else None
-    if first is None or man["num_selected"] == 0:
+    pool = manifest_corpus(ctx, spec.selection)
+    if pool is None or man["num_selected"] == 0:
         raise JobFailed("empty_selection", f"manifest {spec.selection} selects no documents")
-    pool = first["corpus_id"][0].as_py()
-    pairs = [(p, ("manifests", spec.selection, f"part-{s:05d}.parquet")) for s, p in ctx.corpus_shards(pool)]
+    pairs = [(p, layout.manifest_part(spec.selection, s)) for s, p in ctx.corpus_shards(pool)]
     pool_parts = [p for p, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
-    opts = spec.proxy.model_dump()
-    res = task_resources()
-    threads = max(1, train_threads() // (1 if cluster_gpus() else 2))
-    if not cluster_gpus():
-        res = {"num_cpus": threads}
-    refs = {"selection": proxy_task.options(**res).remote(ctx.store.root, pairs, True, None, man["num_selected"],
-                                                         pool_parts, val_parts, opts, threads),
-            "random": proxy_task.options(**res).remote(ctx.store.root, pairs, False, spec.seed, man["num_selected"],
-                                                      pool_parts, val_parts, opts, threads)}
-    tasks = [Task(out=None, key=k, submit=lambda r=r: r) for k, r in refs.items()]
+    opts, res, threads = spec.proxy.model_dump(), ctx.options("train_proxies"), ctx.threads("train_proxies")
+    # The selection's proxy and a proxy on a random subset of equal size, trained side by side.
+    arms = {"selection": (True, None), "random": (False, spec.seed)}
+    tasks = [Task(out=None, key=arm, submit=lambda only=only, seed=seed: proxy_task.options(**res).remote(
+        ctx.store.root, pairs, only, seed, man["num_selected"], pool_parts, val_parts, opts, threads))
+        for arm, (only, seed) in arms.items()]
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
     sel, rnd = out["selection"]["validation_loss"], out["random"]["validation_loss"]
     summary = {**out, "relative_gain": (rnd - sel) / rnd if rnd and math.isfinite(rnd) else None,
@@ -348,10 +269,14 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
 
 
 KINDS = [
-    JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one"),
-    JobKind("score", ScoreSpec, run_score, "per-document loss of a corpus under a model"),
+    JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one",
+            stages={"train": TRAINING, "finetune": TRAINING}),
+    JobKind("score", ScoreSpec, run_score, "per-document loss of a corpus under a model",
+            stages={"score": SCORER}),
     JobKind("color_filter", ColorFilterSpec, run_color_filter,
-            "CoLoR-Filter: select by conditional loss reduction (prior − conditional)"),
+            "CoLoR-Filter: select by conditional loss reduction (prior − conditional)",
+            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER}),
     JobKind("evaluate", EvaluateSpec, run_evaluate,
-            "what a selection is worth: proxies trained on it and on a random subset of equal size"),
+            "what a selection is worth: proxies trained on it and on a random subset of equal size",
+            stages={"train_proxies": HALF_TRAINING}),
 ]

@@ -1,4 +1,4 @@
-"""`projection` (ALGORITHMS.md §5, Projektor): predict the metric of a model trained on any mixture
+"""`projection` (docs/methods.md §5, Projektor): predict the metric of a model trained on any mixture
 of data sources at any size, from small revealed samples, choose the best mixture and plan the
 purchase under a budget.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import pickle
 from typing import Literal
 
 import numpy as np
@@ -24,19 +23,20 @@ from pydantic import Field, field_validator, model_validator
 from tokenizers import Tokenizer
 
 from scoring.embed import Embedder, mean_pooled_embeddings
-from scoring.gpt import GPT, config_from_preset
 from scoring.lm_loss import tokenize_documents
 from scoring.projektor import (MixtureOT, PseudoQuadraticNoOT, PseudoQuadraticOT, SizeProjection,
-                               plan_purchase)
+                               fit_from_state, plan_purchase)
 from scoring.tokenizer import eos_id, train_tokenizer
-from scoring.train import EarlyStopping, pretrain, validation_loss
+from scoring.train import EarlyStopping, validation_loss
+from storage import layout
 from storage.fs import Store
 from storage.manifests import write_table_manifest
-from workers.engine import JobContext, JobFailed, Task, derived_id
-from workers.jobs import JobKind
-from workers.jobs.lm import TrainOptions, model_record, train_config
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id
+from workers.jobs.lm import model_record
+from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
 from workers.specs import CorpusId, ModelId, StrictModel
+from workers.training import TrainOptions, train_from_scratch
 
 
 class Source(StrictModel):
@@ -228,19 +228,16 @@ def pilot_task(store_root: str, source_parts: list, validation_parts: list, toke
     counts = np.floor(np.asarray(mixture) * size + 1e-9).astype(int)
     pools = [read_texts(store, parts, None, 0) if n else [] for parts, n in zip(source_parts, counts)]
     texts = pilot_documents(pools, counts, seed)
-    eos = eos_id(tokenizer)
-    stream = np.fromiter((t for d in tokenize_documents(tokenizer, texts, prepend_id=eos) for t in d), dtype=np.int64)
-    budget = o.tokens if o.tokens is not None else max(1000, int(o.epochs * len(stream)))
-    proxy = o.proxy.model_copy(update={"tokens": budget, "seed": seed})
-    torch.manual_seed(seed)
-    arch = proxy.architecture.model_dump(exclude_none=True) if proxy.architecture else {}
-    model = GPT(config_from_preset(proxy.preset, tokenizer.get_vocab_size(), **arch))
-    val = tokenize_documents(tokenizer, read_texts(store, validation_parts, o.validation_docs, 0), prepend_id=eos)
+    val = tokenize_documents(tokenizer, read_texts(store, validation_parts, o.validation_docs, 0),
+                             prepend_id=eos_id(tokenizer))
     stop = o.early_stopping
-    rule = EarlyStopping(lambda: validation_loss(model, val), stop.every_tokens, stop.patience) if stop else None
-    stats = pretrain(model, stream, train_config(proxy, proxy.seq_len), early_stopping=rule)
+    rule = (lambda model: EarlyStopping(lambda: validation_loss(model, val), stop.every_tokens, stop.patience)) \
+        if stop else None
+    proxy = o.proxy.model_copy(update={"seed": seed, "tokens": o.tokens or o.proxy.tokens})
+    model, stats = train_from_scratch(tokenizer, texts, proxy, epochs=None if o.tokens is not None else o.epochs,
+                                      early_stopping=rule)
     loss = stats["best_eval"] if rule else validation_loss(model, val)
-    result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": int(len(stream)),
+    result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": stats["stream_tokens"],
               "seen_tokens": int(stats["tokens"])}
     if rule:
         result["best_tokens"] = int(stats["best_tokens"])
@@ -271,14 +268,14 @@ def fit_per_size(pilots: list[dict], ot_values: list[float], sizes: list[int]):
 
 
 @ray.remote(max_retries=2)
-def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dict], ot_values: list[float],
-                      names: list[str], manifest_dest: tuple) -> dict:
+def fit_and_plan_task(store_root: str, job_id: str, spec: dict, pilots: list[dict], ot_values: list[float],
+                      names: list[str], manifest_id: str) -> dict:
     """Fit per pilot size, project in log N, optimise the mixture, plan the purchase, write the
     predictions manifest, the fitted projection (for /predict) and the plot."""
     store = Store(store_root)
     s = ProjectionSpec.model_validate(spec)
     N0, N1 = s.pilot_sizes
-    arrays = _load_npz(store, *work, "embeddings.npz")
+    arrays = _load_npz(store, *layout.job_file(job_id, "embeddings"))
     m = len(s.sources)
     ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=s.reg)
     fits, plain = fit_per_size(pilots, ot_values, s.pilot_sizes)
@@ -288,7 +285,8 @@ def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dic
     available = np.array([x.available_docs for x in s.sources], dtype=np.float64)
     plan = plan_purchase(proj.predict, proj.grad, prices=prices, available=available, budget=s.budget,
                          candidate_sizes=sorted(set(s.target_sizes)), maximise=maximise)
-    store.write_bytes(pickle.dumps({"N0": N0, "N1": N1, "fits": fits, "reg": s.reg}), *work, "projection.pkl")
+    state = {"N0": N0, "N1": N1, "reg": s.reg, "fits": {str(n): fits[n].state_dict() for n in (N0, N1)}}
+    store.write_bytes(json.dumps(state).encode(), *layout.job_file(job_id, "projection"))
 
     # Predictions: every pilot mixture, the optimum, uniform and each single source, at every size.
     uniform = [1.0 / m] * m
@@ -306,8 +304,8 @@ def fit_and_plan_task(store_root: str, work: tuple, spec: dict, pilots: list[dic
                       "mixture": pa.array([list(map(float, r[2])) for r in rows], pa.list_(pa.float64())),
                       "predicted": [float(r[3]) for r in rows],
                       "measured": pa.array([r[4] for r in rows], pa.float64())})
-    info = write_table_manifest(store, table, manifest_dest)
-    store.write_bytes(_plot(proj, plan, pilots, labelled, names, s, sizes), *work, "plot.png")
+    info = write_table_manifest(store, table, manifest_id)
+    store.write_bytes(_plot(proj, plan, pilots, labelled, names, s, sizes), *layout.job_file(job_id, "plot"))
 
     best_single = plan["baselines"]["best_single_source"]
     summary = {
@@ -358,16 +356,17 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
     ctx.corpus(spec.validation)
     source_parts = [[p for _, p in ctx.corpus_shards(src.corpus)] for src in spec.sources]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
-    opts = ctx.task_options()
+    opts = ctx.options("embed")
     model = model_record(ctx, spec.embedding.model) if spec.embedding.model else None
-    emb_file = (*ctx.work, "embeddings.npz")
+    emb_file = layout.job_file(ctx.job_id, "embeddings")
     ctx.run_tasks("embed", [Task(out=emb_file, key="emb", submit=lambda: embed_task.options(**opts).remote(
         ctx.store.root, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed))],
         unit="steps")
 
     if spec.pilots == "auto":
-        tok_file = (*ctx.work, "tokenizer.json")
-        ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(**opts).remote(
+        tok_file = layout.job_file(ctx.job_id, "tokenizer")
+        ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(
+            **ctx.options("tokenizer")).remote(
             ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed))], unit="steps")
         mixtures = simplex_grid(len(spec.sources), spec.auto.grid_step)
         # One draw seed per (mixture, repeat), the same at both sizes (see pilot_documents).
@@ -375,9 +374,9 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
                 for j, mix in enumerate(mixtures) for r in range(spec.auto.repeats)]
         tasks = []
         for k, (n, mix, draw) in enumerate(runs):
-            out = (*ctx.work, "pilots", f"pilot-{k:04d}.json")
+            out = layout.pilot_result(ctx.job_id, k)
             tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, draw=draw: pilot_task.options(
-                **ctx.task_options()).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
+                **ctx.options("pilots")).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
                                              spec.auto.model_dump(), out, draw)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
@@ -392,19 +391,19 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         proxies = None
 
     chunks = [list(range(i, min(i + 8, len(pilots)))) for i in range(0, len(pilots), 8)]
-    ot_tasks = [Task(out=None, key=i, submit=lambda c=c: ot_task.options(**opts).remote(
+    ot_tasks = [Task(out=None, key=i, submit=lambda c=c: ot_task.options(**ctx.options("ot")).remote(
         ctx.store.root, emb_file, [pilots[j]["mixture"] for j in c], spec.reg)) for i, c in enumerate(chunks)]
     ot_chunks = ctx.run_tasks("ot", ot_tasks, unit="chunks")
     ot_values = [v for i in range(len(chunks)) for v in ot_chunks[i]]
 
     man_id = derived_id("man", ctx.job_id)
     names = [ctx.corpus(src.corpus)["name"] for src in spec.sources]
-    fit = [Task(out=None, key="fit", submit=lambda: fit_and_plan_task.options(**opts).remote(
-        ctx.store.root, ctx.work, spec.model_dump(), pilots, ot_values, names, ("manifests", man_id)))]
+    fit = [Task(out=None, key="fit", submit=lambda: fit_and_plan_task.options(**ctx.options("fit")).remote(
+        ctx.store.root, ctx.job_id, spec.model_dump(), pilots, ot_values, names, man_id))]
     out = ctx.run_tasks("fit", fit, unit="steps")["fit"]
     for p, v in zip(pilots, ot_values):
         p["ot"] = v
-    ctx.store.write_bytes(json.dumps(pilots).encode(), *ctx.work, "pilots.json")
+    ctx.store.write_bytes(json.dumps(pilots).encode(), *layout.job_file(ctx.job_id, "pilots"))
     ctx.commit_manifest(man_id, "projection", out["manifest"])
     summary = {**out["summary"], "warnings": budget_warnings(proxies) if proxies else []}
     if proxies is not None:
@@ -436,11 +435,12 @@ def budget_warnings(report: dict[str, dict]) -> list[str]:
 @ray.remote(max_retries=1)
 def predict_task(store_root: str, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
     store = Store(store_root)
-    saved = pickle.loads(store.read_bytes("jobs", job_id, "projection.pkl"))
-    arrays = _load_npz(store, "jobs", job_id, "embeddings.npz")
+    saved = json.loads(store.read_bytes(*layout.job_file(job_id, "projection")))
+    arrays = _load_npz(store, *layout.job_file(job_id, "embeddings"))
     m = len(arrays) - 1
     ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=saved["reg"])
-    proj = SizeProjection(saved["N0"], saved["fits"][saved["N0"]], saved["N1"], saved["fits"][saved["N1"]], ot_fn)
+    N0, N1 = saved["N0"], saved["N1"]
+    proj = SizeProjection(N0, fit_from_state(saved["fits"][str(N0)]), N1, fit_from_state(saved["fits"][str(N1)]), ot_fn)
     return [{"size": n, "mixture": mix, "predicted": float(proj.predict(n, np.asarray(mix)))}
             for mix in mixtures for n in sizes]
 
@@ -451,4 +451,6 @@ def predict(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[
 
 
 KINDS = [JobKind("projection", ProjectionSpec, run_projection,
-                 "Projektor: project the metric of data mixtures and plan a purchase under a budget")]
+                 "Projektor: project the metric of data mixtures and plan a purchase under a budget",
+                 # Pilot proxies are small: one core each, as many in parallel as the cluster has.
+                 stages={s: SHARD_TASK for s in ("embed", "tokenizer", "pilots", "ot", "fit")})]

@@ -1,4 +1,4 @@
-"""Model-free selection kinds: `random` and `dsir` (ALGORITHMS.md §2), one Ray task per shard."""
+"""Model-free selection kinds: `random` and `dsir` (docs/methods.md §2), one Ray task per shard."""
 from __future__ import annotations
 
 import io
@@ -6,15 +6,18 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import ray
 from pydantic import Field
 
 from scoring.hashing import DEFAULT_BUCKETS, ngram_counts, word_counts
+from storage import layout
 from storage.fs import Store
-from storage.manifests import score_part, selected_by_source, write_selection, manifest_parts
-from workers.engine import JobContext, Task, derived_id
-from workers.jobs import JobKind
-from workers.specs import CorpusId, Select, SelectMode, StrictModel
+from storage.manifests import dataset, manifest_files, score_part, selected_by_source, write_selection
+from workers.driver.engine import JobContext, Task, derived_id
+from workers.kind import SHARD_TASK, JobKind
+from workers.runtime import node_id
+from workers.specs import CorpusId, Select, SelectMode, StrictModel, TargetedSelection
 
 
 def empty_mask(texts) -> np.ndarray:
@@ -40,14 +43,18 @@ def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select | Non
     ctx.check_cancelled()
     ctx.progress("select", 0, 1, "steps", force=True)
     man_id = derived_id("man", ctx.job_id)
-    dest = ("manifests", man_id)
-    score_parts = [(*ctx.work, "scores", n) for n in ctx.store.list(*ctx.work, "scores", suffix=".parquet")]
-    info = write_selection(ctx.store, score_parts, dest, corpus_id=pool, select=select.as_dict() if select else {"count": 0},
-                           mode=mode, key=key)
+    info = write_selection(ctx.store, layout.score_parts(ctx.store, ctx.job_id), man_id, corpus_id=pool,
+                           select=select.as_dict() if select else {"count": 0}, mode=mode, key=key)
     ctx.commit_manifest(man_id, kind, info, meta)
     ctx.progress("select", 1, 1, "steps", force=True)
     summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
-               "selected_by_source": selected_by_source(ctx.store, manifest_parts(ctx.store, dest)), **(meta or {})}
+               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id)), **(meta or {})}
+    if select is not None and select.count is not None and select.count > info["num_selected"]:
+        eligible = dataset(ctx.store, manifest_files(ctx.store, man_id)).count_rows(filter=pds.field("rank").is_valid())
+        if select.count > eligible:
+            summary.setdefault("warnings", []).append(
+                f"select.count is {select.count} but the pool has only {eligible} selectable (non-empty) "
+                "documents: all of them were selected")
     return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}
 
 
@@ -67,15 +74,15 @@ def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: i
     score = np.random.default_rng([seed, shard]).random(t.num_rows)
     score[empty_mask(t["text"])] = np.nan
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), score), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
     ctx.corpus(spec.pool)
-    opts = ctx.task_options()
-    tasks = [Task(out=(*ctx.work, "scores", f"part-{s:05d}.parquet"), key=s,
+    opts = ctx.options("score")
+    tasks = [Task(out=layout.score_part(ctx.job_id, s), key=s,
                   submit=lambda s=s, p=p: random_scores.options(**opts).remote(
-                      ctx.store.root, s, p, (*ctx.work, "scores", f"part-{s:05d}.parquet"), spec.seed))
+                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), spec.seed))
              for s, p in ctx.corpus_shards(spec.pool)]
     ctx.run_tasks("score", tasks)
     return finish_selection(ctx, "random", spec.pool, spec.select, spec.mode)
@@ -83,11 +90,7 @@ def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
 
 # -- dsir ----------------------------------------------------------------------------------------
 
-class DsirSpec(StrictModel):
-    pool: CorpusId
-    target: CorpusId
-    select: Select
-    mode: SelectMode = "global"
+class DsirSpec(TargetedSelection):
     seed: int = 0
     buckets: int = Field(DEFAULT_BUCKETS, ge=16, le=1_000_000)
     sampling: Literal["gumbel", "topk"] = Field(
@@ -100,7 +103,7 @@ def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int) -> in
     store = Store(store_root)
     t = store.read_parquet(*parts, columns=["text"])
     save_array(store, np.asarray(ngram_counts(t["text"], buckets).sum(axis=0)).ravel(), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 @ray.remote
@@ -114,22 +117,22 @@ def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tu
     gumbel = np.random.default_rng([seed, shard]).gumbel(size=t.num_rows)
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), logw,
                                    resample_key=logw + gumbel), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
     ctx.corpus(spec.pool)
     ctx.corpus(spec.target)
-    opts = ctx.task_options()
+    opts = ctx.options("fit")
     fit = []
     for role, corpus in (("pool", spec.pool), ("target", spec.target)):
         for s, p in ctx.corpus_shards(corpus):
-            out = (*ctx.work, "dsir", f"{role}-{s:05d}.npy")
+            out = layout.dsir_counts(ctx.job_id, role, s)
             fit.append(Task(out=out, key=(role, s),
                             submit=lambda p=p, out=out: bucket_totals.options(**opts).remote(
                                 ctx.store.root, p, out, spec.buckets)))
     ctx.run_tasks("fit", fit)
-    ratio = (*ctx.work, "dsir", "log_ratio.npy")
+    ratio = layout.job_file(ctx.job_id, "dsir_log_ratio")
     if not ctx.store.exists(*ratio):
         totals = {"pool": np.zeros(spec.buckets), "target": np.zeros(spec.buckets)}
         for t in fit:
@@ -137,10 +140,10 @@ def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
         # Add-one smoothing keeps unseen buckets finite.
         logp = {k: np.log((v + 1.0) / (v.sum() + spec.buckets)) for k, v in totals.items()}
         save_array(ctx.store, logp["target"] - logp["pool"], *ratio)
-    scoring = [Task(out=(*ctx.work, "scores", f"part-{s:05d}.parquet"), key=s,
+    opts = ctx.options("score")
+    scoring = [Task(out=layout.score_part(ctx.job_id, s), key=s,
                     submit=lambda s=s, p=p: dsir_scores.options(**opts).remote(
-                        ctx.store.root, s, p, (*ctx.work, "scores", f"part-{s:05d}.parquet"), ratio,
-                        spec.buckets, spec.seed))
+                        ctx.store.root, s, p, layout.score_part(ctx.job_id, s), ratio, spec.buckets, spec.seed))
                for s, p in ctx.corpus_shards(spec.pool)]
     ctx.run_tasks("score", scoring)
     key = "resample_key" if spec.sampling == "gumbel" else "score"
@@ -148,6 +151,8 @@ def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
 
 
 KINDS = [
-    JobKind("random", RandomSpec, run_random, "uniform random selection (a baseline)"),
-    JobKind("dsir", DsirSpec, run_dsir, "DSIR: hashed n-gram importance weights toward a target"),
+    JobKind("random", RandomSpec, run_random, "uniform random selection (a baseline)",
+            stages={"score": SHARD_TASK}),
+    JobKind("dsir", DsirSpec, run_dsir, "DSIR: hashed n-gram importance weights toward a target",
+            stages={"fit": SHARD_TASK, "score": SHARD_TASK}),
 ]

@@ -1,6 +1,6 @@
 """Per-epoch dynamic sample pruning: SeTa (Zhou et al., CVPR 2025) and InfoBatch (Qin et al., ICLR 2024).
 
-ALGORITHMS.md §4. Both keep ``score[i]`` = the latest per-sample loss of sample i (initially a
+docs/methods.md §4. Both keep ``score[i]`` = the latest per-sample loss of sample i (initially a
 constant; unseen samples keep their stale score, no moving average) and plan each epoch's sample list.
 
 Designed to be driven by a service: construct from ``config()`` parameters, call

@@ -1,6 +1,6 @@
 """Curriculum runs (SeTa / InfoBatch) driven by a training loop over HTTP.
 
-A run is a scheduler from scoring/curriculum.py plus the corpus's document ids (index i is the i-th
+A run is a scheduler from scoring/schedulers.py plus the corpus's document ids (index i is the i-th
 document in stored order). Its whole state — scheduler config, scores, epoch, plans made — is one
 Parquet file written atomically after every change (scores as a column, the rest as JSON in the
 file's metadata), so a restarted service continues exactly where it stopped. Epoch plans are kept
@@ -18,20 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.curriculum import InfoBatchScheduler, SeTaScheduler, scheduler_from_state
+from scoring.schedulers import InfoBatchScheduler, SeTaScheduler, scheduler_from_state
+from storage import layout
+from storage.errors import DomainError
 from storage.fs import Store
 
 SCHEDULERS = {"seta": SeTaScheduler, "infobatch": InfoBatchScheduler}
 
 
-class CurriculumError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
-
-
-def _dir(run_id: str) -> tuple[str, str]:
-    return ("curricula", run_id)
+class CurriculumError(DomainError):
+    """A request a run cannot take in its current state (the code says why)."""
 
 
 def create_run(store: Store, run_id: str, method: str, doc_ids: pa.Array, params: dict,
@@ -40,7 +36,7 @@ def create_run(store: Store, run_id: str, method: str, doc_ids: pa.Array, params
     if initial_losses is not None:
         known = np.flatnonzero(np.isfinite(initial_losses))
         sched.update(known, initial_losses[known])
-    store.write_parquet(pa.table({"doc_id": doc_ids}), *_dir(run_id), "docs.parquet")
+    store.write_parquet(pa.table({"doc_id": doc_ids}), *layout.curriculum_docs(run_id))
     _save(store, run_id, sched, epoch=0, posted=0)
     return describe(store, run_id)
 
@@ -50,14 +46,20 @@ def _save(store: Store, run_id: str, sched, epoch: int, posted: int) -> None:
     scores = state.pop("scores")
     meta = {"state": state, "epoch": epoch, "losses_posted": posted}
     table = pa.table({"score": scores}).replace_schema_metadata({"thresher": json.dumps(meta)})
-    store.write_parquet(table, *_dir(run_id), "state.parquet")
+    store.write_parquet(table, *layout.curriculum_state(run_id))
 
 
 def _load(store: Store, run_id: str):
-    table = store.read_parquet(*_dir(run_id), "state.parquet")
+    table = store.read_parquet(*layout.curriculum_state(run_id))
     meta = json.loads(table.schema.metadata[b"thresher"])
     state = {**meta["state"], "scores": table["score"].to_numpy()}
     return scheduler_from_state(state), meta["epoch"], meta["losses_posted"]
+
+
+def planned_counts(store: Store, run_id: str) -> tuple[int, dict[int, int]]:
+    """(samples in the run, {epoch: samples in its plan}) for the epochs planned so far."""
+    sched, _, _ = _load(store, run_id)
+    return sched.num_samples, dict(sched.planned_counts)
 
 
 def describe(store: Store, run_id: str) -> dict:
@@ -83,7 +85,7 @@ class CurriculumRuns:
 
     def doc_ids(self, run_id: str) -> pa.Array:
         if run_id not in self._ids:
-            self._ids[run_id] = self.store.read_parquet(*_dir(run_id), "docs.parquet")["doc_id"].combine_chunks()
+            self._ids[run_id] = self.store.read_parquet(*layout.curriculum_docs(run_id))["doc_id"].combine_chunks()
         return self._ids[run_id]
 
     def plan(self, run_id: str, epoch: int) -> tuple[pa.Array, np.ndarray | None]:
@@ -95,16 +97,16 @@ class CurriculumRuns:
         with self._lock(run_id):
             sched, current, posted = _load(self.store, run_id)
             if not 0 <= epoch < sched.epochs:
-                raise CurriculumError(404, "not_found", f"epoch {epoch} is outside 0…{sched.epochs - 1}",
+                raise CurriculumError("not_found", f"epoch {epoch} is outside 0…{sched.epochs - 1}",
                                       {"epoch": epoch})
             if epoch > current + 1:
-                raise CurriculumError(409, "epoch_not_ready", f"epoch {epoch} is not planned yet: the run is "
+                raise CurriculumError("epoch_not_ready", f"epoch {epoch} is not planned yet: the run is "
                                       f"at epoch {current}", {"epoch": epoch, "current_epoch": current})
             advance = epoch == current + 1
             if advance and not posted:
-                raise CurriculumError(409, "losses_missing", f"post the losses of epoch {current} before "
+                raise CurriculumError("losses_missing", f"post the losses of epoch {current} before "
                                       f"asking for epoch {epoch}", {"current_epoch": current})
-            plan_file = (*_dir(run_id), f"epoch-{epoch:05d}.parquet")
+            plan_file = layout.curriculum_epoch(run_id, epoch)
             planned = self.store.exists(*plan_file)
             if not planned:
                 indices, weights = sched.epoch_plan(epoch)
@@ -126,23 +128,23 @@ class CurriculumRuns:
         with self._lock(run_id):
             sched, current, posted = _load(self.store, run_id)
             if epoch != current:
-                raise CurriculumError(409, "wrong_epoch", f"losses are for epoch {epoch}, but the run is at "
+                raise CurriculumError("wrong_epoch", f"losses are for epoch {epoch}, but the run is at "
                                       f"epoch {current}", {"epoch": epoch, "current_epoch": current})
-            if not self.store.exists(*_dir(run_id), f"epoch-{epoch:05d}.parquet"):
-                raise CurriculumError(409, "epoch_not_started", f"fetch the plan of epoch {epoch} first",
+            if not self.store.exists(*layout.curriculum_epoch(run_id, epoch)):
+                raise CurriculumError("epoch_not_started", f"fetch the plan of epoch {epoch} first",
                                       {"epoch": epoch})
             if len(doc_ids) != len(losses):
-                raise CurriculumError(422, "validation_error", "doc_ids and losses differ in length")
+                raise CurriculumError("validation_error", "doc_ids and losses differ in length")
             bad = np.flatnonzero(~np.isfinite(losses))
             if len(bad):
                 i = int(bad[0])
-                raise CurriculumError(422, "non_finite_loss", f"loss of {doc_ids[i].as_py()!r} is {losses[i]}",
+                raise CurriculumError("non_finite_loss", f"loss of {doc_ids[i].as_py()!r} is {losses[i]}",
                                       {"doc_id": doc_ids[i].as_py(), "index": i})
             index = pc.index_in(doc_ids, value_set=self.doc_ids(run_id))
             unknown = np.flatnonzero(~pc.is_valid(index).to_numpy(zero_copy_only=False))
             if len(unknown):
                 i = int(unknown[0])
-                raise CurriculumError(422, "unknown_doc_id", f"{doc_ids[i].as_py()!r} is not a document of "
+                raise CurriculumError("unknown_doc_id", f"{doc_ids[i].as_py()!r} is not a document of "
                                       f"this run ({len(unknown)} unknown)", {"doc_id": doc_ids[i].as_py(), "index": i})
             sched.update(index.to_numpy(zero_copy_only=False), losses)
             _save(self.store, run_id, sched, current, posted + len(losses))

@@ -1,9 +1,9 @@
 """The job engine: plans per-shard work, runs it on Ray, reports progress, survives restarts.
 
 Runs inside the service process (the Ray driver), which also owns the catalog. A job is a function
-`run(ctx, spec) -> result` of its kind (workers/jobs/); it does its heavy work through
-`ctx.run_tasks`, which submits one Ray task per item with bounded in-flight work, retries, progress
-and cancellation. Every task writes its output under a deterministic name in storage; a task whose
+`run(ctx, spec) -> result` of its kind (workers/jobs/, declared as a workers.kind.JobKind); it does
+its heavy work through `ctx.run_tasks`, which submits one Ray task per item with bounded in-flight
+work, retries, progress and cancellation, with the resources its kind declares for the stage. Every task writes its output under a deterministic name in storage; a task whose
 output already exists is not run again. That is the whole resume story: after a restart, queued and
 running jobs are started again and recompute only the shards that were not finished.
 """
@@ -20,9 +20,13 @@ from typing import Any, Callable
 
 import ray
 
+from storage import layout
 from storage.catalog import Catalog, NotFound, now
+from storage.errors import DomainError
 from storage.fs import Store
-from workers.runtime import cluster_cpus
+from workers.driver import lifecycle
+from workers.kind import BOOKKEEPING, JobKind
+from workers.runtime import cluster_cpus, ray_get
 
 log = logging.getLogger("thresher.engine")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -32,12 +36,8 @@ class Cancelled(Exception):
     pass
 
 
-class JobFailed(Exception):
+class JobFailed(DomainError):
     """A job cannot finish because of its input (the message says what to fix)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass
@@ -68,6 +68,7 @@ class JobContext:
     engine: "JobEngine"
     job: dict
     cancel_event: threading.Event
+    nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
     _stage: dict = field(default_factory=dict)
     _last_write: float = 0.0
 
@@ -88,9 +89,8 @@ class JobContext:
         return self.engine.catalog
 
     @property
-    def work(self) -> tuple[str, str]:
-        """Where this job keeps intermediate files."""
-        return ("jobs", self.job_id)
+    def kind(self) -> JobKind:
+        return self.engine.kinds[self.job["kind"]]
 
     @property
     def config(self) -> EngineConfig:
@@ -100,7 +100,8 @@ class JobContext:
         if self.cancel_event.is_set():
             raise Cancelled()
 
-    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False) -> None:
+    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False,
+                 detail: dict | None = None) -> None:
         t = time.monotonic()
         if self._stage.get("stage") != stage:
             self._stage = {"stage": stage, "t0": t, "done0": done}
@@ -113,7 +114,8 @@ class JobContext:
         self._last_write = t
         self.catalog.update("jobs", self.job_id, progress={
             "stage": stage, "done": done, "total": total, "unit": unit,
-            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None})
+            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
+            **({"detail": detail} if detail else {})})
 
     def corpus(self, corpus_id: str) -> dict:
         rec = self.catalog.get("corpora", corpus_id, self.tenant)
@@ -122,30 +124,33 @@ class JobContext:
         return rec
 
     def corpus_shards(self, corpus_id: str) -> list[tuple[int, tuple[str, ...]]]:
-        names = self.store.list("corpora", corpus_id, suffix=".parquet")
-        return [(int(n.split("-")[1].split(".")[0]), ("corpora", corpus_id, n)) for n in names]
+        return layout.corpus_shards(self.store, corpus_id)
 
     def corpus_shard_sizes(self, corpus_id: str) -> dict[int, int]:
         """Documents per shard, from the Parquet footers (no data read)."""
         return {s: self.store.parquet_file(*p).metadata.num_rows for s, p in self.corpus_shards(corpus_id)}
 
-    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards") -> dict:
+    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards",
+                  detail: Callable[[set], dict] | None = None) -> dict:
         """Run tasks on Ray (skipping those whose output exists); returns {task.key: result}.
 
         At most `max_inflight` tasks are in flight. Ray retries a task whose worker died; a task that
         still fails fails the job. Cancellation is checked while waiting and stops in-flight tasks.
+        A task that returns a dict with `node` says where it ran: the job's summary counts tasks per
+        node and stage (`nodes`). `detail(keys done)` adds to the progress (e.g. files done).
         """
         total = sum(t.size for t in tasks)
         results: dict = {}
-        pending = []
+        pending, finished = [], set()
         done = 0
         for t in tasks:
             if t.out is not None and self.store.exists(*t.out):
                 done += t.size
                 results[t.key] = None
+                finished.add(t.key)
             else:
                 pending.append(t)
-        self.progress(stage, done, total, unit, force=True)
+        self.progress(stage, done, total, unit, force=True, detail=detail(finished) if detail else None)
         limit = self.config.max_inflight or 2 * cluster_cpus()
         inflight: dict = {}
         try:
@@ -157,15 +162,14 @@ class JobContext:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     t = inflight.pop(ref)
-                    try:
-                        results[t.key] = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        cause = e.cause if getattr(e, "cause", None) else e
-                        if isinstance(cause, JobFailed):
-                            raise cause from None
-                        raise RuntimeError(f"{stage}: task {t.key} failed: {cause}") from None
+                    results[t.key] = result = ray_get(ref, f"{stage}: task {t.key}")
+                    if isinstance(result, dict) and "node" in result:
+                        per_node = self.nodes.setdefault(stage, {})
+                        per_node[result["node"]] = per_node.get(result["node"], 0) + 1
                     done += t.size
-                    self.progress(stage, done, total, unit, force=not pending and not inflight)
+                    finished.add(t.key)
+                    self.progress(stage, done, total, unit, force=not pending and not inflight,
+                                  detail=detail(finished) if detail else None)
         finally:
             for ref in inflight:
                 ray.cancel(ref)
@@ -177,7 +181,7 @@ class JobContext:
         `submit(board)` starts the task and hands it a ProgressBoard actor to call
         `board.set.remote(done, total)` on; this polls the board into the job's progress.
         """
-        board = ProgressBoard.remote()
+        board = ProgressBoard.options(**BOOKKEEPING.ray_options()).remote()
         ref = submit(board)
         self.progress(stage, 0, 1, unit, force=True)
         try:
@@ -188,13 +192,7 @@ class JobContext:
                 if total:
                     self.progress(stage, done, total, unit)
                 if ready:
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        cause = e.cause if getattr(e, "cause", None) else e
-                        if isinstance(cause, JobFailed):
-                            raise cause from None
-                        raise RuntimeError(f"{stage} failed: {cause}") from None
+                    result = ray_get(ref, stage)
                     done, total = ray.get(board.get.remote())
                     self.progress(stage, total or 1, total or 1, unit, force=True)
                     return result
@@ -205,21 +203,25 @@ class JobContext:
             ray.kill(board)
 
     def commit_manifest(self, man_id: str, kind: str, info: dict, meta: dict | None = None) -> dict:
-        """Register a manifest whose parts are all written (idempotent: a resumed job may commit twice)."""
-        try:
-            return self.catalog.get("manifests", man_id)
-        except NotFound:
-            return self.catalog.insert("manifests", {
-                "id": man_id, "tenant": self.tenant, "job_id": self.job_id, "kind": kind,
-                "created_at": now(), "meta": meta or {}, **info})
+        return lifecycle.commit_manifest(self.catalog, self.job, man_id, kind, info, meta)
 
-    def task_options(self, **resources) -> dict:
-        """Ray options for shard tasks: declared resources and retries (worker death and errors)."""
+    def threads(self, stage: str) -> int:
+        """Torch threads for one task of `stage`."""
+        return self.kind.stages[stage].threads()
+
+    def options(self, stage: str) -> dict:
+        """Ray options for a task of `stage`: the resources its kind declares, and retries (a
+        worker's death, storage errors)."""
         return {"max_retries": self.config.task_retries, "retry_exceptions": [OSError, ray.exceptions.RayError],
-                "num_cpus": 1, **resources}
+                **self.kind.stages[stage].ray_options()}
+
+    def actor_options(self, stage: str) -> dict:
+        """Ray options for an actor serving `stage`: restarted (and its calls retried) if its worker dies."""
+        return {"max_restarts": self.config.task_retries, "max_task_retries": self.config.task_retries,
+                **self.kind.stages[stage].ray_options()}
 
 
-@ray.remote(num_cpus=0)
+@ray.remote
 class ProgressBoard:
     """Where a long task posts (done, total) for the driver to read."""
 
@@ -234,7 +236,7 @@ class ProgressBoard:
 
 
 class JobEngine:
-    def __init__(self, catalog: Catalog, store: Store, config: EngineConfig, kinds: dict):
+    def __init__(self, catalog: Catalog, store: Store, config: EngineConfig, kinds: dict[str, JobKind]):
         self.catalog, self.store, self.config, self.kinds = catalog, store, config, kinds
         self.queue: "queue.Queue[str | None]" = queue.Queue()
         self.cancel_events: dict[str, threading.Event] = {}
@@ -320,22 +322,23 @@ class JobEngine:
             if self._stopping:
                 return  # the service is shutting down: leave the job running, to resume on start
             self._finish(ctx, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
-            kind.on_end(ctx, "cancelled")
-        except JobFailed as e:
+        except DomainError as e:
             self._finish(ctx, "failed", error={"code": e.code, "message": e.message})
-            kind.on_end(ctx, "failed")
         except Exception as e:  # noqa: BLE001 - report, don't crash
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             self._finish(ctx, "failed", error={"code": "job_error", "message": f"{type(e).__name__}: {e}"})
-            kind.on_end(ctx, "failed")
         else:
             self._finish(ctx, "succeeded", result=result)
         finally:
             self.cancel_events.pop(job_id, None)
 
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
+        if state != "succeeded" and ctx.kind.on_end:
+            ctx.kind.on_end(ctx, state, error)
         fields = {"state": state, "finished_at": now(), "error": error}
         if result is not None:
+            if ctx.nodes:
+                result.setdefault("summary", {})["nodes"] = ctx.nodes
             fields["result"] = result
         prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
         if prog and state == "succeeded":

@@ -1,0 +1,78 @@
+"""What every format reader shares: the stored schema, the error type, the field names a reader
+looks for, the rows it yields, and UTF-8 / JSON helpers for naming a bad line.
+
+A reader (jsonl_reader, csv_reader, parquet_reader) is built as `Reader(source, fields, block_size)`
+and iterates over `Rows` blocks in input order. It has `ids_given` (after iteration: the input had
+ids), `unit` ("line" or "row"), `line_note` (said after a line number) and `lines_of(rows)`, the
+1-based input lines of 0-based document rows.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyarrow as pa
+
+from storage.errors import DomainError
+
+SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("source", pa.string()),
+])
+FORMATS = ("jsonl", "parquet", "csv")
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+BOM = b"\xef\xbb\xbf"
+MAX_EMPTY_IDS = 20
+MAX_SOURCES = 10_000          # `sources` is a per-corpus summary, not a per-document column
+
+
+class IngestError(DomainError):
+    """Bad input. `code` names the problem; `details` locates it (`line`, `field`, `id`, …)."""
+
+
+class Fields(NamedTuple):
+    text: str
+    id: str | None        # None: always generate ids
+    source: str | None    # None: no source column
+
+
+class Rows(NamedTuple):
+    """One parsed block: string arrays; ids None when generated, source None when absent."""
+    text: pa.Array | pa.ChunkedArray
+    ids: pa.Array | pa.ChunkedArray | None
+    source: pa.Array | pa.ChunkedArray | None
+
+
+def valid_utf8(column) -> bool:
+    try:
+        for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):
+            chunk.validate(full=True)   # full validation includes UTF-8 for string arrays
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+def first_invalid_utf8(column) -> int:
+    for i, value in enumerate(column.cast(pa.binary()).to_pylist()):
+        try:
+            value is None or value.decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return -1
+
+
+def json_type(value) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+
+def check_encodable(value: str, name: str, line: int) -> str:
+    """json.loads turns an escaped lone surrogate ("\\ud800") into a str that is not valid UTF-8."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise IngestError("invalid_utf8", f"line {line}: {name!r} holds a lone surrogate escape "
+                              f"(not valid Unicode)", {"line": line, "field": name}) from None
+    return value

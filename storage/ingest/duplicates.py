@@ -1,0 +1,52 @@
+"""Duplicate ids across all shards of an ingestion, found with DuckDB over the id column."""
+from __future__ import annotations
+
+import tempfile
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from storage import layout
+from storage.fs import Store
+from storage.ingest.common import IngestError
+
+DUPLICATE_IDS_SCANNED = 100_000
+
+
+def check_duplicate_ids(store: Store, shards: list[layout.Parts], reader) -> None:
+    """Raise duplicate_id for the id whose second occurrence comes first.
+
+    DuckDB groups the id column of the written shards: its hash aggregate spills to disk past
+    `memory_limit`, so memory stays bounded however many documents there are, and only ids are
+    read back, not text. Only when duplicates exist does a second, streaming pass over the id
+    column find the earliest repeat among them (at most DUPLICATE_IDS_SCANNED ids are kept).
+    """
+    dataset = pads.dataset([store.path(*s) for s in shards], filesystem=store.fs, format="parquet")
+    with tempfile.TemporaryDirectory(prefix="ingest-duckdb-") as spill:
+        con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": spill})
+        try:
+            con.register("corpus", dataset)
+            dups = pa.array([r[0] for r in con.execute(
+                f"SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT {DUPLICATE_IDS_SCANNED}"
+            ).fetchall()], pa.string())
+        finally:
+            con.close()
+    if len(dups) == 0:
+        return
+    first_row: dict[str, int] = {}
+    row = 0
+    batches = (b for s in shards for b in store.iter_batches(*s, columns=["id"], batch_size=65536))
+    for batch in batches:
+        ids = batch.column(0)
+        for i in pc.indices_nonzero(pc.is_in(ids, value_set=dups)).to_pylist():
+            doc_id = ids[i].as_py()
+            if doc_id in first_row:
+                a, b = reader.lines_of([first_row[doc_id], row + i])
+                unit = reader.unit
+                raise IngestError("duplicate_id", f"duplicate id {doc_id!r}: {unit} {a} and {unit} {b}"
+                                  f"{reader.line_note}; ids must be unique",
+                                  {"id": doc_id, "line": b, "first_line": a, f"{unit}s": [a, b]})
+            first_row[doc_id] = row + i
+        row += len(ids)

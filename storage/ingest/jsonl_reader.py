@@ -1,0 +1,201 @@
+"""JSON Lines: pyarrow's JSON reader for speed, `json.loads` line by line to name a bad line."""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodable, json_type,
+                                   valid_utf8)
+from storage.ingest.source import Source, prefetched
+
+
+def all_objects(block, most_irregular: int = 1000) -> bool:
+    """Whether every non-blank line of `block` starts with `{` (after whitespace). Checked on all
+    line starts at once; only lines that do not start with `{` at once (blank, indented) are
+    looked at one by one, and past `most_irregular` of those the caller takes the slow path."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(data == 10) + 1))
+    starts = starts[starts < len(data)]
+    odd = starts[data[starts] != ord("{")]
+    if len(odd) > most_irregular:
+        return False
+    raw = bytes(block) if len(odd) else b""
+    for start in odd.tolist():
+        end = raw.find(b"\n", start)
+        line = raw[start:end if end >= 0 else len(raw)].strip()
+        if line and not line.startswith(b"{"):
+            return False
+    return True
+
+
+class JsonlReader:
+    """JSON Lines in blocks of ~block_size bytes split at newlines. Blank lines are skipped."""
+    unit = "line"
+    line_note = ""   # appended to messages that cite lines
+
+    def __init__(self, source: Source, fields: Fields, block_size: int, max_doc_bytes: int | None = None):
+        self.source, self.fields, self.block_size = source, fields, block_size
+        self.max_doc_bytes = max_doc_bytes
+        self.id_mode: str | None = None      # "given" | "generated", fixed by the first document
+        self.first_doc_line: int | None = None
+        self.id_types = [pa.string(), pa.int64()]   # tried in turn; the one that worked goes first
+
+    @property
+    def ids_given(self) -> bool:
+        return self.id_mode == "given"
+
+    def _blocks(self) -> Iterator[tuple[int, memoryview, int]]:
+        """(first line number, block ending at a newline, newlines in it)."""
+        line, pending, first = 1, [], True     # pending: pieces of a line not yet ended
+        for data in self.source.blocks(self.block_size):
+            if first:
+                data, first = data.removeprefix(BOM), False
+            if data.rfind(b"\n") < 0:           # inside a line longer than a block
+                pending.append(data)
+                if self.max_doc_bytes and sum(map(len, pending)) > self.max_doc_bytes:
+                    raise IngestError("document_too_large", f"line {line}: longer than {self.max_doc_bytes} "
+                                      "bytes (THRESHER_MAX_DOC_BYTES)",
+                                      {"line": line, "limit_bytes": self.max_doc_bytes})
+                continue
+            buf = b"".join(pending + [data]) if pending else data
+            cut = buf.rfind(b"\n") + 1
+            n = buf.count(b"\n", 0, cut)
+            yield line, memoryview(buf)[:cut], n
+            line, pending = line + n, [buf[cut:]] if cut < len(buf) else []
+        tail = b"".join(pending)
+        if tail.strip():
+            yield line, memoryview(tail), 0
+
+    def __iter__(self) -> Iterator[Rows]:
+        for first_line, block, newlines in prefetched(self._blocks()):
+            if not all_objects(block):          # pyarrow must never see a line that is no object:
+                yield self._parse_slow(first_line, block)   # some (`null`) crash its reader
+                continue
+            table = self._parse_fast(block)
+            rows = self._accept(table, block, newlines, first_line) if table is not None else None
+            yield rows if rows is not None else self._parse_slow(first_line, block)
+
+    def _parse_fast(self, block) -> pa.Table | None:
+        f = self.fields
+        for id_type in list(self.id_types):
+            schema = pa.schema([(f.text, pa.string())] + ([(f.id, id_type)] if f.id else [])
+                               + ([(f.source, pa.string())] if f.source else []))
+            options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+            # pyarrow splits the block into 1 MiB pieces parsed in parallel; a longer document
+            # "straddles" pieces, and the block is parsed again as one piece.
+            for piece in (1 << 20, len(block) + 1):
+                try:
+                    table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
+                                             read_options=pajson.ReadOptions(block_size=piece))
+                except pa.ArrowInvalid as e:
+                    if "straddl" in str(e) and piece == 1 << 20:
+                        continue
+                    break
+                self.id_types.remove(id_type)
+                self.id_types.insert(0, id_type)
+                return table
+        return None
+
+    def _accept(self, table: pa.Table, block, newlines: int, first_line: int) -> Rows | None:
+        """The rows if pyarrow's parse is certainly right, else None (the block is parsed again)."""
+        f, n = self.fields, table.num_rows
+        segments = newlines + (block[-1] != 10)
+        if n != segments and n != sum(1 for s in bytes(block).split(b"\n") if s.strip()):
+            return None                # two objects on one line, which JSON Lines forbids
+        if n == 0:
+            return Rows(pa.array([], pa.string()), None, None)
+        text = table.column(f.text)
+        ids = table.column(f.id) if f.id else None
+        source = table.column(f.source) if f.source else None
+        mode = "given" if ids is not None and ids.null_count == 0 else \
+            "generated" if ids is None or ids.null_count == n else None
+        if text.null_count or mode is None or self.id_mode not in (None, mode):
+            return None
+        if not all(valid_utf8(c) for c in (text, ids, source) if c is not None and c.type == pa.string()):
+            return None
+        self.id_mode = mode
+        if self.first_doc_line is None:
+            self.first_doc_line = next(i for i, s in enumerate(bytes(block).split(b"\n"), first_line) if s.strip())
+        return Rows(text, ids.cast(pa.string()) if mode == "given" else None, source)
+
+    def _parse_slow(self, first_line: int, block) -> Rows:
+        f = self.fields
+        texts, ids, sources = [], [], []
+        for line, raw in enumerate(bytes(block).split(b"\n"), first_line):
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw.decode("utf-8"), strict=False)   # raw tabs in strings: tolerated
+            except UnicodeDecodeError as e:
+                raise IngestError("invalid_utf8", f"line {line}: invalid UTF-8 at byte {e.start + 1}",
+                                  {"line": line, "byte": e.start + 1}) from None
+            except json.JSONDecodeError as e:
+                raise IngestError("malformed_json", f"line {line}: malformed JSON: {e.msg} "
+                                  f"(column {e.colno})", {"line": line, "column": e.colno}) from None
+            except RecursionError:
+                raise IngestError("malformed_json", f"line {line}: nested too deeply", {"line": line}) from None
+            except ValueError as e:     # e.g. a number of more digits than Python converts
+                raise IngestError("malformed_json", f"line {line}: {e}", {"line": line}) from None
+            if not isinstance(doc, dict):
+                raise IngestError("malformed_json", f"line {line}: expected a JSON object, found "
+                                  f"{json_type(doc)} (one document per line)", {"line": line})
+            if self.first_doc_line is None:
+                self.first_doc_line = line
+            texts.append(self._string(doc, f.text, line, required=True))
+            if f.id:
+                ids.append(self._id(doc, line))
+            if f.source:
+                sources.append(self._string(doc, f.source, line, required=False))
+        if self.id_mode is None and texts:
+            self.id_mode = "generated"      # no id field configured
+        return Rows(pa.array(texts, pa.string()),
+                     pa.array(ids, pa.string()) if self.id_mode == "given" else None,
+                     pa.array(sources, pa.string()) if f.source else None)
+
+    def _string(self, doc: dict, name: str, line: int, required: bool) -> str | None:
+        value = doc.get(name)
+        if value is None and not required:
+            return None
+        if name not in doc:
+            raise IngestError("missing_field", f"line {line}: no {name!r} field", {"line": line, "field": name})
+        if not isinstance(value, str):
+            raise IngestError("wrong_type", f"line {line}: {name!r} must be a string, found "
+                              f"{json_type(value)}", {"line": line, "field": name})
+        check_encodable(value, name, line)
+        return value
+
+    def _id(self, doc: dict, line: int) -> str | None:
+        name, value = self.fields.id, doc.get(self.fields.id)
+        mode = "given" if value is not None else "generated"
+        if self.id_mode is None:
+            self.id_mode = mode
+        elif mode != self.id_mode:
+            if mode == "generated":
+                raise IngestError("missing_field", f"line {line}: no {name!r} field (the first document "
+                                  f"has one: give every document an id, or none)", {"line": line, "field": name})
+            raise IngestError("inconsistent_ids", f"line {line} has an {name!r} but the first document "
+                              f"(line {self.first_doc_line}) has none: give every document an id, or none",
+                              {"line": line, "field": name})
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise IngestError("wrong_type", f"line {line}: {name!r} must be a string or an integer, found "
+                              f"{json_type(value)}", {"line": line, "field": name})
+        return check_encodable(value, name, line) if isinstance(value, str) else str(value)
+
+    def lines_of(self, rows: list[int]) -> list[int]:
+        """1-based line numbers of 0-based document rows (a second pass; for error messages)."""
+        wanted, found, row = set(rows), {}, 0
+        for first_line, block, _ in self._blocks():
+            for line, raw in enumerate(bytes(block).split(b"\n"), first_line):
+                if raw.strip():
+                    if row in wanted:
+                        found[row] = line
+                    row += 1
+            if len(found) == len(wanted):
+                break
+        return [found.get(r, r + 1) for r in rows]

@@ -1,0 +1,128 @@
+"""Output: parsed rows become stored tables, counted into corpus statistics, appended to shards."""
+from __future__ import annotations
+
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage import layout
+from storage.fs import Store
+from storage.ingest.common import MAX_EMPTY_IDS, MAX_SOURCES, SCHEMA, IngestError, Rows
+
+
+@dataclass
+class CorpusStats:
+    num_docs: int
+    num_bytes: int                # UTF-8 bytes of text
+    num_shards: int
+    num_empty: int                # documents whose text is empty or whitespace only (kept)
+    empty_ids: list[str] = field(default_factory=list)   # the first MAX_EMPTY_IDS of them
+    sources: dict[str, int] = field(default_factory=dict)  # documents per non-null source
+    ids_generated: bool = False   # the input had no ids: they were generated
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+
+def to_table(rows: Rows, start: int, id_prefix: str = "") -> pa.Table:
+    """The stored table of a block whose first row is `start`; missing ids are generated from it."""
+    n = len(rows.text)
+    ids = rows.ids
+    if ids is None:
+        ids = pc.utf8_lpad(pc.cast(pa.array(np.arange(start, start + n)), pa.string()), 10, "0")
+        if id_prefix:
+            ids = pc.binary_join_element_wise(pa.scalar(id_prefix), ids, "")
+    source = rows.source if rows.source is not None else pa.nulls(n, pa.string())
+    cols = [c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c]) for c in (ids, rows.text, source)]
+    return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+class StatsBuilder:
+    def __init__(self, source_field: str | None):
+        self.source_field = source_field
+        self.num_docs = self.num_bytes = self.num_empty = 0
+        self.empty_ids: list[str] = []
+        self.sources: Counter = Counter()
+
+    def add(self, table: pa.Table) -> None:
+        text = table.column("text")
+        lengths = pc.binary_length(text)
+        self.num_docs += table.num_rows
+        self.num_bytes += pc.sum(lengths).as_py() or 0
+        # utf8_is_space is false for "", hence the length test
+        empty = pc.or_(pc.equal(lengths, 0), pc.utf8_is_space(text))
+        n_empty = pc.sum(empty).as_py() or 0
+        if n_empty:
+            self.num_empty += n_empty
+            room = MAX_EMPTY_IDS - len(self.empty_ids)
+            if room > 0:
+                self.empty_ids += pc.filter(table.column("id"), empty).slice(0, room).to_pylist()
+        counts = pc.value_counts(table.column("source"))
+        for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            if value is not None:
+                self.sources[value] += count
+        if len(self.sources) > MAX_SOURCES:
+            raise IngestError("too_many_sources", f"more than {MAX_SOURCES} distinct sources; "
+                              f"source_field should name a column with few values (a dataset or domain "
+                              f"name), or be empty", {"field": self.source_field})
+
+    def result(self, num_shards: int) -> CorpusStats:
+        return CorpusStats(self.num_docs, self.num_bytes, num_shards, self.num_empty,
+                           self.empty_ids, dict(self.sources.most_common()))
+
+
+class ShardWriter:
+    """Appends tables to shards of `shard_size` rows on one background thread (so in order), with at
+    most `depth` tables in flight, which bounds memory."""
+
+    def __init__(self, store: Store, dest: tuple[str, ...], shard_size: int, depth: int = 2,
+                 unit: tuple[int, int] | None = None):
+        self.store, self.dest, self.shard_size, self.depth, self.unit = store, dest, shard_size, depth, unit
+        self.shards: list[layout.Parts] = []   # paths of the finished shards, in order
+        self._writer = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
+        self._in_flight: deque = deque()
+
+    def write(self, table: pa.Table) -> None:
+        self._in_flight.append(self._pool.submit(self._append, table))
+        while len(self._in_flight) > self.depth:
+            self._in_flight.popleft().result()
+
+    def close(self) -> None:
+        self._in_flight.append(self._pool.submit(self._close_shard))
+        while self._in_flight:
+            self._in_flight.popleft().result()
+        self._pool.shutdown()
+
+    def abort(self) -> None:
+        for future in self._in_flight:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        if self._writer is not None:
+            try:
+                self._writer.abort()
+            except Exception:
+                pass
+            self._writer = None
+
+    def _append(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None:
+                self._path = layout.shard_in(self.dest, len(self.shards), self.unit)
+                self._writer = self.store.parquet_writer(SCHEMA, *self._path)
+            room = self.shard_size - self._writer.rows
+            self._writer.write(table.slice(0, room))
+            table = table.slice(room)
+            if self._writer.rows >= self.shard_size:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.shards.append(self._path)
+            self._writer = None
