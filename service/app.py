@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from service import errors
 from service.docs import install_docs
 from service.lenient import JsonByDefault
-from service.routes import corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections, query
+from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
+                            query, ui)
 from service.routes.ops import JobStates
 from service.schemas import JOB_REQUESTS
 from service.settings import Settings
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    for module in (corpora, corpus_shards, jobs, manifests, models, curricula, projections, query, ops):
+    for module in (corpora, corpus_shards, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
         app.include_router(module.router)
     install_docs(app)
     app.add_middleware(JsonByDefault)
