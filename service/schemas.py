@@ -70,12 +70,12 @@ class Column(BaseModel):
 
 class Manifest(BaseModel):
     id: str
-    job_id: str | None
-    kind: str
-    num_rows: int
-    num_selected: int
+    job_id: str | None = Field(description="the job that wrote it")
+    kind: str = Field(description="that job's kind (random, dsir, score, color_filter, reweight, projection)")
+    num_rows: int = Field(description="rows: one per document of the pool (or per prediction)")
+    num_selected: int = Field(description="rows with selected = true")
     columns: list[Column]
-    num_shards: int
+    num_shards: int = Field(description="Parquet parts, one per corpus shard")
     created_at: str
 
 

@@ -23,6 +23,8 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.encode import ByteSink
+
 DEFAULT_URL = "http://127.0.0.1:8321"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 CHUNK = 1 << 20
@@ -275,44 +277,21 @@ class Page:
 
 # ---------------------------------------------------------------------------------------- bodies
 
-class _Chunks(io.RawIOBase):
-    """A write-only file that hands out what was written so far (a Parquet writer's sink)."""
-
-    def __init__(self):
-        self.buf, self.pos = bytearray(), 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.buf += b
-        self.pos += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.pos
-
-    def take(self) -> bytes:
-        out = bytes(self.buf)
-        self.buf.clear()
-        return out
-
-
 def _parquet_body(batches: Iterator[pa.RecordBatch | pa.Table], schema: pa.Schema | None = None) -> Iterator[bytes]:
     """Parquet bytes, one row group at a time, from a stream of batches (the footer comes last)."""
-    sink, writer = _Chunks(), None
+    sink, writer = ByteSink(), None
     for b in batches:
         if writer is None:
             schema = schema or b.schema
             writer = pq.ParquetWriter(sink, schema)
         t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
         writer.write_table(t.cast(schema) if t.schema != schema else t)
-        if len(sink.buf) >= CHUNK:
-            yield sink.take()
+        if len(sink) >= CHUNK:
+            yield sink.drain()
     if writer is None:
         writer = pq.ParquetWriter(sink, schema or pa.schema([("text", pa.string())]))
     writer.close()
-    yield sink.take()
+    yield sink.drain()
 
 
 def _jsonl_body(rows: Iterable[Mapping]) -> Iterator[bytes]:
