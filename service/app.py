@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service import errors, openapi
-from service.routes import corpora, curricula, jobs, manifests, models, ops, projections, query
+from service.docs import install_docs
+from service.lenient import JsonByDefault
+from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
+                            query, ui)
 from service.routes.ops import JobStates
 from service.schemas import JOB_REQUESTS
 from service.settings import Settings
@@ -57,11 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog.close()
             shutdown_ray()  # stops the whole local Ray if this service started it
 
-    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    for module in (corpora, jobs, manifests, models, curricula, projections, query, ops):
+    for module in (corpora, corpus_shards, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
         app.include_router(module.router)
+    install_docs(app)
+    app.add_middleware(JsonByDefault)
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS},
                    server_paths=(os.path.abspath(settings.home), settings.store_root))
     openapi.install(app)

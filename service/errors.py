@@ -30,6 +30,7 @@ STATUS_BY_CODE = {
     "result_too_large": 413, "payload_too_large": 413,
     "dest_not_empty": 409, "epoch_not_ready": 409, "losses_missing": 409, "wrong_epoch": 409,
     "epoch_not_started": 409,
+    "decompressed_too_large": 413, "document_too_large": 413,
     "unknown_format": 415,
     "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
     "too_many_sources": 422, "validation_error": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
@@ -98,6 +99,11 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple
     async def _validation(_: Request, exc: RequestValidationError):
         errors = []
         for e in exc.errors():
+            if e["type"] == "json_invalid":   # loc is ("body", <character offset>): not a field
+                pos = e["loc"][-1] if len(e["loc"]) > 1 else "?"
+                reason = (e.get("ctx") or {}).get("error", "")
+                return JSONResponse(_body("malformed_json", f"the request body is not valid JSON (character "
+                                          f"{pos}: {reason})", {"field": "body", "position": pos}), status_code=422)
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")

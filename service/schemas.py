@@ -22,6 +22,8 @@ class Corpus(BaseModel):
     num_empty: int | None = Field(None, description="documents with no text (stored, never scored)")
     empty_doc_ids: list[str] = Field(default_factory=list, description="the first empty documents' ids")
     sources: dict[str, int] = Field(default_factory=dict)
+    ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
+                                       "Thresher numbered them from 0000000000 in file order")
     created_at: str
     job_id: str | None = None
     error: dict | None = None
@@ -34,6 +36,7 @@ class Progress(BaseModel):
     unit: str | None = None
     rate_per_s: float | None = None
     eta_s: float | None = None
+    detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
 
 
 class JobError(BaseModel):
@@ -70,12 +73,12 @@ class Column(BaseModel):
 
 class Manifest(BaseModel):
     id: str
-    job_id: str | None
-    kind: str
-    num_rows: int
-    num_selected: int
+    job_id: str | None = Field(description="the job that wrote it")
+    kind: str = Field(description="that job's kind (random, dsir, score, color_filter, reweight, projection)")
+    num_rows: int = Field(description="rows: one per document of the pool (or per prediction)")
+    num_selected: int = Field(description="rows with selected = true")
     columns: list[Column]
-    num_shards: int
+    num_shards: int = Field(description="Parquet parts, one per corpus shard")
     created_at: str
 
 

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = []
     """`tenant:key` pairs (comma-separated in the environment). Empty: no auth, loopback only."""
     max_upload_bytes: int = 2 * 1024**3
+    max_decompressed_bytes: int = 16 * 1024**3
+    """What a compressed upload may inflate to (a decompression bomb answers 413)."""
+    max_doc_bytes: int = 64 * 1024**2
+    """The longest document (and line) accepted, uploaded or registered (413 past it)."""
+    split_bytes: int = 256 * 1024**2
+    """Registered uncompressed JSONL files larger than this are ingested in byte ranges of this size."""
     shard_size: int = 10_000
     """Documents per corpus shard: the unit of parallel work and of resume."""
     allowed_roots: Annotated[list[str], NoDecode] = []

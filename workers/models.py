@@ -24,7 +24,7 @@ from scoring.tokenizer import eos_id
 from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
-from workers.runtime import ray_get
+from workers.runtime import node_id, ray_get
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
 
@@ -111,7 +111,7 @@ class LossScorer:
             table = score_part(t["id"], shard, t["source"], n_tokens, prior - cond,
                                prior_loss=prior, cond_loss=cond)
         self.store.write_parquet(table, *out)
-        return t.num_rows
+        return {"rows": t.num_rows, "node": node_id()}
 
 
 def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int) -> list[str]:

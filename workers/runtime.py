@@ -93,6 +93,11 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def node_id() -> str:
+    """The Ray node this code runs on (tasks return it, so a job can say where its shards ran)."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def ray_reachable() -> bool:
     try:
         return ray.is_initialized() and bool(ray.cluster_resources())

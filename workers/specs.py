@@ -67,7 +67,7 @@ class TargetedSelection(StrictModel):
     mode: SelectMode = "global"
 
 
-def _ref_of(info) -> Ref | None:
+def ref_of(info) -> Ref | None:
     """The Ref of a field, also when it hides in an Optional (`ModelId | None`)."""
     found = next((m for m in info.metadata if isinstance(m, Ref)), None)
     if found:
@@ -85,7 +85,7 @@ def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
     if isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
             v = getattr(value, name)
-            ref = _ref_of(info)
+            ref = ref_of(info)
             if ref and isinstance(v, str):
                 yield ref.table, v, (*path, name)
             else:

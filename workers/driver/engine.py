@@ -72,6 +72,7 @@ class JobContext:
     engine: "JobEngine"
     job: dict
     cancel_event: threading.Event
+    nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
     _stage: dict = field(default_factory=dict)
     _last_write: float = 0.0
 
@@ -103,7 +104,8 @@ class JobContext:
         if self.cancel_event.is_set():
             raise Cancelled()
 
-    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False) -> None:
+    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False,
+                 detail: dict | None = None) -> None:
         t = time.monotonic()
         if self._stage.get("stage") != stage:
             self._stage = {"stage": stage, "t0": t, "done0": done}
@@ -116,7 +118,8 @@ class JobContext:
         self._last_write = t
         self.catalog.update("jobs", self.job_id, progress={
             "stage": stage, "done": done, "total": total, "unit": unit,
-            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None})
+            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
+            **({"detail": detail} if detail else {})})
 
     def corpus(self, corpus_id: str) -> dict:
         rec = self.catalog.get("corpora", corpus_id, self.tenant)
@@ -131,23 +134,27 @@ class JobContext:
         """Documents per shard, from the Parquet footers (no data read)."""
         return {s: self.store.parquet_file(*p).metadata.num_rows for s, p in self.corpus_shards(corpus_id)}
 
-    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards") -> dict:
+    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards",
+                  detail: Callable[[set], dict] | None = None) -> dict:
         """Run tasks on Ray (skipping those whose output exists); returns {task.key: result}.
 
         At most `max_inflight` tasks are in flight. Ray retries a task whose worker died; a task that
         still fails fails the job. Cancellation is checked while waiting and stops in-flight tasks.
+        A task that returns a dict with `node` says where it ran: the job's summary counts tasks per
+        node and stage (`nodes`). `detail(keys done)` adds to the progress (e.g. files done).
         """
         total = sum(t.size for t in tasks)
         results: dict = {}
-        pending = []
+        pending, finished = [], set()
         done = 0
         for t in tasks:
             if t.out is not None and self.store.exists(*t.out):
                 done += t.size
                 results[t.key] = None
+                finished.add(t.key)
             else:
                 pending.append(t)
-        self.progress(stage, done, total, unit, force=True)
+        self.progress(stage, done, total, unit, force=True, detail=detail(finished) if detail else None)
         limit = self.config.max_inflight or 2 * cluster_cpus()
         inflight: dict = {}
         try:
@@ -159,9 +166,14 @@ class JobContext:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     t = inflight.pop(ref)
-                    results[t.key] = ray_get(ref, f"{stage}: task {t.key}")
+                    results[t.key] = result = ray_get(ref, f"{stage}: task {t.key}")
+                    if isinstance(result, dict) and "node" in result:
+                        per_node = self.nodes.setdefault(stage, {})
+                        per_node[result["node"]] = per_node.get(result["node"], 0) + 1
                     done += t.size
-                    self.progress(stage, done, total, unit, force=not pending and not inflight)
+                    finished.add(t.key)
+                    self.progress(stage, done, total, unit, force=not pending and not inflight,
+                                  detail=detail(finished) if detail else None)
         finally:
             for ref in inflight:
                 ray.cancel(ref)
@@ -340,6 +352,8 @@ class JobEngine:
             error = {**error, "message": redact(error["message"], self.server_paths())}
         fields = {"state": state, "finished_at": now(), "error": error}
         if result is not None:
+            if ctx.nodes:
+                result.setdefault("summary", {})["nodes"] = ctx.nodes
             fields["result"] = result
         prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
         if prog and state == "succeeded":
