@@ -91,12 +91,13 @@ def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, 
     return stats
 
 
-def plan_units(files: list[InputFile], split_bytes: int) -> list[tuple[tuple[int, int], InputFile, list | None]]:
+def plan_units(files: list[InputFile], split_bytes: int,
+               fmt: str | None = None) -> list[tuple[tuple[int, int], InputFile, list | None]]:
     """(unit, file, byte range or None): a file per unit, or byte ranges of a large uncompressed file."""
     units = []
     for i, f in enumerate(files):
         splittable = f.size > split_bytes and not f.name.lower().endswith(COMPRESSED) and \
-            detect_format(f.name) == "jsonl"
+            detect_format(f.name, fmt) == "jsonl"
         if not splittable:
             units.append(((i, 0), f, None))
             continue
@@ -124,7 +125,7 @@ def recorded_inputs(ctx: JobContext, spec: IngestSpec) -> list[InputFile]:
 
 def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     files = recorded_inputs(ctx, spec)
-    units = plan_units(files, spec.split_bytes)
+    units = plan_units(files, spec.split_bytes, spec.format)
     opts, options = ctx.options("ingest"), ingest_options(spec)
     tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
                   size=(rng[1] - rng[0]) if rng else f.size,
