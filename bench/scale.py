@@ -55,9 +55,9 @@ def write_corpus(folder: str, n_docs: int, n_files: int, words: tuple[int, int],
     import zstandard
     os.makedirs(folder, exist_ok=True)
     con = duckdb.connect()
-    # Pseudo-words of 2-9 letters from a fixed vocabulary.
+    # Pseudo-words of 2-9 letters: one vocabulary for every corpus (the seed varies the documents).
     con.execute(f"""CREATE TABLE vocab AS SELECT list(w ORDER BY k) AS words FROM (
-        SELECT k, string_agg(chr(97 + (hash(k, c, {seed}) % 26)::INTEGER), '') AS w
+        SELECT k, string_agg(chr(97 + (hash(k, c) % 26)::INTEGER), '') AS w
         FROM range({VOCAB}) a(k), range(9) b(c) WHERE c < 2 + k % 8 GROUP BY k)""")
     source_expr = f"'{only_source}'" if only_source else \
         "['" + "', '".join(SOURCES) + f"'][1 + (i % {len(SOURCES)})::INTEGER]"
