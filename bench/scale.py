@@ -165,6 +165,8 @@ class Sampler:
         self.cpu_last: dict[int, float] = {}
         self.cpu_service0 = self._cpu(self.me)
         self.workers_seen: set[int] = set()
+        self.label: str | None = None        # the job's current stage, set by follow_job
+        self.by_label: dict[str, list[int]] = {}   # stage -> [service peak, largest worker peak]
 
     @staticmethod
     def _cpu(p: psutil.Process) -> float:
@@ -172,7 +174,9 @@ class Sampler:
         return t.user + t.system
 
     def sample(self) -> None:
-        self.peak_service = max(self.peak_service, self.me.memory_info().rss)
+        label = self.label
+        service_rss, worker_rss = self.me.memory_info().rss, 0
+        self.peak_service = max(self.peak_service, service_rss)
         total = 0
         for p in self.me.children(recursive=True):
             if not is_ray_worker(p):
@@ -184,9 +188,13 @@ class Sampler:
             self.workers_seen.add(p.pid)
             self.cpu_first.setdefault(p.pid, cpu)
             self.cpu_last[p.pid] = cpu
-            self.peak_worker = max(self.peak_worker, rss)
+            worker_rss = max(worker_rss, rss)
             total += rss
+        self.peak_worker = max(self.peak_worker, worker_rss)
         self.peak_workers_sum = max(self.peak_workers_sum, total)
+        if label is not None:
+            peaks = self.by_label.setdefault(label, [0, 0])
+            peaks[0], peaks[1] = max(peaks[0], service_rss), max(peaks[1], worker_rss)
 
     def __enter__(self):
         self.sample()
@@ -212,13 +220,16 @@ class Sampler:
                 "peak_rss_workers_sum_mb": round(self.peak_workers_sum / 2**20),
                 "cpu_s_workers": round(sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last), 2),
                 "cpu_s_service": round(self._cpu(self.me) - self.cpu_service0, 2),
-                "workers": len(self.workers_seen)}
+                "workers": len(self.workers_seen),
+                "peak_rss_mb_by_job_stage": {k: {"service": round(a / 2**20), "worker": round(b / 2**20)}
+                                             for k, (a, b) in self.by_label.items()}}
 
 
 # -- driving the service -------------------------------------------------------------------------
 
-def follow_job(client, job_id: str, timeout: float = 4 * 3600) -> dict:
-    """Poll a job to its end; its wall time and the wall time of each stage it reported."""
+def follow_job(client, job_id: str, timeout: float = 4 * 3600, sampler: Sampler | None = None) -> dict:
+    """Poll a job to its end; its wall time and the wall time of each stage it reported (told to
+    `sampler` as they change, so that memory peaks are known per stage too)."""
     t0 = last = time.monotonic()
     stages: dict[str, float] = {}
     stage = None
@@ -230,6 +241,8 @@ def follow_job(client, job_id: str, timeout: float = 4 * 3600) -> dict:
             if stage is not None:
                 stages[stage] = stages.get(stage, 0.0) + now - last
             stage, last = current, now
+            if sampler is not None:
+                sampler.label = current
         if job["state"] in ("succeeded", "failed", "cancelled"):
             if stage is not None:
                 stages[stage] = stages.get(stage, 0.0) + now - last
@@ -242,12 +255,12 @@ def follow_job(client, job_id: str, timeout: float = 4 * 3600) -> dict:
     raise TimeoutError(job_id)
 
 
-def register(client, name: str, uri: str) -> tuple[dict, dict]:
+def register(client, name: str, uri: str, sampler: Sampler | None = None) -> tuple[dict, dict]:
     """Register `uri` and wait for the corpus: (corpus, its ingest job)."""
     r = client.post("/v1/corpora", json={"name": name, "uri": uri})
     if r.status_code != 202:
         raise RuntimeError(f"registering {uri}: {r.status_code} {r.text}")
-    job = follow_job(client, r.json()["job_id"])
+    job = follow_job(client, r.json()["job_id"], sampler=sampler)
     return client.get(f"/v1/corpora/{r.json()['id']}").json(), job
 
 
@@ -294,7 +307,7 @@ def bench_ingest(args, work: str) -> dict:
             load = os.getloadavg()[0]
             with Sampler() as s:
                 t = time.perf_counter()
-                cor, job = register(client, "pool", data)
+                cor, job = register(client, "pool", data, s)
                 wall = time.perf_counter() - t
         if cor["state"] != "ready" or cor["num_docs"] != n_docs:
             raise RuntimeError(f"ingestion on {cpus} CPU(s) gave {cor}")
@@ -343,7 +356,7 @@ def bench_e2e(args, work: str, n_docs: int) -> dict:
             load = os.getloadavg()[0]
             with Sampler() as s:
                 t = time.perf_counter()
-                value, extra = fn()
+                value, extra = fn(s)
                 wall = time.perf_counter() - t
             out["stages"][name] = {"wall_s": round(wall, 2), "load_avg": load, **extra, **s.result()}
             st = out["stages"][name]
@@ -352,21 +365,21 @@ def bench_e2e(args, work: str, n_docs: int) -> dict:
                   flush=True)
             return value
 
-        def do_register():
-            cor, job = register(client, "pool", data)
+        def do_register(sampler):
+            cor, job = register(client, "pool", data, sampler)
             if cor["state"] != "ready" or cor["num_docs"] != n_docs:
                 raise RuntimeError(f"registration gave {cor}")
             return cor, {"job_stages_s": job["stages_s"], "num_shards": cor["num_shards"],
                          "mb_per_s": corpus["jsonl_mb"] / job["wall_s"]}
 
-        def do_dsir():
+        def do_dsir(sampler):
             r = client.post("/v1/jobs", json={"kind": "dsir", "spec": {
                 "pool": pool["id"], "target": tgt["id"], "select": {"fraction": 0.1}}})
             r.raise_for_status()
-            job = follow_job(client, r.json()["id"])
+            job = follow_job(client, r.json()["id"], sampler=sampler)
             return job, {"job_stages_s": job["stages_s"], "num_selected": job["result"]["summary"]["num_selected"]}
 
-        def do_query():
+        def do_query(sampler):
             r = client.post("/v1/query", json={
                 "sql": "SELECT source, count(*) AS n FROM m WHERE selected GROUP BY source ORDER BY source",
                 "tables": {"m": dsir["result"]["manifest_id"]}})
@@ -403,12 +416,14 @@ def report(results: dict) -> None:
         rows = [[name, s["wall_s"], f"{s['start_rss_service_mb']} -> {s['peak_rss_service_mb']}",
                  f"{s['start_rss_worker_mb']} -> {s['peak_rss_worker_mb']}",
                  s["peak_rss_workers_sum_mb"], round(s["load_avg"], 1),
-                 ", ".join(f"{k} {v:.1f}" for k, v in s.get("job_stages_s", {}).items())]
+                 ", ".join(f"{k} {v:.1f} s ({s['peak_rss_mb_by_job_stage'].get(k, {}).get('service', '-')}/"
+                           f"{s['peak_rss_mb_by_job_stage'].get(k, {}).get('worker', '-')} MB)"
+                           for k, v in s.get("job_stages_s", {}).items())]
                 for name, s in b["stages"].items()]
         print_table(f"(b) {b['docs']:,} docs end to end ({b['corpus']['files']} files, {b['corpus']['jsonl_mb']} MB "
                     f"JSONL; bare reader {b['bare_reader_1_process']['mb_per_s']:.1f} MB/s on one core)",
                     ["stage", "wall s", "service RSS MB start -> peak", "largest worker RSS MB start -> peak",
-                     "workers' sum MB", "load", "inside the job (s)"],
+                     "workers' sum MB", "load", "inside the job: stage s (service/worker peak MB)"],
                     rows)
     print(f"\n{results['cpus']} CPUs; load average {results['load_avg_start'][0]:.1f} at the start, "
           f"{results['load_avg_end'][0]:.1f} at the end")
