@@ -14,7 +14,7 @@ synthetic corpus of millions of short documents end to end on one machine.
     the service process during the job), each against the bare reader, and the speedup 1 -> 2.
 (b) For each `--docs` N: N short documents in `--e2e-files` JSONL.zst files, registered, `dsir`
     toward a small target with a 10% selection, then a per-source count of the selection through
-    `/v1/query`. Wall time per stage (and per stage inside each job, from its progress) and the
+    `/v1/query`, each N in a process of its own (the service, on a fresh Ray). Wall time per stage (and per stage inside each job, from its progress) and the
     peak RSS of the service process and of the Ray worker processes, sampled with psutil.
 
 Every figure comes with the load average at the time: the wall-time figures only mean something
@@ -399,6 +399,14 @@ def bench_e2e(args, work: str, n_docs: int) -> dict:
     return out
 
 
+def isolated(fn, *args):
+    """fn(*args) in a fresh process: that process is the service, so its RSS is this run's alone."""
+    from concurrent.futures import ProcessPoolExecutor
+    from importlib import import_module
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(getattr(import_module("bench.scale"), fn.__name__), *args).result()
+
+
 # -- report --------------------------------------------------------------------------------------
 
 def report(results: dict) -> None:
@@ -451,7 +459,7 @@ def main() -> None:
         if not args.skip_ingest:
             results["ingest"] = bench_ingest(args, work)
         if not args.skip_e2e:
-            results["e2e"] = [bench_e2e(args, work, int(n)) for n in args.docs.split(",") if n.strip()]
+            results["e2e"] = [isolated(bench_e2e, args, work, int(n)) for n in args.docs.split(",") if n.strip()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_avg_end"] = os.getloadavg()
