@@ -64,7 +64,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
            text_field: str = "text", id_field: str | None = "id", source_field: str | None = "source",
            shard_size: int = 10_000, block_size: int = 8 << 20, unit: tuple[int, int] | None = None,
            byte_range: tuple[int, int] | None = None, max_doc_bytes: int | None = None,
-           max_decompressed_bytes: int | None = None,
+           max_decompressed_bytes: int | None = None, check_ids: bool = True,
            progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Validate `src` and store it as Parquet shards under `dest` of `store`.
 
@@ -76,6 +76,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     `unit=(file, range)`: this call ingests one unit of a many-file corpus (one file, or the lines of
     `byte_range` of an uncompressed JSONL file) into shards of its own (layout.shard_in); generated
     ids then start with `f"{file:05d}-{range:05d}-"` so that units never share one.
+    `check_ids=False` leaves duplicate ids to the caller (one check over all units is cheaper).
     Raises IngestError (nothing of this call stored) for any bad input.
     """
     fmt = detect_format(filename, format)
@@ -107,7 +108,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
         writer.close()
         if stats.num_docs == 0 and unit is None:
             raise IngestError("empty_file", f"{filename!r} holds no documents", {})
-        if reader.ids_given:
+        if reader.ids_given and check_ids:
             check_duplicate_ids(store, writer.shards, reader)
     except BaseException as e:
         blocks.close()     # stops the reading thread before anything is deleted

@@ -12,9 +12,6 @@ columns before the corpus becomes ready.
 from __future__ import annotations
 
 import json
-import tempfile
-
-import duckdb
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -22,6 +19,7 @@ import ray
 from pydantic import Field
 
 from storage import layout
+from storage.duck import connection
 from storage.fs import Store
 from storage.ingest import IngestError, detect_format, ingest
 from storage.ingest.shards import MAX_EMPTY_IDS
@@ -126,7 +124,8 @@ def recorded_inputs(ctx: JobContext, spec: IngestSpec) -> list[InputFile]:
 def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     files = recorded_inputs(ctx, spec)
     units = plan_units(files, spec.split_bytes, spec.format)
-    opts, options = ctx.options("ingest"), ingest_options(spec)
+    # One unit checks its own ids (naming lines); many are checked once over all of them at the end.
+    opts, options = ctx.options("ingest"), {**ingest_options(spec), "check_ids": len(units) == 1}
     tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
                   size=(rng[1] - rng[0]) if rng else f.size,
                   submit=lambda unit=unit, f=f, rng=rng: ingest_unit.options(**opts).remote(
@@ -174,13 +173,9 @@ def check_unit_ids(store_root: str, corpus_id: str, file_names: list[str]) -> No
     store = Store(store_root)
     shards = [p for _, p in layout.corpus_shards(store, corpus_id)]
     data = pads.dataset([store.path(*p) for p in shards], filesystem=store.fs, format="parquet")
-    with tempfile.TemporaryDirectory(prefix="ingest-ids-") as spill:
-        con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": spill})
-        try:
-            con.register("corpus", data)
-            dup = con.execute("SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
-        finally:
-            con.close()
+    with connection() as con:
+        con.register("corpus", data)
+        dup = con.execute("SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
     if dup is None:
         return
     holders = []
