@@ -6,7 +6,10 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install demo test bench clean
 
+# Debian's chromium + chromedriver drive the dashboard's browser tests (nothing downloads a browser).
 install: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 # torch is pinned to the CPU wheel that lies on disk; an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml

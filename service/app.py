@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service import errors
-from service.routes import corpora, curricula, jobs, manifests, models, ops, projections, query
+from service import errors, openapi
+from service.docs import install_docs
+from service.lenient import JsonByDefault
+from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
+                            query, ui)
 from service.routes.ops import JobStates
 from service.schemas import JOB_REQUESTS
 from service.settings import Settings
@@ -18,9 +21,10 @@ from service.state import ServiceState
 from storage.catalog import Catalog
 from storage.fs import Store
 from workers.driver.curriculum_runs import CurriculumRuns
+from workers.driver import janitor
 from workers.driver.engine import EngineConfig, JobEngine
 from workers.registry import KINDS
-from workers.runtime import init_ray
+from workers.runtime import init_ray, shutdown_ray
 
 log = logging.getLogger("thresher")
 
@@ -30,13 +34,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        started = time.time()
         os.makedirs(settings.home, exist_ok=True)
         init_ray(settings.resolved_ray_address)
         catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
         store = Store(settings.store_root)
+        janitor.sweep(catalog, store, spool_dir=os.path.join(settings.home, "uploads"),
+                      scratch_dir=settings.temp_dir, started=started)
         engine = JobEngine(catalog, store, EngineConfig(
             max_inflight=settings.max_inflight, max_concurrent_jobs=settings.max_concurrent_jobs,
-            task_retries=settings.task_retries, shard_size=settings.shard_size), KINDS)
+            task_retries=settings.task_retries, shard_size=settings.shard_size,
+            temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,
@@ -50,13 +58,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             engine.stop()
             catalog.close()
+            shutdown_ray()  # stops the whole local Ray if this service started it
 
-    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Thresher", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Data selection and pretraining curation: score, select, reweight, "
                               "curriculum and mixture projection jobs over Ray, results as Parquet.")
-    for module in (corpora, jobs, manifests, models, curricula, projections, query, ops):
+    for module in (corpora, corpus_shards, jobs, manifests, models, curricula, projections, query, ops, browse, ui):
         app.include_router(module.router)
-    errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS})
+    install_docs(app)
+    app.add_middleware(JsonByDefault)
+    errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS},
+                   server_paths=(os.path.abspath(settings.home), settings.store_root))
+    openapi.install(app)
 
     @app.middleware("http")
     async def _metrics(request: Request, call_next):

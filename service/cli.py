@@ -1,45 +1,58 @@
-"""`thresher` command line.
+"""`thresher` command line, built on the Python client (`thresher.Client`).
 
-Every command except `serve` is a thin HTTP client of the API (/work/shared/API.md): it never
-imports workers/ or storage/, so it works the same against a local server and a remote cluster.
-`serve` runs the API itself; its imports are deferred so the client commands stay light.
+Every command except `serve` talks to the API through the client: it never imports workers/ or
+storage/ (only `jobs submit KIND --help` reads the kind's spec model, to list its fields), so it
+works the same against a local server and a remote cluster.
 """
+from __future__ import annotations
+
 import functools
-import ipaddress
 import json
-import os
 import re
-import time
-from contextlib import contextmanager
+import socket
+import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterable, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
                            TransferSpeedColumn)
 from rich.table import Table
+from typer.core import TyperCommand
 
-DEFAULT_URL = "http://127.0.0.1:8321"
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+from service.auth import is_loopback
+from thresher.client import DEFAULT_URL, Client, ThresherError
+
 STATE_STYLES = {"queued": "yellow", "ingesting": "yellow", "running": "cyan", "ready": "green",
                 "succeeded": "green", "failed": "red", "cancelled": "magenta"}
-CHUNK_BYTES = 1 << 20
+# The public job kinds (tests check this against the service's list).
+KIND_NAMES = ("random", "dsir", "train_model", "score", "color_filter", "evaluate", "reweight",
+              "curriculum", "projection")
+WIDE = 100_000   # the width of output that is not a terminal: nothing is ever cut
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else WIDE)
 err = Console(stderr=True)
 
 app = typer.Typer(name="thresher", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
                   help="Thresher: data selection and pretraining curation as a service.")
-corpora_app = typer.Typer(no_args_is_help=True, help="Upload and inspect corpora.")
+corpora_app = typer.Typer(no_args_is_help=True, help="Upload, inspect, download and delete corpora.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Submit, follow and cancel jobs.")
-manifests_app = typer.Typer(no_args_is_help=True, help="Inspect, download and query manifests.")
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `thresher jobs submit KIND --spec …`; "
+                                                    "`KIND --help` lists the kind's spec fields.")
+manifests_app = typer.Typer(no_args_is_help=True, help="List, inspect, download, query and export manifests.")
+models_app = typer.Typer(no_args_is_help=True, help="Trained and registered models.")
+projections_app = typer.Typer(no_args_is_help=True, help="Predictions and plots of finished projection jobs.")
+curricula_app = typer.Typer(no_args_is_help=True, help="Curriculum runs: epoch plans and losses.")
 app.add_typer(corpora_app, name="corpora")
 app.add_typer(jobs_app, name="jobs")
+jobs_app.add_typer(submit_app, name="submit")
 app.add_typer(manifests_app, name="manifests")
+app.add_typer(models_app, name="models")
+app.add_typer(projections_app, name="projections")
+app.add_typer(curricula_app, name="curricula")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")]
 LimitOption = Annotated[int, typer.Option(min=1, max=1000, help="Items per page.")]
@@ -58,71 +71,21 @@ class ManifestFormat(str, Enum):
     jsonl = "jsonl"
 
 
-# ----------------------------------------------------------------------------- HTTP client
+# ----------------------------------------------------------------------------- errors, client
 
-class ApiError(Exception):
-    """A non-2xx answer, carrying the API's `{"error": {code, message, details}}` body."""
-
-    def __init__(self, status: int, code: str, message: str, details: Optional[dict] = None):
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
+ApiError = ThresherError
 
 
-class ServerUnreachable(Exception):
-    def __init__(self, url: str, cause: Exception):
-        super().__init__(f"{url}: {cause}")
-        self.url, self.cause = url, cause
+def api_error_from_response(response) -> ThresherError:
+    return ThresherError.from_response(response)
 
 
-def api_error_from_response(response: httpx.Response) -> ApiError:
-    """Decode the error envelope; fall back to the raw text when a proxy or crash answered instead."""
-    try:
-        error = response.json()["error"]
-        return ApiError(response.status_code, str(error.get("code") or "error"),
-                        str(error.get("message") or ""), error.get("details") or {})
-    except (ValueError, KeyError, TypeError, AttributeError):
-        text = response.text.strip()[:500] or response.reason_phrase
-        return ApiError(response.status_code, f"http_{response.status_code}", text)
-
-
-def format_api_error(error: ApiError) -> str:
+def format_api_error(error: ThresherError) -> str:
     lines = [f"Error {error.status} ({error.code}): {error.message}"]
     for name, value in error.details.items():
         shown = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
         lines.append(f"  {name}: {shown}")
     return "\n".join(lines)
-
-
-class ApiClient:
-    def __init__(self, base_url: str, key: Optional[str] = None, timeout: float = 30.0):
-        self.base_url = base_url.rstrip("/")
-        headers = {"User-Agent": "thresher-cli"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(self.base_url, exc) from exc
-        if response.is_error:
-            raise api_error_from_response(response)
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
-
-    @contextmanager
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        try:
-            with self.http.stream(method, path, **kwargs) as response:
-                if response.is_error:
-                    response.read()
-                    raise api_error_from_response(response)
-                yield response
-        except httpx.TransportError as exc:
-            raise ServerUnreachable(self.base_url, exc) from exc
 
 
 def reports_api_errors(command: Callable) -> Callable:
@@ -131,20 +94,22 @@ def reports_api_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except ApiError as exc:
-            err.print(format_api_error(exc), style="red", markup=False, soft_wrap=True,
-                      highlight=False)
-        except ServerUnreachable as exc:
-            err.print(f"Cannot reach the Thresher API at {exc.url} ({exc.cause}). Is `thresher "
-                      "serve` running? Point --url / THRESHER_URL at it.",
-                      style="red", markup=False, soft_wrap=True)
+        except ThresherError as exc:
+            if exc.code == "unreachable":
+                url = kwargs["ctx"].find_root().obj[0] if "ctx" in kwargs else ""
+                err.print(f"Cannot reach the Thresher API at {url}. Is `thresher serve` running? Point "
+                          f"--url / THRESHER_URL at it. ({exc.message})", style="red", markup=False, soft_wrap=True)
+            elif exc.status is None:
+                err.print(f"Error ({exc.code}): {exc.message}", style="red", markup=False, soft_wrap=True)
+            else:
+                err.print(format_api_error(exc), style="red", markup=False, soft_wrap=True, highlight=False)
         raise typer.Exit(1)
     return wrapper
 
 
-def client_of(ctx: typer.Context) -> ApiClient:
+def client_of(ctx: typer.Context) -> Client:
     url, key = ctx.find_root().obj
-    return ApiClient(url, key)
+    return Client(url, key or "", retries=2, backoff=0.25)
 
 
 @app.callback()
@@ -189,8 +154,7 @@ def parse_table_bindings(bindings: Iterable[str]) -> dict[str, str]:
     return tables
 
 
-COMPRESSION_SUFFIXES = {".gz": "application/gzip", ".zst": "application/zstd",
-                        ".zstd": "application/zstd"}
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
 FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
                    ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -206,13 +170,11 @@ def infer_format(path: Path) -> str:
                              param_hint="'--format'")
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
+def parse_floats(value: str, what: str) -> list[float]:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return [float(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        return False
+        raise typer.BadParameter(f"{value!r} must be comma-separated numbers", param_hint=what) from None
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -262,10 +224,30 @@ def styled_state(state: Optional[str]) -> str:
     return f"[{STATE_STYLES.get(state, 'white')}]{state}[/]"
 
 
+def id_table(*columns: str, rows: list[list[str]], ids: Iterable[str] = ("id",)) -> Table:
+    """A table whose id columns are never cut or wrapped: they get their full width and the
+    other columns fold (on a terminal); output that is not a terminal has no width limit."""
+    ids = set(ids)
+    table = Table(*columns)
+    for i, col in enumerate(table.columns):
+        if columns[i] in ids or columns[i].endswith("_id"):
+            width = max([len(columns[i])] + [len(Text_plain(r[i])) for r in rows])
+            col.no_wrap, col.min_width, col.overflow = True, width, "ignore"
+        else:
+            col.overflow = "fold"
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def Text_plain(markup: str) -> str:
+    return re.sub(r"\[/?[a-z ]*\]", "", markup or "")
+
+
 def print_record(title: str, record: dict, fields: Iterable[str]) -> None:
     """A two-column table of the named fields that the record has."""
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for name in fields:
         if name not in record:
@@ -275,16 +257,10 @@ def print_record(title: str, record: dict, fields: Iterable[str]) -> None:
     out.print(table)
 
 
-def print_page(table: Table, page: dict) -> None:
+def print_page(table: Table, page) -> None:
     out.print(table)
-    if page.get("next_cursor"):
-        out.print(f"[dim]More: --cursor {page['next_cursor']}[/]")
-
-
-# ----------------------------------------------------------------------------- corpora
-
-CORPUS_FIELDS = ("id", "name", "state", "num_docs", "num_bytes", "num_shards", "sources",
-                 "created_at", "job_id")
+    if page.next_cursor:
+        out.print(f"[dim]More: --cursor {page.next_cursor}[/]")
 
 
 def transfer_progress() -> Progress:
@@ -292,10 +268,23 @@ def transfer_progress() -> Progress:
                     TransferSpeedColumn(), console=err, transient=True, disable=not err.is_terminal)
 
 
-def read_chunks(file: Any, on_chunk: Callable[[int], None]) -> Iterator[bytes]:
-    while chunk := file.read(CHUNK_BYTES):
-        on_chunk(len(chunk))
-        yield chunk
+class ProgressReader:
+    """A file object that advances a progress bar as the client streams it."""
+
+    def __init__(self, f, advance: Callable[[int], None]):
+        self.f, self.advance, self.name = f, advance, f.name
+        self.fileno, self.tell = f.fileno, f.tell      # the client sends the length from these
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        self.advance(len(chunk))
+        return chunk
+
+
+# ----------------------------------------------------------------------------- corpora
+
+CORPUS_FIELDS = ("id", "name", "state", "num_docs", "num_bytes", "num_shards", "num_empty", "ids_generated",
+                 "sources", "created_at", "job_id")
 
 
 @corpora_app.command("upload")
@@ -311,31 +300,22 @@ def corpora_upload(
     id_field: Annotated[Optional[str], typer.Option(help="Id column (server default: id).")] = None,
     source_field: Annotated[Optional[str], typer.Option(
         help="Source column (server default: source).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the new corpus id.")] = False,
     as_json: JsonFlag = False,
 ):
     """Upload a file as a new corpus (streamed as the request body)."""
-    params = {"name": name, "format": format.value if format else infer_format(path),
-              # The body carries no file name; this lets the server detect .gz/.zst by name too.
-              "filename": path.name}
-    for field, value in (("text_field", text_field), ("id_field", id_field),
-                         ("source_field", source_field)):
-        if value is not None:
-            params[field] = value
-    size = path.stat().st_size
-    content_type = COMPRESSION_SUFFIXES.get(path.suffix.lower(), "application/octet-stream")
-    with path.open("rb") as file, transfer_progress() as progress:
-        task = progress.add_task(f"Uploading {path.name}", total=size)
-        body = read_chunks(file, lambda n: progress.advance(task, n))
-        # An explicit Content-Length keeps the streamed body out of chunked encoding, so the
-        # server can refuse an oversized upload before reading it.
-        corpus = client_of(ctx).json(
-            "POST", "/v1/corpora", params=params, content=body,
-            headers={"Content-Length": str(size), "Content-Type": content_type},
-            timeout=httpx.Timeout(30.0, read=3600.0))
-    if as_json:
-        print_raw_json(corpus)
+    fmt = format.value if format else infer_format(path)
+    with path.open("rb") as f, transfer_progress() as progress:
+        task = progress.add_task(f"Uploading {path.name}", total=path.stat().st_size)
+        corpus = client_of(ctx).corpora.upload(
+            ProgressReader(f, lambda n: progress.advance(task, n)), name, format=fmt, filename=path.name,
+            text_field=text_field, id_field=id_field, source_field=source_field)
+    if quiet:
+        typer.echo(corpus.id)
+    elif as_json:
+        print_raw_json(corpus.raw)
     else:
-        print_record(f"Uploaded corpus {corpus.get('id')}", corpus, CORPUS_FIELDS)
+        print_record(f"Uploaded corpus {corpus.id}", corpus.raw, CORPUS_FIELDS)
 
 
 @corpora_app.command("list")
@@ -343,17 +323,12 @@ def corpora_upload(
 def corpora_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOption = None,
                  as_json: JsonFlag = False):
     """List corpora, newest first."""
-    params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-    page = client_of(ctx).json("GET", "/v1/corpora", params=params)
+    page = client_of(ctx).corpora.list(limit, cursor)
     if as_json:
-        return print_raw_json(page)
-    table = Table("id", "name", "state", "docs", "shards", "sources", "created")
-    for corpus in page.get("items", []):
-        sources = ", ".join(f"{k}:{v}" for k, v in (corpus.get("sources") or {}).items())
-        table.add_row(corpus.get("id"), corpus.get("name"), styled_state(corpus.get("state")),
-                      format_cell(corpus.get("num_docs")), format_cell(corpus.get("num_shards")),
-                      sources, format_cell(corpus.get("created_at")))
-    print_page(table, page)
+        return print_raw_json({"items": [c.raw for c in page], "next_cursor": page.next_cursor})
+    rows = [[c.id, c.name, styled_state(c.state), format_cell(c.num_docs), format_cell(c.num_shards),
+             ", ".join(f"{k}:{v}" for k, v in (c.sources or {}).items()), format_cell(c.created_at)] for c in page]
+    print_page(id_table("id", "name", "state", "docs", "shards", "sources", "created", rows=rows), page)
 
 
 @corpora_app.command("show")
@@ -361,10 +336,43 @@ def corpora_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOpti
 def corpora_show(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(help="Corpus id.")],
                  as_json: JsonFlag = False):
     """Show one corpus."""
-    corpus = client_of(ctx).json("GET", f"/v1/corpora/{corpus_id}")
+    corpus = client_of(ctx).corpora.get(corpus_id)
     if as_json:
-        return print_raw_json(corpus)
-    print_record(f"Corpus {corpus_id}", corpus, CORPUS_FIELDS)
+        return print_raw_json(corpus.raw)
+    print_record(f"Corpus {corpus_id}", corpus.raw, CORPUS_FIELDS)
+
+
+@corpora_app.command("sample")
+@reports_api_errors
+def corpora_sample(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(help="Corpus id.")],
+                   n: Annotated[int, typer.Option("-n", min=1, max=100, help="How many documents.")] = 5,
+                   as_json: JsonFlag = False):
+    """The first n documents, in stored order."""
+    docs = client_of(ctx).corpora.sample(corpus_id, n)
+    if as_json:
+        return print_raw_json(docs)
+    rows = [[d.get("id"), d.get("source") or "", (d.get("text") or "")[:200]] for d in docs]
+    out.print(id_table("id", "source", "text", rows=rows))
+
+
+@corpora_app.command("download")
+@reports_api_errors
+def corpora_download(
+    ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(help="Corpus id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="File to write.")],
+    format: Annotated[CorpusFormat, typer.Option(help="File format.")] = CorpusFormat.parquet,
+):
+    """Download a corpus (id, text, source), streamed to disk."""
+    path = client_of(ctx).corpora.download(corpus_id, output, format.value)
+    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {format.value})")
+
+
+@corpora_app.command("delete")
+@reports_api_errors
+def corpora_delete(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(help="Corpus id.")]):
+    """Delete a corpus (refused while a queued or running job uses it)."""
+    client_of(ctx).corpora.delete(corpus_id)
+    out.print(f"Deleted corpus {corpus_id}")
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -372,7 +380,7 @@ def corpora_show(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(he
 JOB_FIELDS = ("id", "kind", "name", "state", "created_at", "started_at", "finished_at")
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+def parse_sse(lines: Iterable[str]):
     """(event, data) pairs of a text/event-stream; an event left unterminated at EOF is dropped."""
     event, data = "message", []
     for line in lines:
@@ -382,52 +390,13 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
             event, data = "message", []
             continue
         if line.startswith(":"):
-            continue  # comment / keep-alive
+            continue
         field, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if field == "data":
             data.append(value)
         elif field == "event":
             event = value
-
-
-def job_events(client: ApiClient, job_id: str) -> Iterator[dict]:
-    """Job objects pushed by GET /v1/jobs/{id}/events."""
-    timeout = httpx.Timeout(30.0, read=120.0)
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout,
-                       headers={"Accept": "text/event-stream"}) as response:
-        for _, data in parse_sse(response.iter_lines()):
-            try:
-                job = json.loads(data)
-            except ValueError:
-                continue
-            if isinstance(job, dict) and "state" in job:
-                yield job
-
-
-def follow_job(client: ApiClient, job_id: str, on_update: Callable[[dict], None],
-               poll_interval: float = 1.0) -> dict:
-    """Report every change of the job until it ends; returns the final job object.
-
-    Server-sent events first; if the stream cannot be opened or breaks, poll GET /v1/jobs/{id}.
-    """
-    job = client.json("GET", f"/v1/jobs/{job_id}")  # a wrong id fails here, clearly
-    on_update(job)
-    if job.get("state") in TERMINAL_STATES:
-        return job
-    try:
-        for job in job_events(client, job_id):
-            on_update(job)
-            if job.get("state") in TERMINAL_STATES:
-                return job
-    except (ApiError, ServerUnreachable, httpx.HTTPError):
-        pass
-    while True:
-        job = client.json("GET", f"/v1/jobs/{job_id}")
-        on_update(job)
-        if job.get("state") in TERMINAL_STATES:
-            return job
-        time.sleep(poll_interval)
 
 
 class JobProgressView:
@@ -473,46 +442,103 @@ class JobProgressView:
                                                       fields["rate"], fields["eta"]) if v))
 
 
-def watch_job(client: ApiClient, job_id: str) -> None:
-    """Follow a job to its end; exit status 1 unless it succeeded."""
+def watch_job(client: Client, job_id: str) -> None:
+    """Follow a job to its end (server-sent events); exit status 1 unless it succeeded."""
     with JobProgressView(out) as view:
-        job = follow_job(client, job_id, view.update)
-    state = job.get("state")
-    if state == "succeeded":
-        result = job.get("result") or {}
-        produced = ", ".join(f"{k}={v}" for k, v in result.items() if k.endswith("_id") and v)
-        out.print(f"Job {job_id} {styled_state(state)}" + (f": {produced}" if produced else ""))
+        job = client.jobs.get(job_id)
+        view.update(job.raw)
+        if not job.done:
+            for job in client.jobs.events(job_id):
+                view.update(job.raw)
+    if job.state == "succeeded":
+        produced = ", ".join(f"{k}={v}" for k, v in (job.result or {}).items() if k.endswith("_id") and v)
+        out.print(f"Job {job_id} {styled_state(job.state)}" + (f": {produced}" if produced else ""))
+        for w in job.summary.get("warnings", []):
+            err.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
         return
-    error = job.get("error") or {}
-    err.print(f"Job {job_id} {state}" + (f" ({error.get('code')}): {error.get('message')}"
-                                          if error else ""), style="red", markup=False, soft_wrap=True)
+    error = job.error or {}
+    err.print(f"Job {job_id} {job.state}" + (f" ({error.get('code')}): {error.get('message')}"
+                                              if error else ""), style="red", markup=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
-@jobs_app.command("submit")
-@reports_api_errors
-def jobs_submit(
-    ctx: typer.Context,
-    kind: Annotated[str, typer.Argument(help="Job kind: random, dsir, color_filter, train_model, "
-                                             "score, evaluate, reweight, curriculum, projection.")],
-    spec: Annotated[str, typer.Option(help="Job spec: a JSON object, or @path to a JSON file.")],
-    name: Annotated[Optional[str], typer.Option(help="Job name; default: the kind.")] = None,
-    idempotency_key: Annotated[Optional[str], typer.Option(
-        help="Resubmitting the same key and body returns the same job.")] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
-    as_json: JsonFlag = False,
-):
-    """Submit a job."""
-    body = {"kind": kind, "name": name or kind, "spec": parse_spec(spec)}
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    client = client_of(ctx)
-    job = client.json("POST", "/v1/jobs", json=body, headers=headers)
-    if as_json:
-        print_raw_json(job)
-    else:
-        out.print(f"Submitted job [bold]{job.get('id')}[/] ({kind}), {styled_state(job.get('state'))}")
-    if watch:
-        watch_job(client, job["id"])
+def _type_name(annotation: Any) -> str:
+    import typing
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return "|".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + \
+            (" | null" if type(None) in args else "")
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def describe_spec(model, indent: int = 0, seen: tuple = ()) -> list[str]:
+    """One line per field of a spec model (nested models indented): name, type, default, meaning."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+    lines = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        default = "required" if info.is_required() else (
+            f"default {json.dumps(info.default.model_dump(exclude_none=True) if isinstance(info.default, BaseModel) else info.default, default=str)}"
+            if info.default is not PydanticUndefined else "default: computed")
+        desc = f" — {info.description}" if info.description else ""
+        lines.append(f"{'  ' * indent}{name}: {_type_name(ann)} ({default}){desc}")
+        import typing
+        nested = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for sub in nested:
+            if sub not in seen:
+                lines += describe_spec(sub, indent + 1, (*seen, sub))
+    return lines
+
+
+class KindCommand(TyperCommand):
+    """`jobs submit KIND --help` appends the kind's spec fields, read from its spec model."""
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)     # typer prints its rich help itself
+        from workers.registry import KINDS
+        kind = KINDS[self.name]
+        text = "\n".join([f"Spec fields of {self.name} (the --spec JSON object):",
+                          *(f"  {line}" for line in describe_spec(kind.spec))])
+        if formatter.getvalue():                # plain click formatting
+            formatter.write("\n" + text + "\n")
+        else:
+            typer.echo(text)
+
+
+def _make_submit(kind: str) -> None:
+    @submit_app.command(kind, cls=KindCommand, help=f"Submit a {kind} job.")
+    @reports_api_errors
+    def submit(
+        ctx: typer.Context,
+        spec: Annotated[str, typer.Option(help="Job spec: a JSON object, or @path to a JSON file.")] = "{}",
+        name: Annotated[Optional[str], typer.Option(help="Job name; default: the kind.")] = None,
+        idempotency_key: Annotated[Optional[str], typer.Option(
+            help="Resubmitting the same key and body returns the same job.")] = None,
+        watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
+        as_json: JsonFlag = False,
+    ):
+        client = client_of(ctx)
+        job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **parse_spec(spec))
+        if quiet:
+            typer.echo(job.id)
+        elif as_json:
+            print_raw_json(job.raw)
+        else:
+            out.print(f"Submitted job [bold]{job.id}[/] ({kind}), {styled_state(job.state)}")
+        if watch:
+            watch_job(client, job.id)
+
+
+for _kind in KIND_NAMES:
+    _make_submit(_kind)
 
 
 @jobs_app.command("watch")
@@ -525,54 +551,58 @@ def jobs_watch(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="J
 @jobs_app.command("list")
 @reports_api_errors
 def jobs_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOption = None,
+              state: Annotated[Optional[str], typer.Option(help="Only jobs in this state.")] = None,
+              kind: Annotated[Optional[str], typer.Option(help="Only jobs of this kind.")] = None,
               as_json: JsonFlag = False):
     """List jobs, newest first."""
-    params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-    page = client_of(ctx).json("GET", "/v1/jobs", params=params)
+    page = client_of(ctx).jobs.list(limit, cursor, state=state, kind=kind)
     if as_json:
-        return print_raw_json(page)
-    table = Table("id", "kind", "name", "state", "progress", "created")
-    for job in page.get("items", []):
-        progress = job.get("progress") or {}
-        table.add_row(job.get("id"), job.get("kind"), job.get("name"), styled_state(job.get("state")),
-                      " ".join(filter(None, (progress.get("stage"), format_count(
-                          progress.get("done"), progress.get("total"), progress.get("unit"))))),
-                      format_cell(job.get("created_at")))
-    print_page(table, page)
+        return print_raw_json({"items": [j.raw for j in page], "next_cursor": page.next_cursor})
+    rows = [[j.id, j.kind, j.name or "", styled_state(j.state),
+             " ".join(filter(None, (j.progress.stage, format_count(j.progress.done, j.progress.total, j.progress.unit)))),
+             format_cell(j.created_at)] for j in page]
+    print_page(id_table("id", "kind", "name", "state", "progress", "created", rows=rows), page)
 
 
 @jobs_app.command("show")
 @reports_api_errors
 def jobs_show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="Job id.")],
+              get: Annotated[Optional[str], typer.Option(help="Print only this field, a dotted path "
+                                                             "such as result.manifest_id.")] = None,
               as_json: JsonFlag = False):
     """Show one job: state, progress, error and result."""
-    job = client_of(ctx).json("GET", f"/v1/jobs/{job_id}")
+    job = client_of(ctx).jobs.get(job_id)
+    if get:
+        value: Any = job.raw
+        for part in get.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise typer.BadParameter(f"the job has no field {get!r}", param_hint="'--get'")
+            value = value[part]
+        return typer.echo(value if isinstance(value, str) else json.dumps(value))
     if as_json:
-        return print_raw_json(job)
-    print_record(f"Job {job_id}", job, JOB_FIELDS)
-    progress = job.get("progress") or {}
-    if progress:
+        return print_raw_json(job.raw)
+    print_record(f"Job {job_id}", job.raw, JOB_FIELDS)
+    p = job.progress
+    if p.stage:
         out.print("[bold]progress[/] " + "  ".join(filter(None, (
-            progress.get("stage"), format_count(progress.get("done"), progress.get("total"),
-                                                progress.get("unit")),
-            format_rate(progress.get("rate_per_s"), progress.get("unit"))))))
-    if job.get("error"):
-        out.print(f"[bold red]error[/] {job['error'].get('code')}: {job['error'].get('message')}",
+            p.stage, format_count(p.done, p.total, p.unit), format_rate(p.rate_per_s, p.unit)))))
+    if job.error:
+        out.print(f"[bold red]error[/] {job.error.get('code')}: {job.error.get('message')}",
                   markup=True, highlight=False)
-    if job.get("result"):
+    if job.result:
         out.print("[bold]result[/]")
-        out.print_json(data=job["result"])
+        out.print_json(data=job.result)
 
 
 @jobs_app.command("cancel")
 @reports_api_errors
 def jobs_cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="Job id.")],
                 as_json: JsonFlag = False):
-    """Cancel a queued or running job."""
-    job = client_of(ctx).json("POST", f"/v1/jobs/{job_id}/cancel")
+    """Cancel a queued or running job; prints its state once it has stopped."""
+    job = client_of(ctx).jobs.cancel(job_id, wait=True)
     if as_json:
-        return print_raw_json(job)
-    out.print(f"Job {job_id}: {styled_state(job.get('state'))}")
+        return print_raw_json(job.raw)
+    out.print(f"Job {job_id}: {styled_state(job.state)}")
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -580,19 +610,30 @@ def jobs_cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="
 MANIFEST_FIELDS = ("id", "job_id", "kind", "num_rows", "num_selected", "num_shards", "created_at")
 
 
+@manifests_app.command("list")
+@reports_api_errors
+def manifests_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOption = None,
+                   as_json: JsonFlag = False):
+    """List manifests, newest first."""
+    page = client_of(ctx).manifests.list(limit, cursor)
+    if as_json:
+        return print_raw_json({"items": [m.raw for m in page], "next_cursor": page.next_cursor})
+    rows = [[m.id, m.kind, m.job_id or "", format_cell(m.num_rows), format_cell(m.num_selected),
+             format_cell(m.created_at)] for m in page]
+    print_page(id_table("id", "kind", "job_id", "rows", "selected", "created", rows=rows), page)
+
+
 @manifests_app.command("show")
 @reports_api_errors
 def manifests_show(ctx: typer.Context, manifest_id: Annotated[str, typer.Argument(help="Manifest id.")],
                    as_json: JsonFlag = False):
     """Show a manifest's size and columns."""
-    manifest = client_of(ctx).json("GET", f"/v1/manifests/{manifest_id}")
+    manifest = client_of(ctx).manifests.get(manifest_id)
     if as_json:
-        return print_raw_json(manifest)
-    print_record(f"Manifest {manifest_id}", manifest, MANIFEST_FIELDS)
-    columns = manifest.get("columns") or []
-    if columns:
-        out.print("[bold]columns[/] " + ", ".join(
-            f"{c.get('name')}:{c.get('type')}" if isinstance(c, dict) else str(c) for c in columns))
+        return print_raw_json(manifest.raw)
+    print_record(f"Manifest {manifest_id}", manifest.raw, MANIFEST_FIELDS)
+    if manifest.columns:
+        out.print("[bold]columns[/] " + ", ".join(f"{c.get('name')}:{c.get('type')}" for c in manifest.columns))
 
 
 @manifests_app.command("download")
@@ -602,28 +643,11 @@ def manifests_download(
     manifest_id: Annotated[str, typer.Argument(help="Manifest id.")],
     output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="File to write.")],
     format: Annotated[ManifestFormat, typer.Option(help="File format.")] = ManifestFormat.parquet,
-    selected_only: Annotated[bool, typer.Option("--selected-only",
-                                                help="Only the selected rows.")] = False,
+    selected_only: Annotated[bool, typer.Option("--selected-only", help="Only the selected rows.")] = False,
 ):
     """Download a manifest, streamed to disk."""
-    params = {"format": format.value, "selected_only": str(selected_only).lower()}
-    # Write beside the target and rename at the end, so a broken download leaves no half file.
-    partial = output.with_name(output.name + ".part")
-    written = 0
-    try:
-        with client_of(ctx).stream("GET", f"/v1/manifests/{manifest_id}/download", params=params,
-                                   timeout=httpx.Timeout(30.0, read=600.0)) as response, \
-                transfer_progress() as progress, partial.open("wb") as file:
-            length = response.headers.get("Content-Length")
-            task = progress.add_task(f"Downloading {output.name}", total=int(length) if length else None)
-            for chunk in response.iter_bytes(CHUNK_BYTES):
-                file.write(chunk)
-                written += len(chunk)
-                progress.advance(task, len(chunk))
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
-    out.print(f"Wrote {output} ({written:,} bytes, {format.value}"
+    path = client_of(ctx).manifests.download(manifest_id, output, format.value, selected_only)
+    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {format.value}"
               f"{', selected rows only' if selected_only else ''})")
 
 
@@ -638,25 +662,177 @@ def manifests_query(
     as_json: JsonFlag = False,
 ):
     """Run a read-only DuckDB query over manifests and print the rows."""
-    body: dict[str, Any] = {"sql": sql, "tables": parse_table_bindings(table)}
-    if limit is not None:
-        body["limit"] = limit
-    answer = client_of(ctx).json("POST", "/v1/query", json=body,
-                                 timeout=httpx.Timeout(30.0, read=300.0))
+    result = client_of(ctx).query(sql, parse_table_bindings(table), limit)
+    truncated = result.schema.metadata.get(b"truncated") == b"true"
+    rows = [list(r.values()) for r in result.to_pylist()]
     if as_json:
-        return print_raw_json(answer)
-    names = [c.get("name") if isinstance(c, dict) else str(c) for c in answer.get("columns", [])]
-    result = Table(*names)
-    for row in answer.get("rows", []):
-        cells = [row.get(n) for n in names] if isinstance(row, dict) else row
-        result.add_row(*(format_cell(v) for v in cells))
-    out.print(result)
-    rows = len(answer.get("rows", []))
-    out.print(f"[dim]{rows} row{'s' if rows != 1 else ''}"
-              f"{' (truncated: raise --limit)' if answer.get('truncated') else ''}[/]")
+        return print_raw_json({"columns": result.column_names, "rows": rows, "truncated": truncated})
+    out.print(id_table(*result.column_names, rows=[[format_cell(v) for v in r] for r in rows],
+                       ids=[c for c in result.column_names if c in ("id", "doc_id") or c.endswith("_id")]))
+    out.print(f"[dim]{len(rows)} row{'s' if len(rows) != 1 else ''}"
+              f"{' (truncated: raise --limit)' if truncated else ''}[/]")
+
+
+@manifests_app.command("export")
+@reports_api_errors
+def manifests_export(
+    ctx: typer.Context, manifest_id: Annotated[str, typer.Argument(help="Manifest id.")],
+    name: Annotated[Optional[str], typer.Option(help="Name of the new corpus.")] = None,
+    all_rows: Annotated[bool, typer.Option("--all", help="Every row, not only the selected ones.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the export job until it ends.")] = False,
+):
+    """Materialise the selected documents (with text) as a new corpus."""
+    client = client_of(ctx)
+    job = client.manifests.export(manifest_id, selected_only=not all_rows, name=name)
+    out.print(f"Export job [bold]{job.id}[/], {styled_state(job.state)}: new corpus {job.corpus_id or ''}".rstrip(": "))
+    if watch:
+        watch_job(client, job.id)
+
+
+# ----------------------------------------------------------------------------- models
+
+MODEL_FIELDS = ("id", "name", "source", "job_id", "created_at", "meta")
+
+
+@models_app.command("list")
+@reports_api_errors
+def models_list(ctx: typer.Context, limit: LimitOption = 50, cursor: CursorOption = None, as_json: JsonFlag = False):
+    """List models, newest first."""
+    page = client_of(ctx).models.list(limit, cursor)
+    if as_json:
+        return print_raw_json({"items": [m.raw for m in page], "next_cursor": page.next_cursor})
+    rows = [[m.id, m.name or "", m.source, m.job_id or "", format_cell(m.created_at)] for m in page]
+    print_page(id_table("id", "name", "source", "job_id", "created", rows=rows), page)
+
+
+@models_app.command("show")
+@reports_api_errors
+def models_show(ctx: typer.Context, model_id: Annotated[str, typer.Argument(help="Model id.")],
+                as_json: JsonFlag = False):
+    """Show one model."""
+    model = client_of(ctx).models.get(model_id)
+    if as_json:
+        return print_raw_json(model.raw)
+    print_record(f"Model {model_id}", model.raw, MODEL_FIELDS)
+
+
+@models_app.command("register")
+@reports_api_errors
+def models_register(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Model name.")],
+                    path: Annotated[str, typer.Argument(help="A Hugging Face checkpoint directory on the "
+                                                             "server, under an allowed root.")],
+                    as_json: JsonFlag = False):
+    """Register a local Hugging Face causal-LM checkpoint."""
+    model = client_of(ctx).models.register(name, path)
+    if as_json:
+        return print_raw_json(model.raw)
+    print_record(f"Registered model {model.id}", model.raw, MODEL_FIELDS)
+
+
+# ----------------------------------------------------------------------------- projections
+
+@projections_app.command("predict")
+@reports_api_errors
+def projections_predict(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="A succeeded projection job.")],
+    mixture: Annotated[list[str], typer.Option("--mixture", "-m", help="Weights per source, comma-separated "
+                                                                      "(in the order of spec.sources); repeatable.")],
+    size: Annotated[list[int], typer.Option("--size", "-n", help="Dataset size in documents; repeatable.")],
+    as_json: JsonFlag = False,
+):
+    """Predict the metric of mixtures at sizes from a fitted projection."""
+    preds = client_of(ctx).projections.predict(job_id, [parse_floats(m, "'--mixture'") for m in mixture], size)
+    if as_json:
+        return print_raw_json(preds)
+    out.print(id_table("size", "mixture", "predicted", rows=[
+        [str(p["size"]), ", ".join(f"{x:g}" for x in p["mixture"]), f"{p['predicted']:.6g}"] for p in preds]))
+
+
+@projections_app.command("plot")
+@reports_api_errors
+def projections_plot(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="A succeeded projection job.")],
+                     output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="PNG file to write.")]):
+    """Write the projection's plot (metric against size) as a PNG."""
+    png = client_of(ctx).projections.plot(job_id, output)
+    out.print(f"Wrote {output} ({len(png):,} bytes, PNG)")
+
+
+# ----------------------------------------------------------------------------- curricula
+
+CURRICULUM_FIELDS = ("id", "job_id", "corpus_id", "method", "epoch", "epochs", "num_samples", "saved_fraction",
+                     "losses_posted", "params", "cost", "created_at")
+
+
+@curricula_app.command("show")
+@reports_api_errors
+def curricula_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Curriculum run id.")],
+                   as_json: JsonFlag = False):
+    """Show a curriculum run: method, current epoch, savings."""
+    run = client_of(ctx).curricula.get(run_id)
+    if as_json:
+        return print_raw_json(run.raw)
+    print_record(f"Curriculum {run_id}", run.raw, CURRICULUM_FIELDS)
+
+
+@curricula_app.command("epoch")
+@reports_api_errors
+def curricula_epoch(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Curriculum run id.")],
+                    epoch: Annotated[int, typer.Argument(min=0, help="Epoch number (from 0).")],
+                    output: Annotated[Optional[Path], typer.Option("--output", "-o", dir_okay=False,
+                                                                  help="Write the plan as Parquet (doc_id, weight).")] = None):
+    """The samples to train on in an epoch, in order (one doc id per line, with the weight if any)."""
+    plan = client_of(ctx).curricula.epoch(run_id, epoch)
+    if output:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        cols = {"doc_id": plan.doc_ids, **({"weight": plan.weights} if plan.weights is not None else {})}
+        pq.write_table(pa.table(cols), output)
+        return out.print(f"Wrote {output} ({len(plan.doc_ids):,} samples of epoch {epoch})")
+    for i, doc_id in enumerate(plan.doc_ids):
+        typer.echo(doc_id if plan.weights is None else f"{doc_id}\t{plan.weights[i]:.6g}")
+
+
+@curricula_app.command("losses")
+@reports_api_errors
+def curricula_losses(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Curriculum run id.")],
+                     epoch: Annotated[int, typer.Argument(min=0, help="The epoch the losses were seen in.")],
+                     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=(
+                         "Parquet, CSV or JSONL with columns doc_id and loss."))],
+                     as_json: JsonFlag = False):
+    """Post an epoch's per-sample losses."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+    fmt = infer_format(path)
+    table = {"parquet": pq.read_table, "csv": pcsv.read_csv, "jsonl": pjson.read_json}[fmt](str(path))
+    missing = {"doc_id", "loss"} - set(table.column_names)
+    if missing:
+        raise typer.BadParameter(f"{path.name} has no column {sorted(missing)[0]!r}", param_hint="PATH")
+    import pyarrow as pa
+    table = table.select(["doc_id", "loss"]).cast(pa.schema([("doc_id", pa.string()), ("loss", pa.float64())]))
+    run = client_of(ctx).curricula.post_losses(run_id, epoch, table)
+    if as_json:
+        return print_raw_json(run.raw)
+    out.print(f"Posted {table.num_rows:,} losses for epoch {epoch} of {run_id} ({run.losses_posted:,} this epoch)")
 
 
 # ----------------------------------------------------------------------------- serve
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding host:port fails the way uvicorn's bind would (it sets SO_REUSEADDR too)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def is_loopback_host(host: str) -> bool:
+    return is_loopback(host)
+
 
 @app.command()
 def serve(
@@ -669,9 +845,8 @@ def serve(
 ):
     """Run the API server (flags override THRESHER_* environment variables)."""
     import pydantic
-    import uvicorn
 
-    from service.app import create_app
+    from service.auth import check_bind
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"host": host, "port": port, "home": home}.items() if v is not None}
@@ -680,11 +855,19 @@ def serve(
     except pydantic.ValidationError as exc:
         err.print(f"Invalid configuration:\n{exc}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2)
-    if not settings.api_keys and not is_loopback_host(settings.host):
-        err.print(f"Refusing to listen on {settings.host} without API keys: set "
-                  "THRESHER_API_KEYS=tenant:key[,tenant:key…] or bind to 127.0.0.1.",
-                  style="red", markup=False, soft_wrap=True)
+    try:
+        check_bind(settings.host, settings.api_keys)
+    except SystemExit as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2)
+    # Before Ray starts (many seconds): a second server on a busy port fails at once.
+    if port_in_use(settings.host, settings.port):
+        err.print(f"{settings.host}:{settings.port} is already in use (another `thresher serve`?). "
+                  "Stop it or pass --port.", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    import uvicorn
+
+    from service.app import create_app
     # One process: the catalog is a single-writer DuckDB file. The graceful-shutdown bound keeps
     # open event streams from holding the server up on SIGTERM.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,

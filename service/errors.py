@@ -1,6 +1,7 @@
 """The one error format of the API: {"error": {"code", "message", "details"}}. Never a 500 for bad input."""
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -8,8 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from storage.errors import DomainError
+from storage.errors import DomainError, redact
 
 log = logging.getLogger("thresher.api")
 
@@ -25,8 +27,10 @@ STATUS_BY_CODE = {
     "forbidden": 403, "forbidden_statement": 403,
     "not_found": 404, "file_not_found": 404,
     "query_timeout": 408,
+    "result_too_large": 413, "payload_too_large": 413,
     "dest_not_empty": 409, "epoch_not_ready": 409, "losses_missing": 409, "wrong_epoch": 409,
     "epoch_not_started": 409,
+    "decompressed_too_large": 413, "document_too_large": 413,
     "unknown_format": 415,
     "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
     "too_many_sources": 422, "validation_error": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
@@ -58,7 +62,9 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 404, 409, 413, 415, 422)}
+# Every API operation may answer these (403: a path or statement not allowed, 408: a query's time
+# limit, 413: an upload or result over its limit, 507: the server's storage is full).
+ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 507)}
 
 
 def _body(code: str, message: str, details: dict) -> dict:
@@ -75,10 +81,15 @@ def field_path(loc) -> str:
     return ".".join(parts)
 
 
-def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
+def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple[str, ...] = ()) -> None:
+    """The error handlers; `server_paths` (home, store) never appear in a message or its details."""
+    def hide(value):
+        return redact(value, server_paths) if isinstance(value, str) else value
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=exc.headers)
+        details = {k: hide(v) for k, v in exc.details.items()}
+        return JSONResponse(_body(exc.code, hide(exc.message), details), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError):
@@ -88,6 +99,11 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
     async def _validation(_: Request, exc: RequestValidationError):
         errors = []
         for e in exc.errors():
+            if e["type"] == "json_invalid":   # loc is ("body", <character offset>): not a field
+                pos = e["loc"][-1] if len(e["loc"]) > 1 else "?"
+                reason = (e.get("ctx") or {}).get("error", "")
+                return JSONResponse(_body("malformed_json", f"the request body is not valid JSON (character "
+                                          f"{pos}: {reason})", {"field": "body", "position": pos}), status_code=422)
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
             if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")
@@ -100,12 +116,57 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset()) -> None:
                                   {"field": first["field"], "errors": errors}), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return JSONResponse(_body(code, str(exc.detail), {}), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return JSONResponse(_body(code, str(exc.detail), {}), status_code=exc.status_code, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception):
-        log.exception("unhandled error")
-        return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
-                            status_code=500)
+    # Unhandled errors are answered here, below Starlette's ServerErrorMiddleware: that one sends
+    # its 500 and then re-raises, which makes the server drop the client's keep-alive connection.
+    app.add_middleware(CatchAll)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (asked of the app's routes method by
+    method, so routers nested by include_router answer too)."""
+    return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+            if any(route.matches({**request.scope, "method": m})[0] == Match.FULL for route in request.app.routes)]
+
+
+def unhandled(exc: BaseException) -> JSONResponse:
+    """The answer to an exception nothing else handled: a full disk is 507, anything else a 500."""
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
+        log.error("storage is full: %s", exc)
+        return JSONResponse(_body("insufficient_storage", "the server's storage is full; nothing was stored, "
+                                  "try again later", {}), status_code=507)
+    log.error("unhandled error", exc_info=exc)
+    return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
+                        status_code=500)
+
+
+class CatchAll:
+    """ASGI middleware: an exception from the app becomes the error envelope (when no response has
+    started yet) and is not re-raised, so the connection stays open for the next request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if started:  # a streamed body failed half-way: all that can be done is to end it
+                log.error("error while streaming a response", exc_info=exc)
+                raise
+            await unhandled(exc)(scope, receive, send)

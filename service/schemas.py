@@ -4,9 +4,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Body
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from workers.registry import KINDS
+from workers.specs import MAX_STR
+
+MAX_NAME = 200  # the longest name of a job, corpus or model
 
 
 class Corpus(BaseModel):
@@ -19,6 +22,8 @@ class Corpus(BaseModel):
     num_empty: int | None = Field(None, description="documents with no text (stored, never scored)")
     empty_doc_ids: list[str] = Field(default_factory=list, description="the first empty documents' ids")
     sources: dict[str, int] = Field(default_factory=dict)
+    ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
+                                       "Thresher numbered them from 0000000000 in file order")
     created_at: str
     job_id: str | None = None
     error: dict | None = None
@@ -31,6 +36,7 @@ class Progress(BaseModel):
     unit: str | None = None
     rate_per_s: float | None = None
     eta_s: float | None = None
+    detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
 
 
 class JobError(BaseModel):
@@ -67,12 +73,12 @@ class Column(BaseModel):
 
 class Manifest(BaseModel):
     id: str
-    job_id: str | None
-    kind: str
-    num_rows: int
-    num_selected: int
+    job_id: str | None = Field(description="the job that wrote it")
+    kind: str = Field(description="that job's kind (random, dsir, score, color_filter, reweight, projection)")
+    num_rows: int = Field(description="rows: one per document of the pool (or per prediction)")
+    num_selected: int = Field(description="rows with selected = true")
     columns: list[Column]
-    num_shards: int
+    num_shards: int = Field(description="Parquet parts, one per corpus shard")
     created_at: str
 
 
@@ -118,16 +124,41 @@ class ShardList(BaseModel):
 
 class RegisterCorpus(BaseModel):
     """Register data the server can read (a file under an allowed root, or an object-store URI)."""
-    name: str = Field(min_length=1)
+    model_config = ConfigDict(str_max_length=MAX_STR)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     uri: str = Field(min_length=1)
     format: Literal["jsonl", "parquet", "csv"] | None = None
     text_field: str = "text"
     id_field: str = "id"
     source_field: str = "source"
 
+    @field_validator("uri")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        return no_nul(v)
+
+    @field_validator("id_field")
+    @classmethod
+    def _distinct_fields(cls, v: str, info: ValidationInfo) -> str:
+        return distinct_fields(info.data.get("text_field"), v)
+
+
+def no_nul(path: str) -> str:
+    """Paths go to the operating system: a NUL byte in one is refused (422), not a 500."""
+    if "\x00" in path:
+        raise ValueError("must not contain a NUL byte")
+    return path
+
+
+def distinct_fields(text_field: str | None, id_field: str) -> str:
+    """A document's id and text come from different fields; returns `id_field`."""
+    if text_field == id_field:
+        raise ValueError(f"id_field must differ from text_field (both are {id_field!r})")
+    return id_field
+
 
 class QueryRequest(BaseModel):
-    sql: str = Field(min_length=1)
+    sql: str = Field(min_length=1, max_length=100_000)
     tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
     limit: int = Field(1000, ge=1, le=100_000)
 
@@ -140,7 +171,7 @@ class QueryResult(BaseModel):
 
 class ExportRequest(BaseModel):
     selected_only: bool = True
-    name: str | None = None
+    name: str | None = Field(None, max_length=MAX_NAME)
 
 
 def _job_request_models():
@@ -151,7 +182,8 @@ def _job_request_models():
         models.append(create_model(
             f"{kind.name.title().replace('_', '')}JobRequest",
             __doc__=kind.description,
-            kind=(Literal[kind.name], ...), name=(str | None, None), spec=(kind.spec, ...)))
+            kind=(Literal[kind.name], ...), name=(str | None, Field(None, max_length=MAX_NAME)),
+            spec=(kind.spec, ...)))
     return models
 
 

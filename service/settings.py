@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = []
     """`tenant:key` pairs (comma-separated in the environment). Empty: no auth, loopback only."""
     max_upload_bytes: int = 2 * 1024**3
+    max_decompressed_bytes: int = 16 * 1024**3
+    """What a compressed upload may inflate to (a decompression bomb answers 413)."""
+    max_doc_bytes: int = 64 * 1024**2
+    """The longest document (and line) accepted, uploaded or registered (413 past it)."""
+    split_bytes: int = 256 * 1024**2
+    """Registered uncompressed JSONL files larger than this are ingested in byte ranges of this size."""
     shard_size: int = 10_000
     """Documents per corpus shard: the unit of parallel work and of resume."""
     allowed_roots: Annotated[list[str], NoDecode] = []
@@ -33,6 +39,14 @@ class Settings(BaseSettings):
     task_retries: int = 3
     query_timeout_s: float = 30.0
     query_memory: str = "1GB"
+    query_max_rows: int = 100_000
+    """The largest `limit` a query may ask for."""
+    query_max_bytes: int = 32 * 1024**2
+    """A query result larger than this (its JSON size, about) answers 413."""
+    duckdb_max_temp: str = "4GB"
+    """How much each DuckDB connection (query sandbox, selections) may spill under <home>/tmp."""
+    metrics_token: str | None = None
+    """Bearer token /metrics requires. Without it, /metrics answers only loopback clients."""
 
     @field_validator("api_keys", "allowed_roots", mode="before")
     @classmethod
@@ -53,6 +67,11 @@ class Settings(BaseSettings):
     @property
     def store_root(self) -> str:
         return self.storage_uri or os.path.join(os.path.abspath(self.home), "store")
+
+    @property
+    def temp_dir(self) -> str:
+        """DuckDB's spill files (one private directory per connection, removed when it closes)."""
+        return os.path.join(os.path.abspath(self.home), "tmp")
 
     @property
     def resolved_ray_address(self) -> str | None:

@@ -107,6 +107,21 @@ class Catalog:
             self.con.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", list(enc.values()))
         return rec
 
+    def insert_or_get(self, table: str, rec: dict, key: tuple[str, ...]) -> tuple[dict, bool]:
+        """Insert `rec` unless a row with the same values in the `key` columns exists; check and
+        insert happen under one lock, so concurrent callers with one key all get the same row.
+        Returns (the stored row, whether this call inserted it)."""
+        where = " AND ".join(f"{k} = ?" for k in key)
+        enc = self._encode(table, rec)
+        with self.lock:
+            cur = self.con.execute(f"SELECT * FROM {table} WHERE {where}", [enc[k] for k in key])
+            row = cur.fetchone()
+            if row is not None:
+                return self._decode(table, [d[0] for d in cur.description], row), False
+            self.con.execute(f"INSERT INTO {table} ({', '.join(enc)}) VALUES ({', '.join('?' for _ in enc)})",
+                             list(enc.values()))
+        return rec, True
+
     def update(self, table: str, id_: str, **fields) -> None:
         if not fields:
             return

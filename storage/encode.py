@@ -13,7 +13,7 @@ MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv",
                "jsonl": "application/x-ndjson"}
 
 
-class _Sink(io.RawIOBase):
+class ByteSink(io.RawIOBase):
     """A write-only file that hands out what was written since the last drain()."""
 
     def __init__(self):
@@ -31,6 +31,10 @@ class _Sink(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def __len__(self) -> int:
+        """Bytes written since the last drain()."""
+        return sum(map(len, self.chunks))
+
     def drain(self) -> bytes:
         out, self.chunks = b"".join(self.chunks), []
         return out
@@ -38,7 +42,7 @@ class _Sink(io.RawIOBase):
 
 def encode(batches: Iterable[pa.RecordBatch], schema: pa.Schema, fmt: str) -> Iterator[bytes]:
     if fmt == "parquet":
-        sink = _Sink()
+        sink = ByteSink()
         writer = pq.ParquetWriter(sink, schema, compression="zstd")
         for b in batches:
             writer.write_batch(b)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+TMP_PREFIX = ".tmp-"  # a file being written; renamed to its final name when complete
+
 
 class Store:
-    def __init__(self, root: str):
+    def __init__(self, root: str, create: bool = True):
         if "://" in root:
             self.fs, base = pafs.FileSystem.from_uri(root)
             self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -26,7 +29,7 @@ class Store:
             self.local, self.scheme = True, "file"
         self.base = base.rstrip("/")
         self.root = root
-        if self.local:
+        if self.local and create:
             os.makedirs(self.base, exist_ok=True)
 
     # -- paths -------------------------------------------------------------------------------
@@ -48,6 +51,17 @@ class Store:
         sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
         names = [i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
         return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+    def entries(self, *parts: str, recursive: bool = False) -> list[tuple[tuple[str, ...], pafs.FileInfo]]:
+        """(parts, info) of every file and folder under `parts`, temporaries included."""
+        sel = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=recursive)
+        prefix = self.base + "/"
+        return [(tuple(i.path[len(prefix):].split("/")), i) for i in self.fs.get_file_info(sel)]
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Sorted names of the directories directly under `parts` (on an object store: the common
+        prefixes)."""
+        return sorted(p[-1] for p, info in self.entries(*parts) if info.type == pafs.FileType.Directory)
 
     def size(self, *parts: str) -> int:
         return self.fs.get_file_info(self.path(*parts)).size
@@ -76,11 +90,11 @@ class Store:
         self.fs.create_dir(parent, recursive=True)
         if not self.local:
             return final, final
-        return f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}", final
+        return f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}", final
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         tmp, final = self._tmp_and_final(parts)
-        with self.fs.open_output_stream(tmp) as f:
+        with self.fs.open_output_stream(tmp, compression=None) as f:
             f.write(data)
         if tmp != final:
             self.fs.move(tmp, final)
@@ -89,6 +103,22 @@ class Store:
         """Write a whole table atomically: readers see the old file or the complete new one."""
         tmp, final = self._tmp_and_final(parts)
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd", **kwargs)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    @contextmanager
+    def open_output(self, *parts: str):
+        """A byte stream that appears under its final name when the block ends, and not at all if
+        it raises (an object store publishes an object on close; on failure it is deleted)."""
+        tmp, final = self._tmp_and_final(parts)
+        stream = self.fs.open_output_stream(tmp, compression=None)
+        try:
+            yield stream
+        except BaseException:
+            stream.close()
+            self.fs.delete_file(tmp)
+            raise
+        stream.close()
         if tmp != final:
             self.fs.move(tmp, final)
 

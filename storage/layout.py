@@ -10,6 +10,7 @@ layout holds on a local directory and under an object-store prefix:
     manifests/<man>/part-NNNNN.parquet      a manifest: one part per corpus shard NNNNN
     models/<mdl>/…                          a trained model's checkpoint (meta.json written last)
     curricula/<cur>/…                       a curriculum run: doc ids, state, one plan per epoch
+    uploads/<token>                         an upload's body, until a worker has ingested it
 
 Every file is written under its final name by exactly one task, so a task whose output exists is
 done; files whose name starts with '.' are temporaries and never listed.
@@ -49,8 +50,13 @@ def _listed(store: Lister, folder: Parts, prefix: str, suffix: str = PARQUET) ->
 
 # -- corpora -------------------------------------------------------------------------------------
 
+def corpora() -> Parts:
+    """The folder of all corpora (the startup janitor looks for ones no catalog row names)."""
+    return ("corpora",)
+
+
 def corpus(corpus_id: str) -> Parts:
-    return ("corpora", corpus_id)
+    return (*corpora(), corpus_id)
 
 
 def corpus_shard(corpus_id: str, shard: int) -> Parts:
@@ -62,13 +68,36 @@ def corpus_shards(store: Lister, corpus_id: str) -> list[tuple[int, Parts]]:
     return shards_in(store, corpus(corpus_id))
 
 
-def shard_in(folder: Parts, shard: int) -> Parts:
-    """Corpus shard `shard` under any folder (ingestion writes to a folder it is given)."""
-    return (*folder, _numbered(CORPUS_SHARD_PREFIX, shard))
+def shard_in(folder: Parts, shard: int, unit: tuple[int, int] | None = None) -> Parts:
+    """Corpus shard `shard` under any folder (ingestion writes to a folder it is given).
+
+    A corpus registered from many files is ingested in units (input file, byte range), each by its
+    own task: its shards are `shard-FFFFF-RRRRR-NNNNN.parquet`, so units never collide, a retried unit
+    overwrites its own shards, and name order is row order (file by file, range by range)."""
+    if unit is None:
+        return (*folder, _numbered(CORPUS_SHARD_PREFIX, shard))
+    return (*folder, f"{CORPUS_SHARD_PREFIX}{unit[0]:05d}-{unit[1]:05d}-{shard:05d}{PARQUET}")
+
+
+def shard_key(name: str) -> tuple[int, ...] | None:
+    """The numbers in a corpus shard's name (one, or file, range, shard), or None for another name."""
+    if not (name.startswith(CORPUS_SHARD_PREFIX) and name.endswith(PARQUET)):
+        return None
+    fields = name[len(CORPUS_SHARD_PREFIX):-len(PARQUET)].split("-")
+    return tuple(int(f) for f in fields) if len(fields) in (1, 3) and all(f.isdigit() for f in fields) else None
 
 
 def shards_in(store: Lister, folder: Parts) -> list[tuple[int, Parts]]:
-    return _listed(store, folder, CORPUS_SHARD_PREFIX)
+    """(shard number, path) of the corpus shards in a folder, in row order. A shard's number is its
+    position: manifests and score parts are numbered by it."""
+    keyed = sorted((k, n) for n in store.list(*folder, suffix=PARQUET) if (k := shard_key(n)) is not None)
+    return [(i, (*folder, n)) for i, (_, n) in enumerate(keyed)]
+
+
+def unit_of(shard: Parts) -> tuple[int, int] | None:
+    """(file, range) of a shard written by a unit of a multi-file ingestion."""
+    key = shard_key(shard[-1])
+    return key[:2] if key and len(key) == 3 else None
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -85,6 +114,7 @@ JOB_FILES = {
     "pilots": ("pilots.json",),                         # Projektor: measured pilots with their OT
     "projection": ("projection.json",),                 # Projektor: the fitted projection (/predict)
     "plot": ("plot.png",),                              # Projektor: the projection's plot
+    "inputs": ("inputs.json",),                         # ingest: the files a registration matched
 }
 
 
@@ -104,6 +134,11 @@ def score_parts(store: Lister, job_id: str) -> list[Parts]:
 def dsir_counts(job_id: str, role: str, shard: int) -> Parts:
     """DSIR's hashed n-gram totals of one shard of the pool or target."""
     return (*job(job_id), "dsir", _numbered(f"{role}-", shard, ".npy"))
+
+
+def ingested_unit(job_id: str, unit: tuple[int, int]) -> Parts:
+    """Written last by an ingestion unit (its statistics): the unit is done."""
+    return (*job(job_id), "units", f"unit-{unit[0]:05d}-{unit[1]:05d}.json")
 
 
 def pilot_result(job_id: str, index: int) -> Parts:
@@ -161,6 +196,20 @@ def curriculum_epoch(run_id: str, epoch: int) -> Parts:
 
 # -- operations ----------------------------------------------------------------------------------
 
+def probes() -> Parts:
+    return (".probe",)
+
+
 def probe(token: str) -> Parts:
     """A throwaway file /readyz writes and deletes to check the store is writable."""
-    return (".probe", token)
+    return (*probes(), token)
+
+
+def uploads() -> Parts:
+    """Upload spool files kept in the store while they are parsed."""
+    return ("uploads",)
+
+
+def upload(token: str) -> Parts:
+    """An upload's body, spooled into storage so that a worker (not the API process) parses it."""
+    return (*uploads(), token)

@@ -9,13 +9,13 @@ overwrites parts and never duplicates or loses a row.
 from __future__ import annotations
 
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from storage import layout
+from storage.duck import connection
 from storage.fs import Store
 
 BASE_COLUMNS = ["doc_id", "corpus_id", "shard", "row", "source", "n_tokens", "score", "rank", "selected"]
@@ -43,15 +43,16 @@ def selection_size(select: dict, eligible: int) -> int:
 
 
 def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_id: str, *,
-                    corpus_id: str, select: dict, mode: str = "global", key: str = "score") -> dict:
+                    corpus_id: str, select: dict, mode: str = "global", key: str = "score",
+                    temp_root: str | None = None, max_temp_size: str | None = None) -> dict:
     """Rank the score parts by `key` (higher is better) and write the parts of manifest `manifest_id`.
 
     Rows with a NULL score (e.g. empty documents) get no rank and are never selected.
     `mode="per_shard"` applies the selection rule to each shard on its own.
+    DuckDB spills (the ranking of a large pool) into a private directory under `temp_root`.
     Returns {num_rows, num_selected, num_shards, columns}.
     """
-    con = duckdb.connect()
-    try:
+    with connection(temp_root, max_temp_size) as con:
         con.register("scores", dataset(store, score_parts))
         counts = con.execute(
             "SELECT shard, count(*) FILTER (WHERE score IS NOT NULL) FROM scores GROUP BY shard").fetchall()
@@ -106,8 +107,6 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_i
         columns = [{"name": f.name, "type": str(f.type)} for f in schema]
         return {"num_rows": num_rows, "num_selected": num_selected,
                 "num_shards": len(shards_written), "columns": columns}
-    finally:
-        con.close()
 
 
 def duckdb_ident(name: str) -> str:
@@ -134,13 +133,10 @@ def score_part(ids: pa.Array, shard: int, sources: pa.Array, n_tokens, score, **
     return pa.table(cols)
 
 
-def selected_by_source(store: Store, parts: list[tuple[str, ...]]) -> dict[str, int]:
-    con = duckdb.connect()
-    try:
+def selected_by_source(store: Store, parts: list[tuple[str, ...]], temp_root: str | None = None) -> dict[str, int]:
+    with connection(temp_root) as con:
         con.register("m", dataset(store, parts))
         rows = con.execute("SELECT coalesce(source, ''), count(*) FROM m WHERE selected GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    finally:
-        con.close()
     return {s: int(c) for s, c in rows}
 
 
@@ -148,15 +144,12 @@ def score_distribution(store: Store, parts: list[tuple[str, ...]], column: str =
                        quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9), limit: int = 50) -> dict:
     """Per source (the `limit` largest): documents, selected, mean and quantiles of `column`."""
     qs = ", ".join(str(q) for q in quantiles)
-    con = duckdb.connect()
-    try:
+    with connection() as con:
         con.register("m", dataset(store, parts))
         rows = con.execute(f"""
             SELECT coalesce(source, ''), count(*), count(*) FILTER (WHERE selected),
                    avg({duckdb_ident(column)}), quantile_cont({duckdb_ident(column)}, [{qs}])
             FROM m WHERE {duckdb_ident(column)} IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {int(limit)}""").fetchall()
-    finally:
-        con.close()
     return {s: {"docs": int(n), "selected": int(k), "mean": float(mean),
                 "quantiles": {str(q): float(v) for q, v in zip(quantiles, vals)}}
             for s, n, k, mean, vals in rows}
@@ -166,8 +159,7 @@ def overlap_with_top(store: Store, manifest_parts: list[tuple[str, ...]], score_
                      key: str, n: int) -> dict:
     """How many of a manifest's selected documents are among the `n` highest `key` of other score
     parts over the same corpus (ties by doc_id), and that top-n's documents per source."""
-    con = duckdb.connect()
-    try:
+    with connection() as con:
         con.register("m", dataset(store, manifest_parts))
         con.register("other", dataset(store, score_parts))
         con.execute(f"""CREATE TEMP TABLE top AS SELECT doc_id, source FROM other
@@ -175,6 +167,4 @@ def overlap_with_top(store: Store, manifest_parts: list[tuple[str, ...]], score_
                         ORDER BY {duckdb_ident(key)} DESC, doc_id LIMIT {int(n)}""")
         both = con.execute("SELECT count(*) FROM m JOIN top USING (doc_id) WHERE m.selected").fetchone()[0]
         by_source = con.execute("SELECT coalesce(source, ''), count(*) FROM top GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    finally:
-        con.close()
     return {"overlap": int(both), "selected_by_source": {s: int(c) for s, c in by_source}}

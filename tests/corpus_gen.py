@@ -1,8 +1,15 @@
 """Small synthetic multi-domain corpora the tests generate themselves."""
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
 
 COMMON = ("the of and a to in is was that for it with as on be at by this had not are but from or have an "
           "they which one you were all we her she there would their will when who him been has more if no "
@@ -33,4 +40,35 @@ def corpus(n: int, seed: int = 0, domains=None, min_words: int = 20, max_words: 
 
 
 def jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    if compression == "gz":
+        return gzip.compress(data)
+    if compression == "zst":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def csv_bytes(docs, columns=("id", "text", "source")) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for d in docs:
+        writer.writerow(["" if d.get(c) is None else d[c] for c in columns])
+    return out.getvalue().encode()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def encode(docs, fmt: str) -> bytes:
+    if fmt == "jsonl":
+        return jsonl(docs)
+    if fmt == "csv":
+        return csv_bytes(docs)
+    return parquet_bytes(pa.Table.from_pylist(docs))

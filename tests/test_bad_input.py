@@ -1,9 +1,13 @@
 """Bad input answers a clear 4xx naming the problem, and changes nothing."""
 from __future__ import annotations
 
+import gzip
 import os
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from tests.corpus_gen import corpus, jsonl
 from tests.helpers import upload
@@ -75,8 +79,16 @@ def test_empty_documents_are_reported(service):
 def test_missing_name_and_unknown_format(service):
     r = service.post("/v1/corpora", params={"format": "jsonl"}, content=GOOD)
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "name"
-    r = service.post("/v1/corpora", params={"name": "x"}, content=GOOD)
-    assert r.status_code == 415
+    r = service.post("/v1/corpora", params={"name": "x"}, content=b"id,text\n1,a\n")   # CSV is never guessed
+    assert r.status_code == 415 and r.json()["error"]["details"]["field"] == "format"
+    for body in (GOOD, gzip.compress(GOOD), zstandard.ZstdCompressor().compress(GOOD)):   # sniffed: JSONL
+        r = service.post("/v1/corpora", params={"name": "sniffed"}, content=body,
+                         headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 201 and r.json()["num_docs"] == GOOD.count(b"\n"), r.text
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": ["a", "b"]}), sink)
+    r = service.post("/v1/corpora", params={"name": "sniffed-parquet"}, content=sink.getvalue().to_pybytes())
+    assert r.status_code == 201 and r.json()["num_docs"] == 2 and r.json()["ids_generated"] is True
 
 
 @pytest.mark.parametrize("spec, field", [
@@ -105,4 +117,4 @@ def test_unknown_kind_and_ids(service):
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", url
     assert service.post("/v1/jobs/job_nope/cancel").status_code == 404
     r = service.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "body"

@@ -15,10 +15,31 @@ runner = CliRunner()
 
 EXPECTED_COMMANDS = {
     ("serve",),
-    ("corpora", "upload"), ("corpora", "list"), ("corpora", "show"),
-    ("jobs", "submit"), ("jobs", "watch"), ("jobs", "list"), ("jobs", "show"), ("jobs", "cancel"),
-    ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
+    ("corpora", "upload"), ("corpora", "list"), ("corpora", "show"), ("corpora", "sample"),
+    ("corpora", "download"), ("corpora", "delete"),
+    *{("jobs", "submit", kind) for kind in cli.KIND_NAMES},
+    ("jobs", "watch"), ("jobs", "list"), ("jobs", "show"), ("jobs", "cancel"),
+    ("manifests", "list"), ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
+    ("manifests", "export"),
+    ("models", "list"), ("models", "show"), ("models", "register"),
+    ("projections", "predict"), ("projections", "plot"),
+    ("curricula", "show"), ("curricula", "epoch"), ("curricula", "losses"),
 }
+
+
+def test_submit_kinds_are_the_public_kinds():
+    from service.schemas import PUBLIC_KINDS
+    assert set(cli.KIND_NAMES) == PUBLIC_KINDS
+
+
+def test_submit_help_lists_the_kinds_spec_fields_with_types_and_defaults():
+    result = runner.invoke(cli.app, ["jobs", "submit", "color_filter", "--help"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "pool: str (required)" in out and "select: Select (required)" in out
+    assert '  mode: "global"|"per_shard" (default "global")' in out
+    assert "tokens: int (default 1000000)" in out          # nested: prior.train.tokens
+    assert "fraction: float | null (default null)" in out
 
 
 def leaf_commands(command, path: tuple = ()) -> set[tuple]:
@@ -111,7 +132,7 @@ def test_commands_turn_api_errors_into_a_message_and_exit_1():
     @probe.command()
     @cli.reports_api_errors
     def fetch(corpus_id: str):
-        raise cli.ApiError(404, "not_found", f"no corpus {corpus_id}", {"id": corpus_id})
+        raise cli.ApiError("not_found", f"no corpus {corpus_id}", {"id": corpus_id}, 404)
 
     result = runner.invoke(probe, ["cor_missing"])
     assert result.exit_code == 1
@@ -196,7 +217,7 @@ def test_serve_refuses_a_public_address_without_api_keys(monkeypatch):
     monkeypatch.delenv("THRESHER_API_KEYS", raising=False)
     result = runner.invoke(cli.app, ["serve", "--host", "0.0.0.0", "--port", "1"])
     assert result.exit_code == 2
-    assert "Refusing to listen on 0.0.0.0 without API keys" in result.stderr
+    assert "refusing to listen on 0.0.0.0: no API keys" in result.stderr
 
 
 def test_serve_reports_bad_configuration(monkeypatch):

@@ -142,3 +142,37 @@ def test_dockerfile_serves_thresher_and_pins_cpu_torch():
     assert "torch==2.13.0" in runs
     exposed = {a for i, a in instructions if i == "EXPOSE"}
     assert words[words.index("--port") + 1] in exposed
+
+
+OBJECT_STORE_KEYS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def secret_env(container: dict) -> dict[str, str]:
+    """Variable name -> the Secret it comes from, for a container's env entries read from Secrets."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_kuberay_api_and_every_ray_node_read_the_object_store_secret():
+    [cluster] = docs_of_kind("RayCluster")
+    [api] = api_deployment()["spec"]["template"]["spec"]["containers"]
+    storage = {e["name"]: e.get("value") for e in api["env"]}["THRESHER_STORAGE_URI"]
+    assert storage.startswith("s3://") and "/" in storage[len("s3://"):], "s3://bucket/prefix"
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for container in [api] + [g["template"]["spec"]["containers"][0] for g in groups]:
+        env = secret_env(container)
+        assert OBJECT_STORE_KEYS <= set(env), container["name"]
+        assert {env[k] for k in OBJECT_STORE_KEYS} == {"thresher-object-store"}, container["name"]
+
+
+def test_compose_gives_every_node_the_same_storage_settings():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    env_files = [[f["path"] if isinstance(f, dict) else f for f in services[name]["env_file"]]
+                 for name in ("ray-head", "ray-worker", "api")]
+    assert env_files[0] == env_files[1] == env_files[2] == ["storage.env"]
+    example = dict(line.split("=", 1) for line in (DEPLOY / "storage.env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["THRESHER_STORAGE_URI"].startswith("s3://") and OBJECT_STORE_KEYS <= set(example)
+    bucket = example["THRESHER_STORAGE_URI"][len("s3://"):].split("/")[0]
+    assert f"local/{bucket}" in " ".join(services["minio-bucket"]["entrypoint"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,34 +11,14 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ALICE, KEYS
+from tests.conftest import ALICE
 from tests.corpus_gen import corpus
 from tests.helpers import submit, upload, wait
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.net import free_port, start_service_process
 
 
 def start_service(home, port, ray_address) -> subprocess.Popen:
-    env = {**os.environ, "THRESHER_RAY_ADDRESS": ray_address, "THRESHER_API_KEYS": ",".join(KEYS),
-           "THRESHER_SHARD_SIZE": "20", "THRESHER_MAX_INFLIGHT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}")
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("service did not become ready")
+    return start_service_process(home, port, ray_address, THRESHER_SHARD_SIZE="20", THRESHER_MAX_INFLIGHT="1")
 
 
 def test_killed_service_resumes_job_without_loss(tmp_path, ray_address):

@@ -1,19 +1,15 @@
 """Streaming corpus ingestion: formats, compression, ids, validation with line numbers, cleanup."""
-import csv
 import gzip
-import io
-import json
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
-import zstandard
 
 from storage.fs import Store
 from service.errors import from_domain
 from storage import layout
 from storage.ingest import CorpusStats, IngestError, detect_format, ingest, iter_corpus
+from tests.corpus_gen import compress, csv_bytes, encode, jsonl, parquet_bytes
 
 DEST = layout.corpus("c1")
 
@@ -34,41 +30,6 @@ DOCS = [
 @pytest.fixture
 def store(tmp_path):
     return Store(str(tmp_path / "store"))
-
-
-def compress(data: bytes, compression: str) -> bytes:
-    if compression == "gz":
-        return gzip.compress(data)
-    if compression == "zst":
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def jsonl(docs) -> bytes:
-    return "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
-
-
-def csv_bytes(docs, columns=("id", "text", "source")) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for d in docs:
-        writer.writerow(["" if d.get(c) is None else d[c] for c in columns])
-    return out.getvalue().encode()
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def encode(docs, fmt: str) -> bytes:
-    if fmt == "jsonl":
-        return jsonl(docs)
-    if fmt == "csv":
-        return csv_bytes(docs)
-    return parquet_bytes(pa.Table.from_pylist(docs))
 
 
 def write(tmp_path, name: str, data: bytes) -> str:
@@ -108,7 +69,7 @@ def test_round_trip(store, tmp_path, fmt, compression):
         "num_docs": 5, "num_shards": 3,
         "num_bytes": sum(len(d["text"].encode()) for d in DOCS),
         "num_empty": 2, "empty_ids": ["c", "d"],
-        "sources": {"web": 3, "books": 1},
+        "sources": {"web": 3, "books": 1}, "ids_generated": False,
     }
     assert store.read_parquet(*DEST, "shard-00000.parquet").schema.field("id").type == pa.string()
 

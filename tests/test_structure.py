@@ -8,10 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("service", "workers", "scoring", "storage")
-# What each layer may import from the project (besides itself).
-ALLOWED = {"service": {"workers", "storage", "scoring"}, "workers": {"scoring", "storage"},
-           "scoring": set(), "storage": set()}
+PACKAGES = ("thresher", "service", "workers", "scoring", "storage")
+# What each layer may import from the project (besides itself). The client (thresher) talks HTTP
+# and reads storage only through storage/layout; the service's CLI is built on the client.
+ALLOWED = {"thresher": {"storage"}, "service": {"thresher", "workers", "storage", "scoring"},
+           "workers": {"scoring", "storage"}, "scoring": set(), "storage": set()}
 
 
 def product_files() -> list[Path]:

@@ -26,7 +26,7 @@ from scoring.tokenizer import eos_id
 from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
-from workers.runtime import ray_get
+from workers.runtime import node_id, ray_get
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
 
@@ -130,7 +130,8 @@ class LossScorer:
     def _info(self, table) -> dict:
         dtype = self.engine.dtype
         return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0),
-                "actor": self.index, "dtype": str(dtype).replace("torch.", "") if dtype else "float32"}
+                "actor": self.index, "dtype": str(dtype).replace("torch.", "") if dtype else "float32",
+                "node": node_id()}
 
     def score_shard(self, shard: int, parts: tuple, out: tuple) -> dict:
         table = self._table(shard, parts)

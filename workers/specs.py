@@ -22,8 +22,17 @@ ModelId = Annotated[str, Ref("models"), Field(min_length=1, description="a model
 ManifestId = Annotated[str, Ref("manifests"), Field(min_length=1, description="a manifest id (man_…)")]
 
 
+# Random seeds: numpy's generators take non-negative integers.
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="random seed (a non-negative integer)")]
+MAX_COUNT = 10**12  # the most documents a `count` may ask for
+MAX_STR = 4096      # the longest string any spec field accepts (ids, field names, URIs)
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Specs are validated strictly: unknown fields, "0.1" or true for a number, NaN/Infinity, and
+    strings longer than MAX_STR are refused (422 naming the field), never coerced. JSON integers
+    are still accepted for float fields."""
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, str_max_length=MAX_STR)
 
 
 def exactly_one(model: BaseModel, *names: str) -> BaseModel:
@@ -36,7 +45,7 @@ def exactly_one(model: BaseModel, *names: str) -> BaseModel:
 class Select(StrictModel):
     """How many documents to keep: exactly one of fraction, count or tau (keep 1/tau of the pool)."""
     fraction: float | None = Field(None, gt=0, le=1)
-    count: int | None = Field(None, ge=1)
+    count: int | None = Field(None, ge=1, le=MAX_COUNT)
     tau: float | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -58,7 +67,7 @@ class TargetedSelection(StrictModel):
     mode: SelectMode = "global"
 
 
-def _ref_of(info) -> Ref | None:
+def ref_of(info) -> Ref | None:
     """The Ref of a field, also when it hides in an Optional (`ModelId | None`)."""
     found = next((m for m in info.metadata if isinstance(m, Ref)), None)
     if found:
@@ -76,7 +85,7 @@ def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
     if isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
             v = getattr(value, name)
-            ref = _ref_of(info)
+            ref = ref_of(info)
             if ref and isinstance(v, str):
                 yield ref.table, v, (*path, name)
             else:

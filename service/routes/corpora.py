@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from typing import Literal
 
-import pyarrow.fs as pafs
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -14,12 +13,14 @@ from starlette.requests import ClientDisconnect
 
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Limit, Svc, Tenant, owned, page
-from service.schemas import Corpus, CorpusList, RegisterCorpus
+from service.schemas import Corpus, CorpusList, RegisterCorpus, distinct_fields
 from storage import layout
 from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, encode
-from storage.ingest import ingest
+from storage.inputs import fixed_prefix, join_uri, list_inputs, split_uri
+from storage.sniff import sniff_format
 from workers.driver import lifecycle
+from workers.jobs.ingest import ingest_upload
 from workers.registry import KINDS
 from workers.specs import iter_refs
 
@@ -32,7 +33,7 @@ CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", 
 def corpus_view(rec: dict) -> Corpus:
     meta = rec.get("meta") or {}
     return Corpus(**{k: v for k, v in rec.items() if k in Corpus.model_fields and v is not None},
-                  empty_doc_ids=meta.get("empty_ids", []))
+                  empty_doc_ids=meta.get("empty_ids", []), ids_generated=meta.get("ids_generated"))
 
 
 class _TooLarge(Exception):
@@ -81,29 +82,28 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         raise _too_large(limit)
     fields = {"name": name, "format": format, "text_field": text_field, "id_field": id_field,
               "source_field": source_field, "filename": filename}
-    spool_dir = os.path.join(s.settings.home, "uploads")
-    os.makedirs(spool_dir, exist_ok=True)
-    fd, spool = tempfile.mkstemp(dir=spool_dir)
+    # The body goes into storage first: a Ray worker parses it, so that no input can crash or
+    # bloat the API process, and no worker needs to read this machine's disk.
+    upload = layout.upload(uuid.uuid4().hex)
+    limited = Request(request.scope, _limited(request.receive, limit))
     try:
-        limited = Request(request.scope, _limited(request.receive, limit))
         try:
-            if ctype == "multipart/form-data":
-                form = await limited.form(max_files=1)
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise ApiError(422, "missing_field", "multipart upload needs a file field named 'file'",
-                                   {"field": "file"})
-                for k in fields:
-                    if fields[k] in (None, "text", "id", "source") and isinstance(form.get(k), str):
-                        fields[k] = form[k]
-                fields["filename"] = fields["filename"] or upload.filename
-                with os.fdopen(fd, "wb") as out:
-                    while chunk := await upload.read(1 << 20):
-                        out.write(chunk)
-            else:
-                with os.fdopen(fd, "wb") as out:
+            with s.store.open_output(*upload) as out:
+                if ctype == "multipart/form-data":
+                    form = await limited.form(max_files=1)
+                    part = form.get("file")
+                    if part is None or isinstance(part, str):
+                        raise ApiError(422, "missing_field", "multipart upload needs a file field named 'file'",
+                                       {"field": "file"})
+                    for k in fields:
+                        if fields[k] in (None, "text", "id", "source") and isinstance(form.get(k), str):
+                            fields[k] = form[k]
+                    fields["filename"] = fields["filename"] or part.filename
+                    while chunk := await part.read(1 << 20):
+                        await run_in_threadpool(out.write, chunk)
+                else:
                     async for chunk in limited.stream():
-                        out.write(chunk)
+                        await run_in_threadpool(out.write, chunk)
         except _TooLarge:
             raise _too_large(limit) from None
         except ClientDisconnect:
@@ -114,21 +114,26 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         fmt = fields["format"] or CONTENT_TYPES.get(ctype)
         fname = fields["filename"] or fields["name"]
         if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
-            raise ApiError(415, "unknown_format", "cannot tell the file's format: pass format=jsonl|csv|parquet "
-                           "or a filename with an extension", {"field": "format"})
+            with s.store.open_input(*upload) as head:  # neither a content type nor a name says it
+                fmt = sniff_format(head.read(1 << 16))
+        if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
+            raise ApiError(415, "unknown_format", "cannot tell the file's format from its content type, name or first bytes: "
+                           "pass format=jsonl|csv|parquet or a filename with an extension", {"field": "format"})
+        try:
+            distinct_fields(fields["text_field"], fields["id_field"])
+        except ValueError as e:
+            raise ApiError(422, "validation_error", f"id_field: {e}", {"field": "id_field"}) from None
         cid = new_id("corpora")
-        stats = await run_in_threadpool(
-            ingest, spool, filename=fname, store=s.store, dest=layout.corpus(cid), format=fmt,
-            text_field=fields["text_field"], id_field=fields["id_field"],
-            source_field=fields["source_field"], shard_size=s.settings.shard_size)
-        rec = lifecycle.create_uploaded_corpus(s.catalog, cid, tenant, fields["name"], stats.to_dict(),
+        options = {"text_field": fields["text_field"], "id_field": fields["id_field"],
+                   "source_field": fields["source_field"], "shard_size": s.settings.shard_size,
+                   "max_doc_bytes": s.settings.max_doc_bytes,
+                   "max_decompressed_bytes": s.settings.max_decompressed_bytes}
+        stats = await run_in_threadpool(ingest_upload, s.store, upload, cid, fname, fmt, options)
+        rec = lifecycle.create_uploaded_corpus(s.catalog, cid, tenant, fields["name"], stats,
                                                {"format": fmt, "filename": fname})
         return corpus_view(rec)
     finally:
-        try:
-            os.unlink(spool)
-        except FileNotFoundError:
-            pass
+        await run_in_threadpool(s.store.delete, *upload)
 
 
 def allowed_uri(uri: str, roots: list[str]) -> str | None:
@@ -142,7 +147,9 @@ def allowed_uri(uri: str, roots: list[str]) -> str | None:
             if path == base or path.startswith(base.rstrip("/") + "/"):
                 return "file://" + path
         return None
-    return uri if any(uri.startswith(r.rstrip("/") + "/") for r in roots if "://" in r) else None
+    location = uri.split("?", 1)[0].rstrip("/")
+    return uri if any(location == r.rstrip("/") or location.startswith(r.rstrip("/") + "/")
+                      for r in roots if "://" in r) else None
 
 
 async def _register(request: Request, tenant: str, s) -> JSONResponse:
@@ -150,19 +157,27 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
         body = RegisterCorpus.model_validate_json(await request.body())
     except ValidationError as e:
         raise invalid_body(e) from None
-    uri = allowed_uri(body.uri, s.settings.allowed_roots)
-    if uri is None:
+    roots = s.settings.allowed_roots
+    scheme, path, query = split_uri(body.uri)
+    uri = allowed_uri(body.uri, roots)
+    # A glob's fixed part must lie under an allowed root, and so must every file it matches
+    # (a symbolic link under the root that points elsewhere is refused too).
+    if uri is None or allowed_uri(join_uri(scheme, fixed_prefix(path), query), roots) is None:
         raise ApiError(403, "forbidden_uri", f"{body.uri} is not under an allowed root "
                        "(THRESHER_ALLOWED_ROOTS)", {"field": "uri"})
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        missing = fs.get_file_info(path).type != pafs.FileType.File
+        files = await run_in_threadpool(list_inputs, uri)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise ApiError(422, "bad_uri", f"cannot read {body.uri}: {e}", {"field": "uri"}) from None
-    if missing:
-        raise ApiError(404, "not_found", f"{body.uri} does not exist or is not a file", {"field": "uri"})
+    if not files:
+        raise ApiError(404, "not_found", f"{body.uri} matches no file", {"field": "uri", "pattern": body.uri})
+    outside = next((f for f in files if allowed_uri(f.uri, roots) is None), None)
+    if outside is not None:
+        raise ApiError(403, "forbidden_uri", f"{outside.name}, matched by {body.uri}, is not under an "
+                       "allowed root (THRESHER_ALLOWED_ROOTS)", {"field": "uri", "file": outside.name})
     spec = {"uri": uri, "format": body.format, "text_field": body.text_field, "id_field": body.id_field,
-            "source_field": body.source_field, "shard_size": s.settings.shard_size}
+            "source_field": body.source_field, "shard_size": s.settings.shard_size,
+            "split_bytes": s.settings.split_bytes, "limits": {"max_doc_bytes": s.settings.max_doc_bytes}}
     rec, _ = lifecycle.create_corpus_by_job(s.engine, tenant, body.name, "ingest", f"ingest {body.name}", spec)
     return JSONResponse(corpus_view(rec).model_dump(), status_code=202)
 

@@ -40,14 +40,11 @@ def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
     check_refs(s, tenant, request.spec)
     body = request.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    if idempotency_key:
-        prior = s.catalog.find("jobs", tenant=tenant, idempotency_key=idempotency_key)
-        if prior:
-            if prior[0]["request_hash"] != digest:
-                raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a "
-                               "different request body", {"job_id": prior[0]["id"]})
-            return job_view(prior[0])
-    rec = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key, digest)
+    rec, new = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key or None,
+                          digest)
+    if not new and rec["request_hash"] != digest:
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a "
+                       "different request body", {"job_id": rec["id"]})
     return job_view(rec)
 
 

@@ -86,6 +86,10 @@ def export_manifest(manifest_id: str, body: ExportRequest | None = None, tenant:
     man = owned(s, "manifests", manifest_id, tenant)
     if "selected" not in [c["name"] for c in man["columns"]] or "doc_id" not in [c["name"] for c in man["columns"]]:
         raise ApiError(409, "not_a_selection", f"manifest {manifest_id} is not a document selection")
+    if (man["num_selected"] if body.selected_only else man["num_rows"]) == 0:
+        raise ApiError(422, "empty_export", f"manifest {manifest_id} has no "
+                       f"{'selected ' if body.selected_only else ''}rows: a corpus needs at least one document",
+                       {"field": "selected_only", "manifest_id": manifest_id})
     name = body.name or f"{manifest_id}-{'selected' if body.selected_only else 'all'}"
     _, job = create_corpus_by_job(s.engine, tenant, name, "export", f"export {manifest_id}",
                                   {"manifest": manifest_id, "selected_only": body.selected_only})

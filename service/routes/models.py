@@ -5,14 +5,15 @@ import os
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, Svc, Tenant, owned, page
 from service.routes.corpora import allowed_uri
-from service.schemas import Model, ModelList
+from service.schemas import MAX_NAME, Model, ModelList, no_nul
 from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
+from workers.specs import MAX_STR
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -20,8 +21,13 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 class RegisterModel(BaseModel):
     """A local Hugging Face causal-LM checkpoint directory (weights + tokenizer) that every Ray
     worker can read, under an allowed root. Loaded with `local_files_only`: nothing is downloaded."""
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    path: str = Field(min_length=1, max_length=MAX_STR)
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        return no_nul(v)
 
 
 def model_view(rec: dict) -> Model:

@@ -1,13 +1,16 @@
 """Operations: liveness, readiness and Prometheus metrics."""
 from __future__ import annotations
 
+import hmac
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from service.auth import is_loopback
+from service.errors import ApiError, ErrorResponse
 from service.routes.common import Svc
 from storage import layout
 from workers.runtime import ray_reachable
@@ -20,7 +23,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "storage not writable or Ray not reachable"}})
 def readyz(s=Svc):
     checks = {"ray": ray_reachable()}
     try:
@@ -48,6 +51,20 @@ class JobStates:
         yield g
 
 
-@router.get("/metrics")
-def metrics(s=Svc):
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+def metrics(request: Request, s=Svc):
+    """Prometheus metrics (jobs by kind and state over all tenants, request counts and latency).
+    With THRESHER_METRICS_TOKEN set, a scraper sends `Authorization: Bearer <token>`; without it,
+    only clients on the loopback interface are answered."""
+    token = s.settings.metrics_token
+    if token:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "unauthorized", "/metrics needs the scrape token (THRESHER_METRICS_TOKEN) "
+                           "as a bearer token", headers={"WWW-Authenticate": "Bearer"})
+    elif not is_loopback(request.client.host if request.client else ""):
+        raise ApiError(403, "forbidden", "/metrics answers only loopback clients unless THRESHER_METRICS_TOKEN "
+                       "is set")
     return Response(generate_latest(s.registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,10 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 @router.post("/v1/query", response_model=QueryResult)
 async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
     """DuckDB SELECT over the manifests named in `tables`; files, network, ATTACH, COPY, extensions
-    and settings are off, and time and memory are bounded."""
+    and settings are off; time, memory and the result's rows and bytes are bounded."""
+    if body.limit > s.settings.query_max_rows:
+        raise ApiError(422, "validation_error", f"limit: at most {s.settings.query_max_rows} rows "
+                       "(THRESHER_QUERY_MAX_ROWS)", {"field": "limit", "max": s.settings.query_max_rows})
     tables = {}
     for name, manifest_id in body.tables.items():
         if not IDENT.match(name):
@@ -27,5 +30,7 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
                            {"field": f"tables.{name}"})
         owned(s, "manifests", manifest_id, tenant)
         tables[name] = dataset(s.store, manifest_files(s.store, manifest_id))
-    return await run_in_threadpool(run_query, body.sql, tables, limit=body.limit,
-                                   timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
+    cfg = s.settings
+    return await run_in_threadpool(run_query, body.sql, tables, limit=body.limit, timeout_s=cfg.query_timeout_s,
+                                   memory_limit=cfg.query_memory, max_bytes=cfg.query_max_bytes,
+                                   temp_root=cfg.temp_dir, max_temp_size=cfg.duckdb_max_temp)

@@ -16,9 +16,11 @@ are found at the end by DuckDB over the id column of the written shards (see dup
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable, Iterator
 
-import pyarrow as pa  # noqa: F401 - record batches in signatures
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage import layout
 from storage.fs import Store
@@ -60,7 +62,9 @@ def detect_format(filename: str, format: str | None = None) -> str:
 
 def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: str | None = None,
            text_field: str = "text", id_field: str | None = "id", source_field: str | None = "source",
-           shard_size: int = 10_000, block_size: int = 8 << 20,
+           shard_size: int = 10_000, block_size: int = 8 << 20, unit: tuple[int, int] | None = None,
+           byte_range: tuple[int, int] | None = None, max_doc_bytes: int | None = None,
+           max_decompressed_bytes: int | None = None, check_ids: bool = True,
            progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Validate `src` and store it as Parquet shards under `dest` of `store`.
 
@@ -68,38 +72,80 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     `(pyarrow.fs.FileSystem, path)` pair. Compression (gzip, zstd) is detected from the magic bytes.
     Ids: the `id_field` values (ints become strings) or, when the first document has none, generated
     as the zero-padded row number `f"{row:010d}"`. `progress(num_docs)` is called after each block.
-    Raises IngestError (nothing stored) for any bad input.
+
+    `unit=(file, range)`: this call ingests one unit of a many-file corpus (one file, or the lines of
+    `byte_range` of an uncompressed JSONL file) into shards of its own (layout.shard_in); generated
+    ids then start with `f"{file:05d}-{range:05d}-"` so that units never share one.
+    `check_ids=False` leaves duplicate ids to the caller (one check over all units is cheaper).
+    Raises IngestError (nothing of this call stored) for any bad input.
     """
     fmt = detect_format(filename, format)
     fields = Fields(text_field, id_field or None, source_field or None)
-    if not dest or shard_size < 1 or block_size < 1 or len({f for f in fields if f}) != len([f for f in fields if f]):
-        raise ValueError("dest must be non-empty, shard_size and block_size positive, field names distinct")
+    named = [f for f in fields if f]
+    if len(set(named)) != len(named):
+        raise IngestError("validation_error", "text_field, id_field and source_field must name different "
+                          "fields", {"field": "id_field" if fields.id == fields.text else "source_field"})
+    if not dest or shard_size < 1 or block_size < 1:
+        raise ValueError("dest must be non-empty, shard_size and block_size positive")
     dest = tuple(dest)
-    if store.list(*dest):
+    if unit is None and store.list(*dest):
         raise IngestError("dest_not_empty", f"{store.uri(*dest)} already holds files", {"dest": list(dest)})
-    reader = READERS[fmt](Source(src), fields, block_size)
-    writer = ShardWriter(store, dest, shard_size)
+    source = Source(src, byte_range, max_decompressed_bytes)
+    reader = READERS[fmt](source, fields, block_size, max_doc_bytes)
+    writer = ShardWriter(store, dest, shard_size, unit=unit)
     stats = StatsBuilder(fields.source)
+    id_prefix = "" if unit is None else f"{unit[0]:05d}-{unit[1]:05d}-"
     blocks = iter(reader)
     try:
         for rows in blocks:
             if len(rows.text):
-                table = to_table(rows, stats.num_docs)
+                table = to_table(rows, stats.num_docs, id_prefix)
+                check_document_size(table, stats.num_docs, reader, max_doc_bytes)
                 stats.add(table)
                 writer.write(table)
                 if progress:
                     progress(stats.num_docs)
         writer.close()
-        if stats.num_docs == 0:
+        if stats.num_docs == 0 and unit is None:
             raise IngestError("empty_file", f"{filename!r} holds no documents", {})
-        if reader.ids_given:
+        if reader.ids_given and check_ids:
             check_duplicate_ids(store, writer.shards, reader)
-    except BaseException:
+    except BaseException as e:
         blocks.close()     # stops the reading thread before anything is deleted
         writer.abort()
-        store.delete(*dest)
+        if unit is None:
+            store.delete(*dest)
+        else:
+            for shard in writer.shards:
+                store.delete(*shard)
+        if isinstance(e, IngestError) and source.range:
+            raise in_whole_file(e, source.lines_before()) from None
         raise
-    return stats.result(len(writer.shards))
+    result = stats.result(len(writer.shards))
+    result.ids_generated = not reader.ids_given and stats.num_docs > 0
+    return result
+
+
+def check_document_size(table: pa.Table, first_row: int, reader, max_doc_bytes: int | None) -> None:
+    if not max_doc_bytes or not table.num_rows:
+        return
+    lengths = pc.binary_length(table.column("text"))
+    if (pc.max(lengths).as_py() or 0) > max_doc_bytes:
+        row = first_row + pc.index(pc.greater(lengths, max_doc_bytes), True).as_py()
+        line = reader.lines_of([row])[0]
+        raise IngestError("document_too_large", f"{reader.unit} {line}: a document longer than "
+                          f"{max_doc_bytes} bytes (THRESHER_MAX_DOC_BYTES){reader.line_note}",
+                          {"line": line, "limit_bytes": max_doc_bytes})
+
+
+def in_whole_file(error: IngestError, lines_before: int) -> IngestError:
+    """An error of a byte range, its line numbers counted from the start of the whole file."""
+    def shift(value):
+        return value + lines_before if isinstance(value, int) else value
+    details = {k: (shift(v) if k in ("line", "first_line") else [shift(x) for x in v] if k == "lines" else v)
+               for k, v in error.details.items()}
+    message = re.sub(r"\bline (\d+)", lambda m: f"line {int(m.group(1)) + lines_before}", error.message)
+    return IngestError(error.code, message, details)
 
 
 def iter_corpus(store: Store, dest: tuple[str, ...], columns: list[str] | None = None,

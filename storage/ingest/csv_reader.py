@@ -17,7 +17,8 @@ class CsvReader:
     unit = "line"
     line_note = " (line 1 is the header)"   # appended to messages that cite lines
 
-    def __init__(self, source: Source, fields: Fields, block_size: int):
+    def __init__(self, source: Source, fields: Fields, block_size: int, max_doc_bytes: int | None = None):
+        self.max_doc_bytes = max_doc_bytes
         self.source, self.fields, self.block_size = source, fields, block_size
         self.columns: list[str] = []
         self.ids_given = False
@@ -27,6 +28,9 @@ class CsvReader:
         for data in self.source.blocks(1 << 20):
             if b"\n" not in data and b"\r" not in data:
                 pending.append(data)
+                if self.max_doc_bytes and sum(map(len, pending)) > self.max_doc_bytes:
+                    raise IngestError("document_too_large", f"a line longer than {self.max_doc_bytes} bytes "
+                                      "(THRESHER_MAX_DOC_BYTES)", {"limit_bytes": self.max_doc_bytes})
                 continue
             lines = b"".join(pending + [data]).splitlines(keepends=True)
             pending = [lines.pop()]     # maybe incomplete, or a "\r" whose "\n" is in the next block
@@ -35,8 +39,9 @@ class CsvReader:
         if tail := b"".join(pending):
             yield tail.decode("utf-8", "surrogateescape")
 
-    def _records(self) -> Iterator[tuple[int, list[str]]]:
-        """(first line, fields) of each non-blank record, header included."""
+    def _records(self, strict: bool = False) -> Iterator[tuple[int, list[str]]]:
+        """(first line, fields) of each non-blank record, header included. `strict`: a quote never
+        closed is an error (else the rest of the file is silently one field)."""
         counted = [0]
 
         def counting():
@@ -45,7 +50,7 @@ class CsvReader:
                 yield text.removeprefix("\ufeff") if counted[0] == 1 else text
 
         csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))   # the default is 128 KiB
-        start, reader = 1, csv.reader(counting())
+        start, reader = 1, csv.reader(counting(), strict=strict)
         while True:
             try:
                 record = next(reader)
@@ -70,7 +75,7 @@ class CsvReader:
         self.ids_given = bool(f.id and f.id in header)
         options = pacsv.ConvertOptions(include_columns=self.columns,
                                        column_types={c: pa.string() for c in self.columns})
-        stream = self.source.open()
+        stream = self.source.counting(self.block_size)
         try:
             try:
                 reader = pacsv.open_csv(stream, convert_options=options,
@@ -82,6 +87,8 @@ class CsvReader:
                 try:
                     batch = reader.read_next_batch()
                 except StopIteration:
+                    if stream.quotes % 2:    # a quote never closed swallowed the rest of the file
+                        self._diagnose_unclosed_quote()
                     return
                 except (pa.ArrowInvalid, OSError) as e:
                     self._diagnose(e)
@@ -108,6 +115,12 @@ class CsvReader:
                     raise IngestError("invalid_utf8", f"line {line}: invalid UTF-8 in {name!r} "
                                       f"(line 1 is the header)", {"line": line, "field": name}) from None
         raise IngestError("malformed_csv", f"cannot parse the CSV file: {error}", {})
+
+    def _diagnose_unclosed_quote(self):
+        for _ in self._records(strict=True):
+            pass
+        raise IngestError("malformed_csv", "a quoted field is never closed (an odd number of double "
+                          "quotes in the file)", {})
 
     def lines_of(self, rows: list[int]) -> list[int]:
         wanted, found = set(rows), {}

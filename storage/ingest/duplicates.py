@@ -1,14 +1,12 @@
 """Duplicate ids across all shards of an ingestion, found with DuckDB over the id column."""
 from __future__ import annotations
 
-import tempfile
-
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from storage import layout
+from storage.duck import connection
 from storage.fs import Store
 from storage.ingest.common import IngestError
 
@@ -24,15 +22,11 @@ def check_duplicate_ids(store: Store, shards: list[layout.Parts], reader) -> Non
     column find the earliest repeat among them (at most DUPLICATE_IDS_SCANNED ids are kept).
     """
     dataset = pads.dataset([store.path(*s) for s in shards], filesystem=store.fs, format="parquet")
-    with tempfile.TemporaryDirectory(prefix="ingest-duckdb-") as spill:
-        con = duckdb.connect(config={"memory_limit": "1GB", "temp_directory": spill})
-        try:
-            con.register("corpus", dataset)
-            dups = pa.array([r[0] for r in con.execute(
-                f"SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT {DUPLICATE_IDS_SCANNED}"
-            ).fetchall()], pa.string())
-        finally:
-            con.close()
+    with connection() as con:
+        con.register("corpus", dataset)
+        dups = pa.array([r[0] for r in con.execute(
+            f"SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT {DUPLICATE_IDS_SCANNED}"
+        ).fetchall()], pa.string())
     if len(dups) == 0:
         return
     first_row: dict[str, int] = {}

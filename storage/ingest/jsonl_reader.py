@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
@@ -12,13 +13,33 @@ from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodab
 from storage.ingest.source import Source, prefetched
 
 
+def all_objects(block, most_irregular: int = 1000) -> bool:
+    """Whether every non-blank line of `block` starts with `{` (after whitespace). Checked on all
+    line starts at once; only lines that do not start with `{` at once (blank, indented) are
+    looked at one by one, and past `most_irregular` of those the caller takes the slow path."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(data == 10) + 1))
+    starts = starts[starts < len(data)]
+    odd = starts[data[starts] != ord("{")]
+    if len(odd) > most_irregular:
+        return False
+    raw = bytes(block) if len(odd) else b""
+    for start in odd.tolist():
+        end = raw.find(b"\n", start)
+        line = raw[start:end if end >= 0 else len(raw)].strip()
+        if line and not line.startswith(b"{"):
+            return False
+    return True
+
+
 class JsonlReader:
     """JSON Lines in blocks of ~block_size bytes split at newlines. Blank lines are skipped."""
     unit = "line"
     line_note = ""   # appended to messages that cite lines
 
-    def __init__(self, source: Source, fields: Fields, block_size: int):
+    def __init__(self, source: Source, fields: Fields, block_size: int, max_doc_bytes: int | None = None):
         self.source, self.fields, self.block_size = source, fields, block_size
+        self.max_doc_bytes = max_doc_bytes
         self.id_mode: str | None = None      # "given" | "generated", fixed by the first document
         self.first_doc_line: int | None = None
         self.id_types = [pa.string(), pa.int64()]   # tried in turn; the one that worked goes first
@@ -35,6 +56,10 @@ class JsonlReader:
                 data, first = data.removeprefix(BOM), False
             if data.rfind(b"\n") < 0:           # inside a line longer than a block
                 pending.append(data)
+                if self.max_doc_bytes and sum(map(len, pending)) > self.max_doc_bytes:
+                    raise IngestError("document_too_large", f"line {line}: longer than {self.max_doc_bytes} "
+                                      "bytes (THRESHER_MAX_DOC_BYTES)",
+                                      {"line": line, "limit_bytes": self.max_doc_bytes})
                 continue
             buf = b"".join(pending + [data]) if pending else data
             cut = buf.rfind(b"\n") + 1
@@ -47,6 +72,9 @@ class JsonlReader:
 
     def __iter__(self) -> Iterator[Rows]:
         for first_line, block, newlines in prefetched(self._blocks()):
+            if not all_objects(block):          # pyarrow must never see a line that is no object:
+                yield self._parse_slow(first_line, block)   # some (`null`) crash its reader
+                continue
             table = self._parse_fast(block)
             rows = self._accept(table, block, newlines, first_line) if table is not None else None
             yield rows if rows is not None else self._parse_slow(first_line, block)
@@ -108,6 +136,10 @@ class JsonlReader:
             except json.JSONDecodeError as e:
                 raise IngestError("malformed_json", f"line {line}: malformed JSON: {e.msg} "
                                   f"(column {e.colno})", {"line": line, "column": e.colno}) from None
+            except RecursionError:
+                raise IngestError("malformed_json", f"line {line}: nested too deeply", {"line": line}) from None
+            except ValueError as e:     # e.g. a number of more digits than Python converts
+                raise IngestError("malformed_json", f"line {line}: {e}", {"line": line}) from None
             if not isinstance(doc, dict):
                 raise IngestError("malformed_json", f"line {line}: expected a JSON object, found "
                                   f"{json_type(doc)} (one document per line)", {"line": line})

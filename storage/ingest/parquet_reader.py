@@ -18,7 +18,8 @@ class ParquetReader:
     unit = "row"
     line_note = ""
 
-    def __init__(self, source: Source, fields: Fields, block_size: int):
+    def __init__(self, source: Source, fields: Fields, block_size: int, max_doc_bytes: int | None = None):
+        self.max_doc_bytes = max_doc_bytes
         self.source, self.fields = source, fields
         self.ids_given = False
 

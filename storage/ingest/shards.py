@@ -22,17 +22,21 @@ class CorpusStats:
     num_empty: int                # documents whose text is empty or whitespace only (kept)
     empty_ids: list[str] = field(default_factory=list)   # the first MAX_EMPTY_IDS of them
     sources: dict[str, int] = field(default_factory=dict)  # documents per non-null source
+    ids_generated: bool = False   # the input had no ids: they were generated
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 
-def to_table(rows: Rows, start: int) -> pa.Table:
+def to_table(rows: Rows, start: int, id_prefix: str = "") -> pa.Table:
+    """The stored table of a block whose first row is `start`; missing ids are generated from it."""
     n = len(rows.text)
     ids = rows.ids
     if ids is None:
         ids = pc.utf8_lpad(pc.cast(pa.array(np.arange(start, start + n)), pa.string()), 10, "0")
+        if id_prefix:
+            ids = pc.binary_join_element_wise(pa.scalar(id_prefix), ids, "")
     source = rows.source if rows.source is not None else pa.nulls(n, pa.string())
     cols = [c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c]) for c in (ids, rows.text, source)]
     return pa.Table.from_arrays(cols, schema=SCHEMA)
@@ -76,8 +80,9 @@ class ShardWriter:
     """Appends tables to shards of `shard_size` rows on one background thread (so in order), with at
     most `depth` tables in flight, which bounds memory."""
 
-    def __init__(self, store: Store, dest: tuple[str, ...], shard_size: int, depth: int = 2):
-        self.store, self.dest, self.shard_size, self.depth = store, dest, shard_size, depth
+    def __init__(self, store: Store, dest: tuple[str, ...], shard_size: int, depth: int = 2,
+                 unit: tuple[int, int] | None = None):
+        self.store, self.dest, self.shard_size, self.depth, self.unit = store, dest, shard_size, depth, unit
         self.shards: list[layout.Parts] = []   # paths of the finished shards, in order
         self._writer = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
@@ -108,7 +113,7 @@ class ShardWriter:
     def _append(self, table: pa.Table) -> None:
         while table.num_rows:
             if self._writer is None:
-                self._path = layout.shard_in(self.dest, len(self.shards))
+                self._path = layout.shard_in(self.dest, len(self.shards), self.unit)
                 self._writer = self.store.parquet_writer(SCHEMA, *self._path)
             room = self.shard_size - self._writer.rows
             self._writer.write(table.slice(0, room))

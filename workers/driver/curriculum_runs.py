@@ -56,6 +56,12 @@ def _load(store: Store, run_id: str):
     return scheduler_from_state(state), meta["epoch"], meta["losses_posted"]
 
 
+def planned_counts(store: Store, run_id: str) -> tuple[int, dict[int, int]]:
+    """(samples in the run, {epoch: samples in its plan}) for the epochs planned so far."""
+    sched, _, _ = _load(store, run_id)
+    return sched.num_samples, dict(sched.planned_counts)
+
+
 def describe(store: Store, run_id: str) -> dict:
     sched, epoch, posted = _load(store, run_id)
     return {"method": sched.kind, "epoch": epoch, "epochs": sched.epochs, "num_samples": sched.num_samples,

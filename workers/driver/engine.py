@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ import ray
 
 from storage import layout
 from storage.catalog import Catalog, NotFound, now
-from storage.errors import DomainError
+from storage.errors import DomainError, redact
 from storage.fs import Store
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind
@@ -56,6 +57,9 @@ class EngineConfig:
     max_concurrent_jobs: int = 2
     task_retries: int = 3
     shard_size: int = 10_000
+    temp_root: str | None = None
+    """Where the driver's DuckDB connections spill (selections); None: DuckDB's default."""
+    max_temp_size: str | None = None
 
 
 def derived_id(prefix: str, job_id: str, role: str = "") -> str:
@@ -68,6 +72,7 @@ class JobContext:
     engine: "JobEngine"
     job: dict
     cancel_event: threading.Event
+    nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
     _stage: dict = field(default_factory=dict)
     _last_write: float = 0.0
 
@@ -99,7 +104,8 @@ class JobContext:
         if self.cancel_event.is_set():
             raise Cancelled()
 
-    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False) -> None:
+    def progress(self, stage: str, done: float, total: float, unit: str, force: bool = False,
+                 detail: dict | None = None) -> None:
         t = time.monotonic()
         if self._stage.get("stage") != stage:
             self._stage = {"stage": stage, "t0": t, "done0": done}
@@ -112,7 +118,8 @@ class JobContext:
         self._last_write = t
         self.catalog.update("jobs", self.job_id, progress={
             "stage": stage, "done": done, "total": total, "unit": unit,
-            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None})
+            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
+            **({"detail": detail} if detail else {})})
 
     def corpus(self, corpus_id: str) -> dict:
         rec = self.catalog.get("corpora", corpus_id, self.tenant)
@@ -127,23 +134,27 @@ class JobContext:
         """Documents per shard, from the Parquet footers (no data read)."""
         return {s: self.store.parquet_file(*p).metadata.num_rows for s, p in self.corpus_shards(corpus_id)}
 
-    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards") -> dict:
+    def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards",
+                  detail: Callable[[set], dict] | None = None) -> dict:
         """Run tasks on Ray (skipping those whose output exists); returns {task.key: result}.
 
         At most `max_inflight` tasks are in flight. Ray retries a task whose worker died; a task that
         still fails fails the job. Cancellation is checked while waiting and stops in-flight tasks.
+        A task that returns a dict with `node` says where it ran: the job's summary counts tasks per
+        node and stage (`nodes`). `detail(keys done)` adds to the progress (e.g. files done).
         """
         total = sum(t.size for t in tasks)
         results: dict = {}
-        pending = []
+        pending, finished = [], set()
         done = 0
         for t in tasks:
             if t.out is not None and self.store.exists(*t.out):
                 done += t.size
                 results[t.key] = None
+                finished.add(t.key)
             else:
                 pending.append(t)
-        self.progress(stage, done, total, unit, force=True)
+        self.progress(stage, done, total, unit, force=True, detail=detail(finished) if detail else None)
         limit = self.config.max_inflight or 2 * cluster_cpus()
         inflight: dict = {}
         try:
@@ -155,9 +166,14 @@ class JobContext:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     t = inflight.pop(ref)
-                    results[t.key] = ray_get(ref, f"{stage}: task {t.key}")
+                    results[t.key] = result = ray_get(ref, f"{stage}: task {t.key}")
+                    if isinstance(result, dict) and "node" in result:
+                        per_node = self.nodes.setdefault(stage, {})
+                        per_node[result["node"]] = per_node.get(result["node"], 0) + 1
                     done += t.size
-                    self.progress(stage, done, total, unit, force=not pending and not inflight)
+                    finished.add(t.key)
+                    self.progress(stage, done, total, unit, force=not pending and not inflight,
+                                  detail=detail(finished) if detail else None)
         finally:
             for ref in inflight:
                 ray.cancel(ref)
@@ -234,6 +250,11 @@ class JobEngine:
         self.lock = threading.Lock()
         self._stopping = False
 
+    def server_paths(self) -> list[str]:
+        """Where this server keeps its files: kept out of the error messages tenants read."""
+        home = os.path.dirname(self.config.temp_root) if self.config.temp_root else None
+        return [p for p in (self.store.base, home) if p]
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         for i in range(self.config.max_concurrent_jobs):
@@ -262,6 +283,10 @@ class JobEngine:
     def submit(self, job: dict) -> None:
         self.catalog.insert("jobs", job)
         self._enqueue(job["id"])
+
+    def enqueue(self, job_id: str) -> None:
+        """Run a job whose `queued` row the caller inserted itself."""
+        self._enqueue(job_id)
 
     def cancel(self, job_id: str) -> dict:
         job = self.catalog.get("jobs", job_id)
@@ -325,8 +350,12 @@ class JobEngine:
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
         if state != "succeeded" and ctx.kind.on_end:
             ctx.kind.on_end(ctx, state, error)
+        if error:
+            error = {**error, "message": redact(error["message"], self.server_paths())}
         fields = {"state": state, "finished_at": now(), "error": error}
         if result is not None:
+            if ctx.nodes:
+                result.setdefault("summary", {})["nodes"] = ctx.nodes
             fields["result"] = result
         prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
         if prog and state == "succeeded":

@@ -32,11 +32,18 @@ def job_record(tenant: str, kind: str, name: str | None, spec: dict, idempotency
 
 
 def submit_job(engine, tenant: str, kind: str, name: str | None, spec: dict,
-               idempotency_key: str | None = None, request_hash: str | None = None) -> dict:
-    """Queue a job (the engine inserts its row and runs it); returns the stored record."""
+               idempotency_key: str | None = None, request_hash: str | None = None) -> tuple[dict, bool]:
+    """Queue a job (the engine inserts its row and runs it); returns (the stored record, whether it
+    is new). With an Idempotency-Key the check and the insert are one atomic catalog step, so
+    concurrent submissions with one key get one job; the caller compares `request_hash`."""
     job = job_record(tenant, kind, name, spec, idempotency_key, request_hash)
-    engine.submit(job)
-    return engine.catalog.get("jobs", job["id"])
+    if idempotency_key is None:
+        engine.submit(job)
+        return engine.catalog.get("jobs", job["id"]), True
+    stored, new = engine.catalog.insert_or_get("jobs", job, ("tenant", "idempotency_key"))
+    if new:
+        engine.enqueue(job["id"])
+    return (engine.catalog.get("jobs", job["id"]) if new else stored), new
 
 
 # -- corpora -------------------------------------------------------------------------------------
@@ -45,11 +52,15 @@ def _corpus_fields(stats: dict) -> dict:
     return {k: stats[k] for k in CORPUS_STATS if k in stats}
 
 
+def _corpus_meta(stats: dict) -> dict:
+    return {"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated")}
+
+
 def create_uploaded_corpus(catalog: Catalog, corpus_id: str, tenant: str, name: str, stats: dict,
                            meta: dict) -> dict:
     """An upload whose shards are all written: the corpus appears `ready`."""
     rec = {"id": corpus_id, "tenant": tenant, "name": name, "state": "ready", "created_at": now(),
-           **_corpus_fields(stats), "meta": {"empty_ids": stats.get("empty_ids", []), **meta}}
+           **_corpus_fields(stats), "meta": {**_corpus_meta(stats), **meta}}
     return catalog.insert("corpora", rec)
 
 
@@ -65,8 +76,7 @@ def create_corpus_by_job(engine, tenant: str, name: str, kind: str, job_name: st
 
 
 def commit_corpus(catalog: Catalog, corpus_id: str, stats: dict) -> None:
-    catalog.update("corpora", corpus_id, state="ready", **_corpus_fields(stats),
-                   meta={"empty_ids": stats.get("empty_ids", [])})
+    catalog.update("corpora", corpus_id, state="ready", **_corpus_fields(stats), meta=_corpus_meta(stats))
 
 
 def fail_corpus(catalog: Catalog, store: Store, corpus_id: str, error: dict | None) -> None:

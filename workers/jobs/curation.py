@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import ray
@@ -16,6 +15,7 @@ from pydantic import Field, model_validator
 from scoring.reweight import STRATEGIES, sample_weights
 from storage import layout
 from storage.catalog import NotFound
+from storage.duck import connection
 from storage.fs import Store
 from storage.manifests import dataset, manifest_files, write_table_manifest
 from workers.driver import lifecycle
@@ -23,7 +23,7 @@ from workers.driver.curriculum_runs import create_run
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs.lm import ScoreOptions, model_record, score_shards
 from workers.kind import SCORER, SHARD_TASK, JobKind
-from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, exactly_one
+from workers.specs import CorpusId, ManifestId, ModelId, Seed, StrictModel, exactly_one
 
 
 def document_losses(ctx: JobContext, corpus: str, model: str | None, losses: str | None,
@@ -37,13 +37,9 @@ def document_losses(ctx: JobContext, corpus: str, model: str | None, losses: str
         if "loss" not in [c["name"] for c in man["columns"]]:
             raise JobFailed("not_a_loss_manifest", f"manifest {losses} has no loss column (use a score job's)")
         parts = manifest_files(ctx.store, losses)
-    con = duckdb.connect()
-    try:
+    with connection(ctx.config.temp_root, ctx.config.max_temp_size) as con:
         con.register("s", dataset(ctx.store, parts))
-        table = con.sql("SELECT doc_id, shard, row, source, loss FROM s ORDER BY shard, row").to_arrow_table()
-    finally:
-        con.close()
-    return table
+        return con.sql("SELECT doc_id, shard, row, source, loss FROM s ORDER BY shard, row").to_arrow_table()
 
 
 class LossSource(StrictModel):
@@ -62,7 +58,7 @@ class ReweightSpec(LossSource):
     strategy: Literal[STRATEGIES] = "linupper"
     r: float = Field(0.4, gt=0, description="softmax temperature")
     batch_size: int = Field(256, ge=1, le=1_000_000)
-    seed: int = 0
+    seed: Seed = 0
     scoring: ScoreOptions = ScoreOptions()
 
 
@@ -114,7 +110,7 @@ class CurriculumSpec(StrictModel):
     num_groups: int = Field(5, ge=1, le=1000, description="SeTa: k of the k-means on losses")
     window_scale: float = Field(0.9, gt=0, le=1, description="SeTa: share of clusters in the window")
     delta: float = Field(0.875, ge=0, le=1, description="share of epochs that prune; the rest anneal")
-    seed: int = 0
+    seed: Seed = 0
     initial_score: float = Field(3.0, description="score of samples with no loss yet")
     model: ModelId | None = Field(None, description="score the corpus first for initial losses")
     scoring: ScoreOptions = ScoreOptions()

@@ -1,51 +1,208 @@
 """Jobs that make corpora: `ingest` (register server-side data by URI) and `export` (a selection's
-documents, with text, as a new corpus). The service creates the corpus record (state `ingesting`)
-when it accepts the request; these jobs fill it in and mark it `ready`, or `failed`."""
+documents, with text, as a new corpus), and the Ray task that parses every upload. The service
+creates the corpus record (state `ingesting`) when it accepts a registration; these jobs fill it in
+and mark it `ready`, or `failed` (with every shard removed).
+
+A registration is ingested in units, one Ray task each: a file, or a byte range of a large
+uncompressed JSONL file cut at line boundaries. The matched files are listed once and recorded
+(`inputs.json`), every unit writes its shards and then its statistics (`units/unit-F-R.json`), so a
+restarted job skips finished units. Duplicate ids across units are found by DuckDB over the id
+columns before the corpus becomes ready.
+"""
 from __future__ import annotations
 
+import json
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 from pydantic import Field
 
 from storage import layout
+from storage.duck import connection
 from storage.fs import Store
-from storage.ingest import ingest
+from storage.ingest import IngestError, detect_format, ingest
+from storage.ingest.shards import MAX_EMPTY_IDS
+from storage.inputs import InputFile, list_inputs
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.kind import SHARD_TASK, JobKind
+from workers.runtime import node_id, ray_get
 from workers.specs import ManifestId, StrictModel
+
+COMPRESSED = (".gz", ".gzip", ".zst", ".zstd")
+
+
+class Limits(StrictModel):
+    """Bounds on untrusted input: a document's bytes, and what a compressed file may inflate to."""
+    max_doc_bytes: int | None = Field(None, ge=1)
+    max_decompressed_bytes: int | None = Field(None, ge=1)
 
 
 class IngestSpec(StrictModel):
     corpus_id: str
-    uri: str
+    uri: str = Field(description="a file, a directory or a glob, local or in an object store")
     format: str | None = None
     text_field: str = "text"
     id_field: str = "id"
     source_field: str = "source"
     shard_size: int = Field(10_000, ge=1)
+    split_bytes: int = Field(256 << 20, ge=1024, description="uncompressed JSONL files larger than this "
+                                                            "are ingested in byte ranges of this size")
+    limits: Limits = Limits()
+
+
+def ingest_options(spec: IngestSpec | dict) -> dict:
+    s = spec if isinstance(spec, dict) else spec.model_dump()
+    return {"text_field": s["text_field"], "id_field": s["id_field"], "source_field": s["source_field"],
+            "shard_size": s["shard_size"], **(s.get("limits") or {})}
 
 
 @ray.remote
-def ingest_uri(store_root: str, spec: dict) -> dict:
+def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, unit: list | None,
+                byte_range: list | None, options: dict, marker: tuple | None) -> dict:
+    """Parse one unit into shards of the corpus; its statistics, also written to `marker` last."""
     store = Store(store_root)
-    fs, path = pafs.FileSystem.from_uri(spec["uri"])
-    stats = ingest((fs, path), filename=path.rsplit("/", 1)[-1], store=store,
-                   dest=layout.corpus(spec["corpus_id"]), format=spec["format"],
-                   text_field=spec["text_field"], id_field=spec["id_field"],
-                   source_field=spec["source_field"], shard_size=spec["shard_size"])
-    return stats.to_dict()
+    src = (store.fs, store.path(*source["parts"])) if "parts" in source else \
+        pafs.FileSystem.from_uri(source["uri"])
+    name = source.get("name") or src[1].rsplit("/", 1)[-1]
+    try:
+        stats = ingest(src, filename=name, store=store, dest=layout.corpus(corpus_id), format=fmt,
+                       unit=tuple(unit) if unit else None,
+                       byte_range=tuple(byte_range) if byte_range else None, **options).to_dict()
+    except IngestError as e:
+        if unit is None:
+            raise
+        raise IngestError(e.code, f"{name}: {e.message}", {**e.details, "file": name}) from None
+    except ValueError as e:      # a byte range of a file that turned out compressed (no extension)
+        if byte_range is None or "byte range" not in str(e):
+            raise
+        if byte_range[0] > 0:    # the first range reads the whole file; the others nothing
+            stats = {"num_docs": 0, "num_bytes": 0, "num_shards": 0, "num_empty": 0, "empty_ids": [], "sources": {},
+                     "ids_generated": False}
+        else:
+            stats = ingest(src, filename=name, store=store, dest=layout.corpus(corpus_id), format=fmt,
+                           unit=tuple(unit), **options).to_dict()
+    stats["node"] = node_id()
+    if marker:
+        store.write_bytes(json.dumps(stats).encode(), *marker)
+    return stats
+
+
+def plan_units(files: list[InputFile], split_bytes: int,
+               fmt: str | None = None) -> list[tuple[tuple[int, int], InputFile, list | None]]:
+    """(unit, file, byte range or None): a file per unit, or byte ranges of a large uncompressed file."""
+    units = []
+    for i, f in enumerate(files):
+        splittable = f.size > split_bytes and not f.name.lower().endswith(COMPRESSED) and \
+            detect_format(f.name, fmt) == "jsonl"
+        if not splittable:
+            units.append(((i, 0), f, None))
+            continue
+        for r, start in enumerate(range(0, f.size, split_bytes)):
+            units.append(((i, r), f, [start, min(start + split_bytes, f.size)]))
+    return units
+
+
+def recorded_inputs(ctx: JobContext, spec: IngestSpec) -> list[InputFile]:
+    """The files of the registration, listed once: a restarted job sees the same list."""
+    where = layout.job_file(ctx.job_id, "inputs")
+    if ctx.store.exists(*where):
+        return [InputFile(**f) for f in json.loads(ctx.store.read_bytes(*where))]
+    files = list_inputs(spec.uri)
+    if not files:
+        raise JobFailed("not_found", f"{spec.uri} matches no file")
+    for f in files:
+        try:
+            detect_format(f.name, spec.format)
+        except IngestError as e:
+            raise JobFailed(e.code, f"{f.name}: {e.message}") from None
+    ctx.store.write_bytes(json.dumps([f.to_dict() for f in files]).encode(), *where)
+    return files
 
 
 def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
-    ctx.progress("ingest", 0, 1, "files", force=True)
-    opts = ctx.options("ingest")
-    tasks = [Task(out=None, key="stats",
-                  submit=lambda: ingest_uri.options(**opts).remote(ctx.store.root, spec.model_dump()))]
-    stats = ctx.run_tasks("ingest", tasks, unit="files")["stats"]
+    files = recorded_inputs(ctx, spec)
+    units = plan_units(files, spec.split_bytes, spec.format)
+    # One unit checks its own ids (naming lines); many are checked once over all of them at the end.
+    opts, options = ctx.options("ingest"), {**ingest_options(spec), "check_ids": len(units) == 1}
+    tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
+                  size=(rng[1] - rng[0]) if rng else f.size,
+                  submit=lambda unit=unit, f=f, rng=rng: ingest_unit.options(**opts).remote(
+                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "name": f.name}, spec.format, list(unit),
+                      rng, options, layout.ingested_unit(ctx.job_id, unit)))
+             for unit, f, rng in units]
+    files_of = {}
+    for unit, _, _ in units:
+        files_of.setdefault(unit[0], set()).add(unit)
+
+    def files_done(done: set) -> dict:
+        return {"files_done": sum(parts <= done for parts in files_of.values()), "files_total": len(files)}
+
+    ctx.run_tasks("ingest", tasks, unit="bytes", detail=files_done)
+    stats = merge_stats([json.loads(ctx.store.read_bytes(*t.out)) for t in tasks])
+    stats["num_shards"] = len(ctx.corpus_shards(spec.corpus_id))
+    if stats["num_docs"] == 0:
+        raise JobFailed("empty_file", f"{spec.uri} holds no documents")
+    if len(units) > 1:
+        ctx.progress("check_ids", 0, 1, "steps", force=True)
+        check = Task(out=None, key="ids", submit=lambda: check_unit_ids.options(**ctx.options("check_ids")).remote(
+            ctx.store.root, spec.corpus_id, [f.name for f in files]))
+        ctx.run_tasks("check_ids", [check], unit="steps")
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
-    return {"corpus_id": spec.corpus_id, "summary": stats}
+    return {"corpus_id": spec.corpus_id, "summary": {**stats, "files": len(files), "units": len(units)}}
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    out = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "empty_ids": [], "sources": {},
+           "ids_generated": any(p.get("ids_generated") for p in parts)}
+    for p in parts:
+        for k in ("num_docs", "num_bytes", "num_empty"):
+            out[k] += p[k]
+        out["empty_ids"] = (out["empty_ids"] + p.get("empty_ids", []))[:MAX_EMPTY_IDS]
+        for src, n in p["sources"].items():
+            out["sources"][src] = out["sources"].get(src, 0) + n
+    out["sources"] = dict(sorted(out["sources"].items(), key=lambda kv: -kv[1]))
+    return out
+
+
+@ray.remote
+def check_unit_ids(store_root: str, corpus_id: str, file_names: list[str]) -> None:
+    """Refuse the corpus if two units hold the same id: the error names the id and both files.
+    DuckDB's aggregate spills past its memory limit, so this stays bounded however large."""
+    store = Store(store_root)
+    shards = [p for _, p in layout.corpus_shards(store, corpus_id)]
+    data = pads.dataset([store.path(*p) for p in shards], filesystem=store.fs, format="parquet")
+    with connection() as con:
+        con.register("corpus", data)
+        dup = con.execute("SELECT id FROM corpus GROUP BY id HAVING count(*) > 1 LIMIT 1").fetchone()
+    if dup is None:
+        return
+    holders = []
+    for shard in shards:
+        ids = store.read_parquet(*shard, columns=["id"])["id"]
+        holders += [file_names[layout.unit_of(shard)[0]]] * (pc.sum(pc.equal(ids, dup[0])).as_py() or 0)
+        if len(holders) >= 2:
+            break
+    first, second = holders[:2]
+    where = f"{first} and {second}" if first != second else f"{first} (twice)"
+    raise IngestError("duplicate_id", f"duplicate id {dup[0]!r} in {where}; ids must be unique across "
+                      "all files of a corpus", {"id": dup[0], "files": [first, second]})
+
+
+def ingest_upload(store: Store, upload: tuple, corpus_id: str, filename: str, fmt: str | None,
+                  options: dict) -> dict:
+    """Parse an upload spooled into storage on a Ray worker (a parser crash cannot take the API
+    process down) and store it as the corpus's shards; its statistics. Bad input raises IngestError;
+    a worker that dies on the input raises IngestError too (the input is what killed it)."""
+    ref = ingest_unit.options(num_cpus=1, max_retries=0).remote(
+        store.root, corpus_id, {"parts": list(upload), "name": filename}, fmt, None, None, options, None)
+    try:
+        return ray_get(ref, "ingesting the upload")
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError) as e:
+        store.delete(*layout.corpus(corpus_id))
+        raise IngestError("unparseable_input", "the parser crashed on this input; nothing was stored",
+                          {"reason": type(e).__name__}) from None
 
 
 def fail_corpus(ctx: JobContext, state: str, error: dict | None) -> None:
@@ -67,7 +224,7 @@ def export_shard(store_root: str, corpus_part: tuple, manifest_part: tuple, out:
     if selected_only:
         docs = docs.filter(store.read_parquet(*manifest_part, columns=["selected"])["selected"])
     store.write_parquet(docs, *out)
-    return docs.num_rows
+    return {"rows": docs.num_rows, "node": node_id()}
 
 
 def shard_stats(docs) -> dict:
@@ -111,7 +268,7 @@ def manifest_corpus(ctx: JobContext, manifest_id: str) -> str | None:
 
 KINDS = [
     JobKind("ingest", IngestSpec, run_ingest, "register server-side data as a corpus",
-            stages={"ingest": SHARD_TASK}, internal=True, on_end=fail_corpus),
+            stages={"ingest": SHARD_TASK, "check_ids": SHARD_TASK}, internal=True, on_end=fail_corpus),
     JobKind("export", ExportSpec, run_export, "materialise a selection's documents as a corpus",
             stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus),
 ]

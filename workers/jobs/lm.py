@@ -32,7 +32,7 @@ from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import CorpusId, ManifestId, ModelId, StrictModel, TargetedSelection, exactly_one
+from workers.specs import CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection, exactly_one
 from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
 
 
@@ -393,7 +393,7 @@ class EvaluateSpec(StrictModel):
     selection: ManifestId
     validation: CorpusId
     proxy: TrainOptions = TrainOptions()
-    seed: int = 0
+    seed: Seed = 0
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:

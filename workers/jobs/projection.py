@@ -35,7 +35,7 @@ from workers.driver.engine import JobContext, JobFailed, Task, derived_id
 from workers.jobs.lm import model_record
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
-from workers.specs import CorpusId, ModelId, StrictModel
+from workers.specs import CorpusId, ModelId, Seed, StrictModel
 from workers.training import TrainOptions, train_from_scratch
 
 
@@ -119,7 +119,7 @@ class ProjectionSpec(StrictModel):
     embedding: Embedding = Embedding()
     auto: AutoPilots = AutoPilots()
     reg: float = Field(1e-2, gt=0, description="entropic regularisation, relative to the mean cost")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("pilot_sizes")
     @classmethod

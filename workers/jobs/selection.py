@@ -6,16 +6,18 @@ from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import ray
 from pydantic import Field
 
 from scoring.hashing import DEFAULT_BUCKETS, ngram_counts, word_counts
 from storage import layout
 from storage.fs import Store
-from storage.manifests import manifest_files, score_part, selected_by_source, write_selection
+from storage.manifests import dataset, manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.kind import SHARD_TASK, JobKind
-from workers.specs import CorpusId, Select, SelectMode, StrictModel, TargetedSelection
+from workers.runtime import node_id
+from workers.specs import CorpusId, Seed, Select, SelectMode, StrictModel, TargetedSelection
 
 
 def empty_mask(texts) -> np.ndarray:
@@ -42,11 +44,19 @@ def finish_selection(ctx: JobContext, kind: str, pool: str, select: Select | Non
     ctx.progress("select", 0, 1, "steps", force=True)
     man_id = derived_id("man", ctx.job_id)
     info = write_selection(ctx.store, layout.score_parts(ctx.store, ctx.job_id), man_id, corpus_id=pool,
-                           select=select.as_dict() if select else {"count": 0}, mode=mode, key=key)
+                           select=select.as_dict() if select else {"count": 0}, mode=mode, key=key,
+                           temp_root=ctx.config.temp_root, max_temp_size=ctx.config.max_temp_size)
     ctx.commit_manifest(man_id, kind, info, meta)
     ctx.progress("select", 1, 1, "steps", force=True)
     summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
-               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id)), **(meta or {})}
+               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id),
+                                                           ctx.config.temp_root), **(meta or {})}
+    if select is not None and select.count is not None and select.count > info["num_selected"]:
+        eligible = dataset(ctx.store, manifest_files(ctx.store, man_id)).count_rows(filter=pds.field("rank").is_valid())
+        if select.count > eligible:
+            summary.setdefault("warnings", []).append(
+                f"select.count is {select.count} but the pool has only {eligible} selectable (non-empty) "
+                "documents: all of them were selected")
     return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}
 
 
@@ -56,7 +66,7 @@ class RandomSpec(StrictModel):
     pool: CorpusId
     select: Select
     mode: SelectMode = "global"
-    seed: int = 0
+    seed: Seed = 0
 
 
 @ray.remote
@@ -66,7 +76,7 @@ def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: i
     score = np.random.default_rng([seed, shard]).random(t.num_rows)
     score[empty_mask(t["text"])] = np.nan
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), score), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
@@ -83,7 +93,7 @@ def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
 # -- dsir ----------------------------------------------------------------------------------------
 
 class DsirSpec(TargetedSelection):
-    seed: int = 0
+    seed: Seed = 0
     buckets: int = Field(DEFAULT_BUCKETS, ge=16, le=1_000_000)
     sampling: Literal["gumbel", "topk"] = Field(
         "gumbel", description="gumbel: importance resampling without replacement (Gumbel top-k); "
@@ -95,7 +105,7 @@ def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int) -> in
     store = Store(store_root)
     t = store.read_parquet(*parts, columns=["text"])
     save_array(store, np.asarray(ngram_counts(t["text"], buckets).sum(axis=0)).ravel(), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 @ray.remote
@@ -109,7 +119,7 @@ def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tu
     gumbel = np.random.default_rng([seed, shard]).gumbel(size=t.num_rows)
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), logw,
                                    resample_key=logw + gumbel), *out)
-    return t.num_rows
+    return {"rows": t.num_rows, "node": node_id()}
 
 
 def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets: int, seed: int,

@@ -1,0 +1,156 @@
+"""Small read-only endpoints that let a client (the dashboard) describe and browse what it has:
+the job kinds with their spec schemas, who the caller is, a manifest's top and bottom documents
+with their text, and a curriculum run's samples kept per epoch."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Svc, Tenant, owned
+from storage import layout
+from storage.manifests import dataset, manifest_files
+from storage.query import run_query
+from workers.driver.curriculum_runs import planned_counts
+from workers.registry import KINDS
+from workers.specs import ref_of
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+class KindInfo(BaseModel):
+    name: str
+    description: str
+    spec_schema: dict[str, Any] = Field(description="JSON Schema of the kind's `spec` (pydantic)")
+    refs: dict[str, str] = Field(description="top-level spec fields that name another resource -> "
+                                             "its collection (corpora, models, manifests)")
+
+
+class KindList(BaseModel):
+    items: list[KindInfo]
+
+
+def kind_infos() -> list[KindInfo]:
+    out = []
+    for kind in KINDS.values():
+        if kind.internal:
+            continue
+        refs = {name: ref.table for name, info in kind.spec.model_fields.items() if (ref := ref_of(info))}
+        out.append(KindInfo(name=kind.name, description=kind.description,
+                            spec_schema=kind.spec.model_json_schema(), refs=refs))
+    return out
+
+
+@router.get("/v1/kinds", response_model=KindList, tags=["jobs"])
+def list_kinds(tenant: str = Tenant):
+    """The job kinds one can submit, each with its spec's JSON Schema (fields, types, defaults)."""
+    return KindList(items=kind_infos())
+
+
+class WhoAmI(BaseModel):
+    tenant: str
+    auth: bool = Field(description="whether the service requires API keys")
+
+
+@router.get("/v1/whoami", response_model=WhoAmI, tags=["ops"])
+def whoami(request: Request, tenant: str = Tenant):
+    """The caller's tenant (401 for a missing or unknown key when keys are configured)."""
+    return WhoAmI(tenant=tenant, auth=bool(request.app.state.keys))
+
+
+class Document(BaseModel):
+    doc_id: str
+    source: str | None = None
+    score: float | None = None
+    rank: int | None = None
+    selected: bool | None = None
+    text: str | None = Field(None, description="the first `snippet` characters (null if the corpus is gone)")
+    num_chars: int | None = None
+
+
+class DocumentList(BaseModel):
+    items: list[Document]
+
+
+DOC_COLUMNS = ("doc_id", "corpus_id", "shard", "row", "score")
+
+
+def _texts(store, rows: list[dict], snippet: int) -> None:
+    """Attach each row's text, reading only the row groups of the corpus shards that hold them."""
+    by_shard: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_shard[(r["corpus_id"], int(r["shard"]))].append(r)
+    shards_of: dict[str, dict] = {}
+    for (corpus_id, shard), wanted in by_shard.items():
+        if corpus_id not in shards_of:
+            shards_of[corpus_id] = dict(layout.corpus_shards(store, corpus_id))
+        parts = shards_of[corpus_id].get(shard)
+        if parts is None:
+            continue
+        pf = store.parquet_file(*parts)
+        starts, offset = [], 0
+        for g in range(pf.metadata.num_row_groups):
+            starts.append(offset)
+            offset += pf.metadata.row_group(g).num_rows
+        groups: dict[int, list[dict]] = defaultdict(list)
+        for r in wanted:
+            g = max(i for i, s in enumerate(starts) if s <= r["row"])
+            groups[g].append(r)
+        for g, members in groups.items():
+            table = pf.read_row_group(g, columns=["id", "text"])
+            for r in members:
+                local = int(r["row"]) - starts[g]
+                if 0 <= local < table.num_rows and str(table["id"][local].as_py()) == r["doc_id"]:
+                    text = table["text"][local].as_py() or ""
+                    r["text"], r["num_chars"] = text[:snippet], len(text)
+
+
+@router.get("/v1/manifests/{manifest_id}/documents", response_model=DocumentList, tags=["manifests"])
+async def manifest_documents(manifest_id: str, order: Literal["top", "bottom"] = "top",
+                             n: int = Query(10, ge=1, le=100), selected: bool | None = None,
+                             snippet: int = Query(300, ge=20, le=5000), tenant: str = Tenant, s=Svc):
+    """The `n` documents with the highest (`top`) or lowest (`bottom`) score, optionally only the
+    selected (or unselected) ones, each with the start of its text from the corpus."""
+    man = owned(s, "manifests", manifest_id, tenant)
+    columns = {c["name"] for c in man["columns"]}
+    missing = [c for c in DOC_COLUMNS if c not in columns]
+    if missing:
+        raise ApiError(409, "not_a_selection", f"manifest {manifest_id} has no document scores "
+                       f"(missing {', '.join(missing)})")
+    extra = [c for c in ("source", "rank", "selected") if c in columns]
+    where = "score IS NOT NULL AND NOT isnan(score)"
+    if selected is not None and "selected" in columns:
+        where += f" AND selected = {'true' if selected else 'false'}"
+    sql = (f"SELECT {', '.join(DOC_COLUMNS + tuple(extra))} FROM m WHERE {where} "
+           f"ORDER BY score {'DESC' if order == 'top' else 'ASC'}, doc_id LIMIT {n}")
+    data = dataset(s.store, manifest_files(s.store, manifest_id))
+    result = await run_in_threadpool(run_query, sql, {"m": data}, limit=n,
+                                     timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
+    names = [c["name"] for c in result["columns"]]
+    rows = [dict(zip(names, r)) for r in result["rows"]]
+    for r in rows:
+        r["doc_id"] = str(r["doc_id"])
+    await run_in_threadpool(_texts, s.store, rows, snippet)
+    return DocumentList(items=[Document(**{k: v for k, v in r.items() if k in Document.model_fields}) for r in rows])
+
+
+class EpochCount(BaseModel):
+    epoch: int
+    kept: int = Field(description="samples in the epoch's plan")
+
+
+class EpochCounts(BaseModel):
+    num_samples: int
+    items: list[EpochCount]
+
+
+@router.get("/v1/curricula/{curriculum_id}/epochs", response_model=EpochCounts, tags=["curricula"])
+def curriculum_epochs(curriculum_id: str, tenant: str = Tenant, s=Svc):
+    """Samples kept in each epoch planned so far (of `num_samples`)."""
+    owned(s, "curricula", curriculum_id, tenant)
+    num_samples, counts = planned_counts(s.store, curriculum_id)
+    return EpochCounts(num_samples=num_samples, items=[EpochCount(epoch=e, kept=c) for e, c in sorted(counts.items())])

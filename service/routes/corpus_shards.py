@@ -1,0 +1,66 @@
+"""A ready corpus's stored shards, one at a time (what `thresher.data.SelectionDataset` streams
+through the API when it cannot read storage itself)."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+
+from service.errors import ERROR_RESPONSES, ApiError
+from service.routes.common import Svc, Tenant
+from service.routes.corpora import _ready
+from storage import layout
+from storage.encode import MEDIA_TYPES
+
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
+
+
+class CorpusShard(BaseModel):
+    shard: int
+    num_rows: int
+    url: str
+
+
+class CorpusShardList(BaseModel):
+    items: list[CorpusShard]
+
+
+@router.get("/{corpus_id}/shards", response_model=CorpusShardList)
+def list_corpus_shards(corpus_id: str, request: Request, tenant: str = Tenant, s=Svc):
+    """The corpus's shards in row order: documents `[sum of earlier num_rows, …)` of the corpus."""
+    _ready(s, corpus_id, tenant)
+    items = []
+    for n, part in layout.corpus_shards(s.store, corpus_id):
+        items.append(CorpusShard(shard=n, num_rows=s.store.parquet_file(*part).metadata.num_rows,
+                                 url=str(request.url_for("download_corpus_shard", corpus_id=corpus_id, shard=n))))
+    return CorpusShardList(items=items)
+
+
+@router.get("/{corpus_id}/shards/{shard}", response_class=StreamingResponse,
+            responses={200: {"content": {MEDIA_TYPES["parquet"]: {}}}})
+def download_corpus_shard(corpus_id: str, shard: int, tenant: str = Tenant, s=Svc,
+                          columns: str | None = Query(None, description="comma-separated subset of id,text,source")):
+    """One stored shard as Parquet (columns `id`, `text`, `source`), whole or only `columns`."""
+    _ready(s, corpus_id, tenant)
+    part = dict(layout.corpus_shards(s.store, corpus_id)).get(shard)
+    if part is None:
+        raise ApiError(404, "not_found", f"corpus {corpus_id} has no shard {shard}", {"field": "shard"})
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        have = s.store.parquet_file(*part).schema_arrow.names
+        bad = [c for c in wanted if c not in have]
+        if bad:
+            raise ApiError(422, "validation_error", f"columns: no column {bad[0]!r}; columns are {have}",
+                           {"field": "columns"})
+        sink = pa.BufferOutputStream()
+        pq.write_table(s.store.parquet_file(*part).read(columns=wanted), sink)
+        return Response(sink.getvalue().to_pybytes(), media_type=MEDIA_TYPES["parquet"])
+
+    def chunks():
+        with s.store.open_input(*part) as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+    return StreamingResponse(chunks(), media_type=MEDIA_TYPES["parquet"],
+                             headers={"Content-Length": str(s.store.size(*part))})

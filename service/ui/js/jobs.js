@@ -1,0 +1,127 @@
+// Jobs: the live list, the submission forms, and a job's page fed by its server-sent events.
+import { api, followJob } from "./api.js";
+import { badge, errorBox, fmtDuration, fmtNum, fmtTime, h, json, kv, link, progressBar, section, setContent, table } from "./dom.js";
+import { buildForm } from "./form.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+function progressCell(job) {
+  const p = job.progress || {};
+  if (job.state === "succeeded") return progressBar(1, 1);
+  if (!p.total) return h("span", { class: "muted" }, p.stage || "");
+  return h("div", {}, progressBar(p.done, p.total), h("div", { class: "small muted" }, `${p.stage || ""} ${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""}`));
+}
+
+export async function listPage(el, { signal }) {
+  const body = h("div", { id: "jobs-table" });
+  setContent(el,
+    h("div", { class: "page-head" }, h("h1", {}, "Jobs"), h("a", { class: "button", href: "#/jobs/new", id: "new-job" }, "New job")),
+    section("All jobs", h("p", { class: "muted small" }, "Refreshed every two seconds."), body));
+  const refresh = async () => {
+    const page = await api("/v1/jobs?limit=200", { signal });
+    setContent(body, table([
+      { label: "job", value: (j) => link(`#/jobs/${j.id}`, j.id, { class: "mono" }) },
+      { label: "kind", value: (j) => j.kind },
+      { label: "name", value: (j) => j.name || "" },
+      { label: "state", value: (j) => badge(j.state) },
+      { label: "progress", value: progressCell, cls: "wide" },
+      { label: "created", value: (j) => fmtTime(j.created_at) },
+    ], page.items, { rowAttrs: (j) => ({ "data-job-id": j.id, "data-state": j.state }), empty: "No jobs yet: submit one." }));
+  };
+  await refresh();
+  const timer = setInterval(() => refresh().catch(() => {}), 2000);
+  return () => clearInterval(timer);
+}
+
+export async function newPage(el, kindName, { signal }) {
+  const { items } = await api("/v1/kinds", { signal });
+  const chosen = items.find((k) => k.name === kindName) || items.find((k) => k.name === "dsir") || items[0];
+  const select = h("select", { id: "kind" }, items.map((k) => h("option", { value: k.name, selected: k === chosen }, k.name)));
+  select.addEventListener("change", () => { location.hash = `#/jobs/new/${select.value}`; });
+  const form = await buildForm(chosen, { signal, onSubmitted: (job) => { location.hash = `#/jobs/${job.id}`; } });
+  setContent(el,
+    h("div", { class: "page-head" }, h("h1", {}, "New job"), link("#/jobs", "← all jobs")),
+    h("section", { class: "card" },
+      h("div", { class: "field" }, h("label", { for: "kind" }, "kind"), select),
+      h("p", { class: "muted" }, chosen.description),
+      form));
+}
+
+function resultLinks(job) {
+  const r = job.result || {};
+  const out = [];
+  if (r.manifest_id) out.push(["manifest", link(`#/manifests/${r.manifest_id}`, r.manifest_id, { id: "result-manifest", class: "mono" })]);
+  if (r.corpus_id) out.push(["corpus", link(`#/corpora/${r.corpus_id}`, r.corpus_id, { class: "mono" })]);
+  if (r.model_id) out.push(["model", link(`#/models`, r.model_id, { class: "mono" })]);
+  if (r.curriculum_id) out.push(["curriculum run", link(`#/curricula/${r.curriculum_id}`, r.curriculum_id, { id: "result-curriculum", class: "mono" })]);
+  if (job.kind === "projection" && job.state === "succeeded") {
+    out.push(["projection", link(`#/projections/${job.id}`, "curves, purchase plan and mixture sliders", { id: "result-projection" })]);
+  }
+  return out;
+}
+
+export async function jobPage(el, jobId, { signal }) {
+  let job = await api(`/v1/jobs/${jobId}`, { signal });
+  const stages = [];  // [{name, first_seen, last}] as the events showed them
+  const head = h("div", { class: "page-head" });
+  const live = h("section", { class: "card", id: "job-live" });
+  const result = h("div", { id: "job-result" });
+  const details = h("div");
+  setContent(el, head, live, result, details);
+
+  const render = () => {
+    const p = job.progress || {};
+    if (p.stage && (!stages.length || stages[stages.length - 1].name !== p.stage)) {
+      stages.push({ name: p.stage, since: new Date() });
+    }
+    setContent(head, h("h1", {}, `${job.kind} job `, h("span", { class: "mono" }, job.id)), badge(job.state),
+      !TERMINAL.has(job.state) ? h("button", { id: "cancel-job", class: "danger", onclick: cancel }, "Cancel") : null,
+      link("#/jobs", "← all jobs"));
+    head.querySelector(".badge").id = "job-state";
+    const done = job.state === "succeeded";
+    const frac = done ? 1 : (p.total ? p.done / p.total : 0);
+    setContent(live,
+      h("h2", {}, "Progress"),
+      progressBar(done ? 1 : p.done, done ? 1 : p.total, { id: "job-progress", "data-fraction": frac.toFixed(4) }),
+      kv([
+        ["stage", h("span", { id: "job-stage" }, p.stage || "—")],
+        ["done", p.total ? `${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""} (${(100 * frac).toFixed(1)}%)` : "—"],
+        ["rate", h("span", { id: "job-rate" }, p.rate_per_s ? `${fmtNum(p.rate_per_s, 3)} ${p.unit || "units"}/s` : "—")],
+        ["ETA", h("span", { id: "job-eta" }, TERMINAL.has(job.state) ? "—" : fmtDuration(p.eta_s))],
+        ["created", fmtTime(job.created_at)], ["started", fmtTime(job.started_at)], ["finished", fmtTime(job.finished_at)],
+        ["elapsed", job.started_at ? fmtDuration(((job.finished_at ? new Date(job.finished_at) : new Date()) - new Date(job.started_at)) / 1000) : "—"],
+      ]),
+      h("h3", {}, "Stages"),
+      h("ol", { class: "stages", id: "job-stages" }, stages.map((s, i) => {
+        const current = i === stages.length - 1 && !TERMINAL.has(job.state);
+        return h("li", { class: current ? "current" : "done" }, s.name, current ? " (running)" : " ✓");
+      })),
+      job.error ? h("div", { class: "error", id: "job-error", role: "alert" }, `${job.error.code}: ${job.error.message}`) : null);
+    const links = resultLinks(job);
+    setContent(result, links.length || job.result ? section("Result", kv(links),
+      job.result && Object.keys(job.result.summary || {}).length ? h("details", { open: true }, h("summary", {}, "summary"), json(job.result.summary)) : null) : null);
+    setContent(details, section("Spec", json(job.spec)));
+  };
+
+  async function cancel() {
+    try {
+      job = await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" });
+      render();
+    } catch (e) {
+      live.append(errorBox(e, "Cancel failed: "));
+    }
+  }
+
+  if (TERMINAL.has(job.state)) render();
+  else {
+    const show = (j) => {
+      const changed = JSON.stringify(j) !== JSON.stringify(job);
+      job = j;
+      if (changed) render();
+    };
+    render();
+    followJob(jobId, show, signal)
+      .then(async () => { if (!signal.aborted) show(await api(`/v1/jobs/${jobId}`, { signal })); })
+      .catch((e) => { if (e.name !== "AbortError") live.append(errorBox(e, "Live updates stopped: ")); });
+  }
+}

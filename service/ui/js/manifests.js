@@ -1,0 +1,165 @@
+// Manifests: the list, and a manifest's page: per-source bars, the score histogram with the
+// threshold, CoLoR-Filter's loss scatter, top and bottom documents, downloads and a SQL box.
+import { api, download, query } from "./api.js";
+import { bars, chartBox, histogram, scatter, COLORS } from "./charts.js";
+import { snippet } from "./corpora.js";
+import { errorBox, fmtNum, fmtTime, h, kv, link, section, setContent, table } from "./dom.js";
+
+const BINS = 30;
+
+export async function listPage(el, { signal }) {
+  const page = await api("/v1/manifests?limit=1000", { signal });
+  setContent(el, h("div", { class: "page-head" }, h("h1", {}, "Manifests")),
+    section("All manifests", table([
+      { label: "manifest", value: (m) => link(`#/manifests/${m.id}`, m.id, { class: "mono" }) },
+      { label: "kind", value: (m) => m.kind },
+      { label: "job", value: (m) => (m.job_id ? link(`#/jobs/${m.job_id}`, m.job_id, { class: "mono" }) : "—") },
+      { label: "rows", value: (m) => fmtNum(m.num_rows), cls: "num" },
+      { label: "selected", value: (m) => fmtNum(m.num_selected), cls: "num" },
+      { label: "created", value: (m) => fmtTime(m.created_at) },
+    ], page.items, { id: "manifests-table", rowAttrs: (m) => ({ "data-manifest-id": m.id }), empty: "No manifests yet." })));
+}
+
+const sqlNum = (x) => (Number.isFinite(x) ? String(x) : "NULL");
+
+async function histogramBins(id, hasSelected) {
+  const t = { m: id };
+  const sel = hasSelected ? ", min(score) FILTER (WHERE selected)" : "";
+  const [[lo, hi, threshold = null]] = (await query(`SELECT min(score), max(score)${sel} FROM m WHERE isfinite(score)`, t)).rows;
+  if (lo === null) return { bins: [], threshold: null };
+  const width = hi > lo ? (hi - lo) / BINS : 1;
+  const counts = (await query(
+    `SELECT least(greatest(floor((score - ${sqlNum(lo)}) / ${sqlNum(width)}), 0), ${BINS - 1})::INT AS b, count(*)` +
+    (hasSelected ? ", count(*) FILTER (WHERE selected)" : "") +
+    ` FROM m WHERE isfinite(score) GROUP BY 1 ORDER BY 1`, t)).rows;
+  const n = hi > lo ? BINS : 1;
+  const bins = Array.from({ length: n }, (_, i) => ({ lo: lo + i * width, hi: lo + (i + 1) * width, pool: 0,
+                                                     selected: hasSelected ? 0 : undefined }));
+  for (const [b, c, s] of counts) { bins[b].pool = c; if (hasSelected) bins[b].selected = s; }
+  return { bins, threshold };
+}
+
+function docsTable(items, id) {
+  return table([
+    { label: "score", value: (d) => fmtNum(d.score), cls: "num" },
+    { label: "doc", value: (d) => h("span", { class: "mono" }, d.doc_id) },
+    { label: "source", value: (d) => d.source ?? "" },
+    { label: "selected", value: (d) => (d.selected === null || d.selected === undefined ? "" : d.selected ? "yes" : "no") },
+    { label: "text", value: (d) => (d.text === null ? h("span", { class: "muted" }, "(corpus no longer stored)") : snippet(d.text, 240)), cls: "text" },
+  ], items, { id });
+}
+
+export function sqlBox(tables, initial) {
+  const sql = h("textarea", { id: "sql", rows: 4, spellcheck: "false" }, initial);
+  const out = h("div", { id: "sql-result" });
+  const run = h("button", { type: "submit", id: "run-sql" }, "Run query");
+  const form = h("form", { class: "sql-form" },
+    h("p", { class: "muted small" }, "One DuckDB SELECT over ",
+      Object.entries(tables).map(([k, v], i) => [i ? ", " : "", h("code", {}, k), " = ", h("span", { class: "mono" }, v)]),
+      " (Ctrl+Enter runs it)."),
+    sql, h("div", { class: "actions" }, run), out);
+  const submit = async () => {
+    run.disabled = true;
+    out.replaceChildren(h("span", { class: "muted" }, "running…"));
+    const t0 = performance.now();
+    try {
+      const r = await query(sql.value, tables, 500);
+      const ms = performance.now() - t0;
+      setContent(out,
+        h("p", { class: "muted small", id: "sql-meta" }, `${r.rows.length} row${r.rows.length === 1 ? "" : "s"}${r.truncated ? " (truncated at 500)" : ""} in ${ms.toFixed(0)} ms`),
+        h("div", { class: "scroll" }, table(r.columns.map((c, i) => ({ label: c.name, value: (row) => cell(row[i]),
+                                                                       cls: /INT|DOUBLE|FLOAT|DECIMAL/.test(c.type) ? "num" : "" })),
+                                            r.rows, { id: "sql-table", empty: "No rows." })));
+    } catch (e) {
+      setContent(out, errorBox(e, "Query failed: "));
+    } finally {
+      run.disabled = false;
+    }
+  };
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); submit(); });
+  sql.addEventListener("keydown", (ev) => { if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); submit(); } });
+  return form;
+}
+
+function cell(v) {
+  if (v === null) return h("span", { class: "muted" }, "NULL");
+  if (typeof v === "number") return fmtNum(v, 6);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v).length > 200 ? `${String(v).slice(0, 200)}…` : String(v);
+}
+
+export async function manifestPage(el, id, { signal }) {
+  const m = await api(`/v1/manifests/${id}`, { signal });
+  const cols = new Set(m.columns.map((c) => c.name));
+  const hasSelected = cols.has("selected");
+  const isDocs = cols.has("doc_id") && cols.has("score");
+  const selectedOnly = h("input", { type: "checkbox", id: "dl-selected", checked: hasSelected });
+  const dlStatus = h("span");
+  const dl = (fmt) => h("button", { class: "quiet", onclick: () => download(
+    `/v1/manifests/${id}/download?format=${fmt}&selected_only=${selectedOnly.checked}`, `${id}${selectedOnly.checked ? "-selected" : ""}.${fmt}`)
+    .catch((e) => dlStatus.replaceChildren(errorBox(e))) }, fmt);
+
+  const projection = m.kind === "projection" && m.job_id;
+  setContent(el,
+    h("div", { class: "page-head" }, h("h1", {}, "Manifest ", h("span", { class: "mono" }, m.id)), link("#/manifests", "← all manifests")),
+    section("Overview", kv([
+      ["kind", m.kind], ["job", m.job_id ? link(`#/jobs/${m.job_id}`, m.job_id, { class: "mono" }) : "—"],
+      ["rows", fmtNum(m.num_rows)], ["selected", hasSelected ? `${fmtNum(m.num_selected)} (${(100 * m.num_selected / Math.max(1, m.num_rows)).toFixed(1)}%)` : "—"],
+      ["shards", fmtNum(m.num_shards)], ["columns", m.columns.map((c) => `${c.name} ${c.type}`).join(", ")],
+      ["created", fmtTime(m.created_at)],
+      ["download", h("span", { class: "buttons" }, dl("parquet"), dl("csv"), dl("jsonl"),
+        hasSelected ? h("label", { class: "check" }, selectedOnly, " selected only") : null, dlStatus)],
+      projection ? ["projection", link(`#/projections/${m.job_id}`, "open the projection", { id: "open-projection" })] : null,
+    ].filter(Boolean))),
+    h("div", { id: "manifest-charts" }),
+    h("div", { id: "manifest-docs" }),
+    section("SQL", sqlBox({ m: m.id }, isDocs && hasSelected && cols.has("source")
+      ? "SELECT source, count(*) AS pool, count(*) FILTER (WHERE selected) AS selected\nFROM m GROUP BY source ORDER BY source"
+      : "SELECT * FROM m LIMIT 20")));
+
+  const charts = el.querySelector("#manifest-charts");
+  const grid = h("div", { class: "two" });
+  charts.append(grid);
+  if (cols.has("source") && isDocs) {
+    const { rows } = await query(`SELECT coalesce(source, '(none)') AS s, count(*)${hasSelected ? ", count(*) FILTER (WHERE selected)" : ""} ` +
+                                 "FROM m GROUP BY 1 ORDER BY 1", { m: id });
+    const box = chartBox("chart-sources", 300);
+    grid.append(section(hasSelected ? "Selected vs pool, per source" : "Documents per source", box));
+    const series = [{ label: "pool", data: rows.map((r) => r[1]), color: "#cbd5e1" }];
+    if (hasSelected) series.push({ label: "selected", data: rows.map((r) => r[2]), color: COLORS[0] });
+    bars(box.querySelector("canvas"), rows.map((r) => r[0]), series, { yTitle: "documents" });
+    box.dataset.sources = rows.length;
+  }
+  if (cols.has("score")) {
+    const { bins, threshold } = await histogramBins(id, hasSelected);
+    const box = chartBox("chart-histogram", 300);
+    grid.append(section("Score histogram", box,
+      hasSelected && threshold !== null ? h("p", { class: "muted small", id: "threshold" },
+        `Dashed line: the lowest selected score (${fmtNum(threshold, 5)}).`) : null));
+    histogram(box.querySelector("canvas"), bins, { threshold: hasSelected ? threshold : null, thresholdLabel: "threshold" });
+    box.dataset.bins = bins.length;
+  }
+  if (cols.has("prior_loss") && cols.has("cond_loss")) {
+    const { rows } = await query("SELECT prior_loss, cond_loss, selected FROM m WHERE isfinite(prior_loss) AND isfinite(cond_loss) " +
+                                 "ORDER BY hash(doc_id) LIMIT 2000", { m: id }, 2000);
+    const box = chartBox("chart-scatter", 340);
+    charts.append(section("CoLoR-Filter: prior vs conditional loss (a sample of up to 2000 documents)", box,
+      h("p", { class: "muted small" }, "Selected documents gain most from the conditional model (score = prior − conditional loss): furthest below the diagonal.")));
+    scatter(box.querySelector("canvas"), [
+      { label: "not selected", points: rows.filter((r) => !r[2]).map((r) => ({ x: r[0], y: r[1] })), color: "#cbd5e1" },
+      { label: "selected", points: rows.filter((r) => r[2]).map((r) => ({ x: r[0], y: r[1] })), color: COLORS[0] },
+    ], { xTitle: "prior loss", yTitle: "conditional loss", diagonal: true });
+  }
+  if (isDocs && cols.has("corpus_id")) {
+    const docs = el.querySelector("#manifest-docs");
+    try {
+      const [top, bottom] = await Promise.all([
+        api(`/v1/manifests/${id}/documents?order=top&n=8`, { signal }),
+        api(`/v1/manifests/${id}/documents?order=bottom&n=8`, { signal })]);
+      setContent(docs, section("Top documents by score", docsTable(top.items, "docs-top")),
+                       section("Bottom documents by score", docsTable(bottom.items, "docs-bottom")));
+    } catch (e) {
+      if (e.name !== "AbortError") setContent(docs, errorBox(e));
+    }
+  }
+}

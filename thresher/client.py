@@ -1,0 +1,865 @@
+"""The Python client of the Thresher HTTP API.
+
+`Client(url, api_key)` has one sub-API per resource (`corpora`, `jobs`, `manifests`, `models`,
+`projections`, `curricula`), `query()` and one method per job kind (`client.dsir(pool, target,
+fraction=0.1)`). Answers are typed records (dataclasses that keep the raw JSON in `.raw`); every
+non-2xx answer raises one `ThresherError(code, message, details, status)`.
+
+Uploads and downloads stream: a file, a file object, an iterable of dicts, a pyarrow Table or a
+pandas DataFrame goes out as a generator body in chunks (JSONL or Parquet row groups), never
+serialised whole in memory; downloads are written to disk chunk by chunk.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.encode import ByteSink
+
+DEFAULT_URL = "http://127.0.0.1:8321"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+CHUNK = 1 << 20
+PARQUET_ROWS = 65_536
+PARQUET_MEDIA = "application/vnd.apache.parquet"
+
+
+class ThresherError(Exception):
+    """A non-2xx answer of the API (`status` is the HTTP status), a failed job (`status` None,
+    `code` the job's error code) or a server that cannot be reached (`code` "unreachable")."""
+
+    def __init__(self, code: str, message: str, details: dict | None = None, status: int | None = None):
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
+        self.code, self.message, self.details, self.status = code, message, details or {}, status
+
+    @classmethod
+    def from_response(cls, r: httpx.Response) -> "ThresherError":
+        try:
+            e = r.json()["error"]
+            return cls(str(e.get("code") or "error"), str(e.get("message") or ""), e.get("details") or {},
+                       r.status_code)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls(f"http_{r.status_code}", (r.text or r.reason_phrase).strip()[:500], {}, r.status_code)
+
+
+# ---------------------------------------------------------------------------------------- records
+
+class Record:
+    """Typed view of an API object: its documented fields as attributes, the whole JSON in `raw`."""
+
+    raw: dict
+
+    @classmethod
+    def of(cls, raw: dict, client: "Client | None" = None):
+        names = {f.name for f in fields(cls)} - {"raw", "client"}
+        rec = cls(**{k: raw.get(k) for k in names}, raw=raw)
+        rec.client = client
+        return rec
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def to_dict(self) -> dict:
+        return dict(self.raw)
+
+
+def _id(x: Any) -> str:
+    """An id from a record or a string."""
+    return x.id if isinstance(x, Record) else str(x)
+
+
+@dataclass
+class Corpus(Record):
+    id: str
+    name: str
+    state: str
+    num_docs: int | None
+    num_bytes: int | None
+    num_shards: int | None
+    num_empty: int | None
+    empty_doc_ids: list | None
+    ids_generated: bool | None
+    sources: dict | None
+    created_at: str
+    job_id: str | None
+    error: dict | None
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+    def refresh(self) -> "Corpus":
+        return self.client.corpora.get(self.id)
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> "Corpus":
+        """For a corpus registered by URI: wait until its ingest job ends; raise if it failed."""
+        cur = self.refresh()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while cur.state == "ingesting":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"corpus {self.id} still ingesting after {timeout}s")
+            time.sleep(poll_interval)
+            cur = cur.refresh()
+        if cur.state == "failed":
+            e = cur.error or {}
+            raise ThresherError(e.get("code", "ingest_failed"), e.get("message", f"corpus {self.id} failed"))
+        return cur
+
+    def sample(self, n: int = 5) -> list[dict]:
+        return self.client.corpora.sample(self.id, n)
+
+    def download(self, path: str | os.PathLike, format: str = "parquet") -> Path:
+        return self.client.corpora.download(self.id, path, format)
+
+    def delete(self) -> None:
+        self.client.corpora.delete(self.id)
+
+
+@dataclass
+class Progress(Record):
+    stage: str | None
+    done: float | None
+    total: float | None
+    unit: str | None
+    rate_per_s: float | None
+    eta_s: float | None
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+
+@dataclass
+class Job(Record):
+    id: str
+    kind: str
+    name: str | None
+    state: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: Any
+    error: dict | None
+    result: dict | None
+    spec: dict | None
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+    @classmethod
+    def of(cls, raw: dict, client: "Client | None" = None) -> "Job":
+        job = super().of(raw, client)
+        job.progress = Progress.of(raw.get("progress") or {})
+        return job
+
+    # the ids a finished job produced
+    manifest_id = property(lambda self: (self.result or {}).get("manifest_id"))
+    model_id = property(lambda self: (self.result or {}).get("model_id"))
+    corpus_id = property(lambda self: (self.result or {}).get("corpus_id"))
+    curriculum_id = property(lambda self: (self.result or {}).get("curriculum_id"))
+    summary = property(lambda self: (self.result or {}).get("summary") or {})
+    done = property(lambda self: self.state in TERMINAL)
+
+    def refresh(self) -> "Job":
+        return self.client.jobs.get(self.id)
+
+    def events(self) -> Iterator["Job"]:
+        return self.client.jobs.events(self.id)
+
+    def wait(self, progress: bool = False, timeout: float | None = None, check: bool = True) -> "Job":
+        return self.client.jobs.wait(self.id, progress=progress, timeout=timeout, check=check)
+
+    def cancel(self, wait: bool = True) -> "Job":
+        return self.client.jobs.cancel(self.id, wait=wait)
+
+    def manifest(self) -> "Manifest":
+        if not self.manifest_id:
+            raise ThresherError("no_manifest", f"job {self.id} ({self.state}) has no manifest")
+        return self.client.manifests.get(self.manifest_id)
+
+    def plot(self, path: str | os.PathLike | None = None) -> bytes:
+        return self.client.projections.plot(self.id, path)
+
+    def predict(self, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
+        return self.client.projections.predict(self.id, mixtures, sizes)
+
+
+@dataclass
+class Manifest(Record):
+    id: str
+    job_id: str | None
+    kind: str
+    num_rows: int
+    num_selected: int
+    columns: list
+    num_shards: int
+    created_at: str
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+    def to_arrow(self, selected_only: bool = False) -> pa.Table:
+        return self.client.manifests.to_arrow(self.id, selected_only)
+
+    def to_duckdb(self, con, name: str | None = None, selected_only: bool = False):
+        return self.client.manifests.to_duckdb(self.id, con, name, selected_only)
+
+    def download(self, path: str | os.PathLike, format: str = "parquet", selected_only: bool = False) -> Path:
+        return self.client.manifests.download(self.id, path, format, selected_only)
+
+    def shards(self) -> list[dict]:
+        return self.client.manifests.shards(self.id)
+
+    def export(self, selected_only: bool = True, name: str | None = None) -> Job:
+        return self.client.manifests.export(self.id, selected_only, name)
+
+
+@dataclass
+class Model(Record):
+    id: str
+    name: str | None
+    source: str
+    job_id: str | None
+    created_at: str
+    meta: dict | None
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+
+@dataclass
+class Curriculum(Record):
+    id: str
+    job_id: str
+    corpus_id: str
+    method: str
+    epoch: int
+    epochs: int
+    num_samples: int
+    saved_fraction: float
+    losses_posted: int
+    params: dict
+    cost: dict
+    created_at: str
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+    def plan(self, epoch: int) -> "EpochPlan":
+        return self.client.curricula.epoch(self.id, epoch)
+
+    def post_losses(self, epoch: int, losses) -> "Curriculum":
+        return self.client.curricula.post_losses(self.id, epoch, losses)
+
+
+@dataclass
+class EpochPlan:
+    epoch: int
+    doc_ids: list[str]
+    weights: list[float] | None
+
+
+@dataclass
+class Page:
+    """One page of a list: iterate it, or pass `next_cursor` back as `cursor` for the next."""
+    items: list
+    next_cursor: str | None
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+# ---------------------------------------------------------------------------------------- bodies
+
+def _parquet_body(batches: Iterator[pa.RecordBatch | pa.Table], schema: pa.Schema | None = None) -> Iterator[bytes]:
+    """Parquet bytes, one row group at a time, from a stream of batches (the footer comes last)."""
+    sink, writer = ByteSink(), None
+    for b in batches:
+        if writer is None:
+            schema = schema or b.schema
+            writer = pq.ParquetWriter(sink, schema)
+        t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
+        writer.write_table(t.cast(schema) if t.schema != schema else t)
+        if len(sink) >= CHUNK:
+            yield sink.drain()
+    if writer is None:
+        writer = pq.ParquetWriter(sink, schema or pa.schema([("text", pa.string())]))
+    writer.close()
+    yield sink.drain()
+
+
+def _jsonl_body(rows: Iterable[Mapping]) -> Iterator[bytes]:
+    buf = bytearray()
+    for row in rows:
+        buf += json.dumps(row, ensure_ascii=False, default=str).encode() + b"\n"
+        if len(buf) >= CHUNK:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _file_body(f) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk.encode() if isinstance(chunk, str) else chunk
+
+
+def _remaining(f) -> int | None:
+    """Bytes left in a regular binary file, or None when that cannot be known."""
+    import stat
+    try:
+        if isinstance(f, io.TextIOBase):
+            return None
+        st = os.fstat(f.fileno())
+        return st.st_size - f.tell() if stat.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _dataframe_batches(df) -> Iterator[pa.Table]:
+    for start in range(0, max(len(df), 1), PARQUET_ROWS):
+        yield pa.Table.from_pandas(df.iloc[start:start + PARQUET_ROWS], preserve_index=False)
+
+
+class _Once:
+    """A body generator that remembers whether sending started (then it cannot be retried)."""
+
+    def __init__(self, gen: Iterator[bytes]):
+        self.gen, self.started = gen, False
+
+    def __iter__(self):
+        self.started = True
+        yield from self.gen
+
+
+# ---------------------------------------------------------------------------------------- client
+
+class Client:
+    """`Client(url, api_key)`; both default to $THRESHER_URL / $THRESHER_KEY.
+
+    Connection errors (and, for reads, dropped connections) are retried `retries` times with
+    exponential backoff from `backoff` seconds; `timeout` bounds connecting and each read.
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
+                 retries: int = 3, backoff: float = 0.5, transport: httpx.BaseTransport | None = None):
+        self.url = (url or os.environ.get("THRESHER_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("THRESHER_KEY")
+        headers = {"User-Agent": "thresher-python"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.api_key, self.retries, self.backoff = key, retries, backoff
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
+                                 transport=transport)
+        self.corpora = Corpora(self)
+        self.jobs = Jobs(self)
+        self.manifests = Manifests(self)
+        self.models = Models(self)
+        self.projections = Projections(self)
+        self.curricula = Curricula(self)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    # -- transport -----------------------------------------------------------------------------
+    def _send(self, method: str, path: str, *, stream: bool = False, **kw) -> httpx.Response:
+        """One request with retries on connection errors; raises ThresherError on non-2xx."""
+        body = kw.get("content")
+        retry_reads = method in ("GET", "HEAD")
+        attempt = 0
+        while True:
+            try:
+                if stream:
+                    r = self.http.send(self.http.build_request(method, path, **kw), stream=True)
+                else:
+                    r = self.http.request(method, path, **kw)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError,
+                    httpx.ReadTimeout) as e:
+                connect = isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                resendable = not (isinstance(body, _Once) and body.started)
+                if attempt >= self.retries or not (connect or retry_reads) or not resendable:
+                    if connect:
+                        raise ThresherError("unreachable", f"cannot reach Thresher at {self.url}: {e}. "
+                                            "Is `thresher serve` running?") from e
+                    raise ThresherError("connection_error", f"{method} {path}: {e}") from e
+                time.sleep(self.backoff * 2 ** attempt)
+                attempt += 1
+        if r.is_error:
+            if stream:
+                r.read()
+                r.close()
+            raise ThresherError.from_response(r)
+        return r
+
+    def _json(self, method: str, path: str, **kw) -> Any:
+        return self._send(method, path, **kw).json()
+
+    def _download(self, path: str, dest: str | os.PathLike | None, params: dict) -> Path | bytes:
+        """Stream a GET to `dest` (written beside it, renamed at the end) or return the bytes."""
+        r = self._send("GET", path, params=params, stream=True, timeout=httpx.Timeout(60.0, read=600.0))
+        try:
+            if dest is None:
+                return b"".join(r.iter_bytes(CHUNK))
+            dest = Path(dest)
+            part = dest.with_name(dest.name + ".part")
+            try:
+                with part.open("wb") as f:
+                    for chunk in r.iter_bytes(CHUNK):
+                        f.write(chunk)
+                os.replace(part, dest)
+            finally:
+                part.unlink(missing_ok=True)
+            return dest
+        finally:
+            r.close()
+
+    # -- operations ----------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._json("GET", "/healthz")
+
+    def ready(self) -> dict:
+        """/readyz's checks (storage, Ray); a 503 (not ready) is returned, not raised."""
+        try:
+            return self._json("GET", "/readyz")
+        except ThresherError as e:
+            if e.status == 503:
+                return {"status": "not_ready", **e.details}
+            raise
+
+    def query(self, sql: str, tables: Mapping[str, Any], limit: int | None = None) -> pa.Table:
+        """A read-only DuckDB SELECT over manifests (`tables`: SQL name → manifest id or Manifest)
+        as an Arrow table; `result.schema.metadata[b"truncated"]` says whether `limit` cut it."""
+        body: dict[str, Any] = {"sql": sql, "tables": {k: _id(v) for k, v in tables.items()}}
+        if limit is not None:
+            body["limit"] = limit
+        ans = self._json("POST", "/v1/query", json=body, timeout=httpx.Timeout(60.0, read=600.0))
+        names = [c["name"] for c in ans["columns"]]
+        cols = list(zip(*ans["rows"])) if ans["rows"] else [[] for _ in names]
+        arrays = [_arrow_array(list(v), c["type"]) for v, c in zip(cols, ans["columns"])]
+        meta = {"truncated": str(bool(ans.get("truncated"))).lower()}
+        return pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
+
+    # -- one method per job kind -----------------------------------------------------------------
+    def submit(self, kind: str, *, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
+        return self.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **spec)
+
+    def random(self, pool, *, fraction=None, count=None, tau=None, **spec) -> Job:
+        """Uniform random selection of `pool` (seeded)."""
+        return self.submit("random", pool=_id(pool), select=_select(fraction, count, tau, spec), **spec)
+
+    def dsir(self, pool, target, *, fraction=None, count=None, tau=None, **spec) -> Job:
+        """DSIR importance resampling of `pool` toward `target`."""
+        return self.submit("dsir", pool=_id(pool), target=_id(target), select=_select(fraction, count, tau, spec), **spec)
+
+    def color_filter(self, pool, target, *, fraction=None, count=None, tau=None, **spec) -> Job:
+        """CoLoR-Filter: keep the pool documents with the largest prior − conditional loss."""
+        return self.submit("color_filter", pool=_id(pool), target=_id(target),
+                           select=_select(fraction, count, tau, spec), **spec)
+
+    def train_model(self, corpus, **spec) -> Job:
+        return self.submit("train_model", corpus=_id(corpus), **spec)
+
+    def score(self, corpus, model, **spec) -> Job:
+        return self.submit("score", corpus=_id(corpus), model=_id(model), **spec)
+
+    def evaluate(self, selection, validation, **spec) -> Job:
+        return self.submit("evaluate", selection=_id(selection), validation=_id(validation), **spec)
+
+    def reweight(self, corpus, **spec) -> Job:
+        for k in ("model", "losses"):
+            if k in spec and spec[k] is not None:
+                spec[k] = _id(spec[k])
+        return self.submit("reweight", corpus=_id(corpus), **spec)
+
+    def curriculum(self, corpus, method: str = "seta", **spec) -> Job:
+        return self.submit("curriculum", corpus=_id(corpus), method=method, **spec)
+
+    def projection(self, sources: list[dict], validation, **spec) -> Job:
+        sources = [{**s, "corpus": _id(s["corpus"])} for s in sources]
+        return self.submit("projection", sources=sources, validation=_id(validation), **spec)
+
+
+def _select(fraction, count, tau, spec: dict) -> dict:
+    if "select" in spec:
+        return spec.pop("select")
+    given = {k: v for k, v in (("fraction", fraction), ("count", count), ("tau", tau)) if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one of fraction, count or tau")
+    return given
+
+
+_DUCKDB_TYPES = {"BOOLEAN": pa.bool_(), "TINYINT": pa.int8(), "SMALLINT": pa.int16(), "INTEGER": pa.int32(),
+                 "BIGINT": pa.int64(), "HUGEINT": pa.float64(), "UTINYINT": pa.uint8(), "USMALLINT": pa.uint16(),
+                 "UINTEGER": pa.uint32(), "UBIGINT": pa.uint64(), "FLOAT": pa.float32(), "DOUBLE": pa.float64(),
+                 "VARCHAR": pa.string()}
+
+
+def _arrow_array(values: list, duck_type: str) -> pa.Array:
+    t = _DUCKDB_TYPES.get(duck_type.upper())
+    if t is None and duck_type.upper().startswith("DECIMAL"):
+        t = pa.float64()
+    try:
+        return pa.array(values, type=t)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array(values)
+
+
+# ---------------------------------------------------------------------------------------- sub-APIs
+
+class _Api:
+    def __init__(self, client: Client):
+        self.c = client
+
+    def _page(self, path: str, record, limit: int, cursor: str | None, **params) -> Page:
+        q = {"limit": limit, **({"cursor": cursor} if cursor else {}), **{k: v for k, v in params.items() if v}}
+        ans = self.c._json("GET", path, params=q)
+        return Page([record.of(x, self.c) for x in ans["items"]], ans.get("next_cursor"))
+
+    def _all(self, path: str, record, **params) -> Iterator:
+        cursor = None
+        while True:
+            page = self._page(path, record, 200, cursor, **params)
+            yield from page
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+
+class Corpora(_Api):
+    def upload(self, data, name: str, *, format: str | None = None, filename: str | None = None,
+               text_field: str | None = None, id_field: str | None = None,
+               source_field: str | None = None) -> Corpus:
+        """Upload `data` as a new corpus, streamed: a path; a binary or text file object; bytes; an
+        iterable of dicts (sent as JSONL); a pyarrow Table, RecordBatchReader or pandas DataFrame
+        (sent as Parquet, one row group at a time). The format comes from `format`, else the file
+        name, else the server reads it from the content."""
+        params: dict[str, Any] = {"name": name}
+        for k, v in (("text_field", text_field), ("id_field", id_field), ("source_field", source_field)):
+            if v is not None:
+                params[k] = v
+        headers = {"Content-Type": "application/octet-stream"}
+        opened = None
+        if isinstance(data, (str, os.PathLike)):
+            path = Path(data)
+            opened = path.open("rb")
+            body: Any = _file_body(opened)
+            filename = filename or path.name
+            headers["Content-Length"] = str(path.stat().st_size)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            body = bytes(data)
+        elif hasattr(data, "read"):
+            body = _file_body(data)
+            size = _remaining(data)
+            if size is not None:     # a known length lets the server refuse an oversized upload at once
+                headers["Content-Length"] = str(size)
+            fname = getattr(data, "name", None)
+            if not filename and isinstance(fname, str) and not fname.isdigit():
+                filename = os.path.basename(fname)
+        elif isinstance(data, pa.Table):
+            body, format = _parquet_body(iter(data.to_batches(max_chunksize=PARQUET_ROWS)), data.schema), "parquet"
+        elif isinstance(data, pa.RecordBatchReader):
+            body, format = _parquet_body(iter(data), data.schema), "parquet"
+        elif type(data).__module__.startswith("pandas") and hasattr(data, "iloc"):
+            body, format = _parquet_body(_dataframe_batches(data)), "parquet"
+        elif isinstance(data, Iterable) and not isinstance(data, Mapping):
+            body, format = _jsonl_body(data), "jsonl"
+        else:
+            raise TypeError(f"cannot upload a {type(data).__name__}: give a path, a file object, bytes, an "
+                            "iterable of dicts, a pyarrow Table or a pandas DataFrame")
+        if format:
+            params["format"] = format
+        if filename:
+            params["filename"] = filename
+        try:
+            content = body if isinstance(body, bytes) else _Once(body)
+            raw = self.c._json("POST", "/v1/corpora", params=params, content=content, headers=headers,
+                               timeout=httpx.Timeout(60.0, read=3600.0, write=600.0))
+        finally:
+            if opened:
+                opened.close()
+        return Corpus.of(raw, self.c)
+
+    def register(self, uri: str, name: str, *, format: str | None = None, text_field: str = "text",
+                 id_field: str = "id", source_field: str = "source") -> Corpus:
+        """Register server-side data (a file under an allowed root, or an object-store URI); the
+        corpus is `ingesting` until its job ends (`.wait()`)."""
+        body = {"name": name, "uri": uri, "format": format, "text_field": text_field, "id_field": id_field,
+                "source_field": source_field}
+        return Corpus.of(self.c._json("POST", "/v1/corpora", json=body), self.c)
+
+    def list(self, limit: int = 50, cursor: str | None = None) -> Page:
+        return self._page("/v1/corpora", Corpus, limit, cursor)
+
+    def iter(self) -> Iterator[Corpus]:
+        """Every corpus, newest first, across pages."""
+        return self._all("/v1/corpora", Corpus)
+
+    def get(self, corpus_id) -> Corpus:
+        return Corpus.of(self.c._json("GET", f"/v1/corpora/{_id(corpus_id)}"), self.c)
+
+    def sample(self, corpus_id, n: int = 5) -> list[dict]:
+        return self.c._json("GET", f"/v1/corpora/{_id(corpus_id)}/sample", params={"n": n})["items"]
+
+    def download(self, corpus_id, path: str | os.PathLike | None = None, format: str = "parquet") -> Path | bytes:
+        """Stream the corpus to `path` (parquet, jsonl or csv); without a path, return the bytes."""
+        return self.c._download(f"/v1/corpora/{_id(corpus_id)}/download", path, {"format": format})
+
+    def to_arrow(self, corpus_id) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.download(corpus_id)))
+
+    def shards(self, corpus_id) -> list[dict]:
+        """Per stored shard: `{shard, num_rows, url}`."""
+        return self.c._json("GET", f"/v1/corpora/{_id(corpus_id)}/shards")["items"]
+
+    def read_shard(self, corpus_id, shard: int, columns: list[str] | None = None) -> pa.Table:
+        """One stored shard (`id`, `text`, `source`) as an Arrow table."""
+        params = {"columns": ",".join(columns)} if columns else {}
+        data = self.c._download(f"/v1/corpora/{_id(corpus_id)}/shards/{shard}", None, params)
+        return pq.read_table(pa.BufferReader(data))
+
+    def delete(self, corpus_id) -> None:
+        self.c._send("DELETE", f"/v1/corpora/{_id(corpus_id)}")
+
+
+class Jobs(_Api):
+    def submit(self, kind: str, *, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
+        """Submit a job of `kind` with `spec` as keyword arguments (ids or records)."""
+        spec = {k: (_id(v) if isinstance(v, Record) else v) for k, v in spec.items()}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        raw = self.c._json("POST", "/v1/jobs", json={"kind": kind, "name": name or kind, "spec": spec},
+                           headers=headers)
+        return Job.of(raw, self.c)
+
+    def list(self, limit: int = 50, cursor: str | None = None, state: str | None = None,
+             kind: str | None = None) -> Page:
+        return self._page("/v1/jobs", Job, limit, cursor, state=state, kind=kind)
+
+    def iter(self, state: str | None = None, kind: str | None = None) -> Iterator[Job]:
+        return self._all("/v1/jobs", Job, state=state, kind=kind)
+
+    def get(self, job_id) -> Job:
+        return Job.of(self.c._json("GET", f"/v1/jobs/{_id(job_id)}"), self.c)
+
+    def cancel(self, job_id, wait: bool = True, timeout: float = 60.0) -> Job:
+        """Cancel a queued or running job; with `wait`, return it once it has stopped."""
+        job = Job.of(self.c._json("POST", f"/v1/jobs/{_id(job_id)}/cancel"), self.c)
+        deadline = time.monotonic() + timeout
+        while wait and not job.done and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = job.refresh()
+        return job
+
+    def events(self, job_id) -> Iterator[Job]:
+        """The job each time it changes (server-sent events), until it ends; reconnects if the
+        stream drops before that."""
+        while True:
+            job = None
+            try:
+                r = self.c._send("GET", f"/v1/jobs/{_id(job_id)}/events", stream=True,
+                                 headers={"Accept": "text/event-stream"}, timeout=httpx.Timeout(60.0, read=90.0))
+                try:
+                    for data in _sse_data(r.iter_lines()):
+                        job = Job.of(json.loads(data), self.c)
+                        yield job
+                        if job.done:
+                            return
+                finally:
+                    r.close()
+            except (httpx.TransportError, ThresherError) as e:
+                if isinstance(e, ThresherError) and e.status is not None:
+                    raise
+                time.sleep(self.c.backoff)
+            if job is not None and job.done:
+                return
+            if self.get(job_id).done:
+                yield self.get(job_id)
+                return
+
+    def wait(self, job_id, progress: bool = False, timeout: float | None = None, check: bool = True) -> Job:
+        """Follow the job until it ends and return it. `progress=True` shows a tqdm bar (a widget in
+        Jupyter). With `check`, a failed or cancelled job raises ThresherError (its error code)."""
+        bar = _Bar() if progress else None
+        job = self.get(job_id)
+        try:
+            if bar:
+                bar.update(job)
+            if timeout is None:             # follow the event stream
+                for job in ([] if job.done else self.events(job_id)):
+                    if bar:
+                        bar.update(job)
+            else:                           # poll, so that the deadline holds while nothing changes
+                deadline = time.monotonic() + timeout
+                while not job.done:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job.id} still {job.state} after {timeout}s")
+                    time.sleep(0.5)
+                    job = self.get(job_id)
+                    if bar:
+                        bar.update(job)
+        finally:
+            if bar:
+                bar.close()
+        if check and job.state != "succeeded":
+            e = job.error or {}
+            raise ThresherError(e.get("code", job.state), e.get("message", f"job {job.id} {job.state}"),
+                                {"job_id": job.id, "state": job.state})
+        return job
+
+
+def _sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each event of a text/event-stream (comments and keep-alives skipped)."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    if data:
+        yield "\n".join(data)
+
+
+class _Bar:
+    """A tqdm bar per job stage; tqdm.auto picks the Jupyter widget in a notebook."""
+
+    def __init__(self):
+        try:
+            from tqdm.auto import tqdm
+            tqdm(total=0, disable=True).close()   # the notebook flavour fails here without ipywidgets
+        except ImportError:
+            from tqdm import tqdm
+        self.tqdm, self.bar, self.stage = tqdm, None, None
+
+    def update(self, job: Job) -> None:
+        p = job.progress
+        stage = p.stage or job.state
+        if self.bar is None or stage != self.stage:
+            if self.bar is not None:
+                self.bar.close()
+            self.stage = stage
+            self.bar = self.tqdm(total=p.total or None, unit=f" {p.unit}" if p.unit else "it",
+                                 desc=f"{job.kind} {stage}", dynamic_ncols=True)
+        if p.total and self.bar.total != p.total:
+            self.bar.total = p.total
+        self.bar.n = p.done or 0
+        self.bar.set_postfix_str(job.state, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Manifests(_Api):
+    def list(self, limit: int = 50, cursor: str | None = None) -> Page:
+        return self._page("/v1/manifests", Manifest, limit, cursor)
+
+    def iter(self) -> Iterator[Manifest]:
+        return self._all("/v1/manifests", Manifest)
+
+    def get(self, manifest_id) -> Manifest:
+        return Manifest.of(self.c._json("GET", f"/v1/manifests/{_id(manifest_id)}"), self.c)
+
+    def download(self, manifest_id, path: str | os.PathLike | None = None, format: str = "parquet",
+                 selected_only: bool = False) -> Path | bytes:
+        """Stream the manifest to `path` (parquet, csv or jsonl); without a path, return the bytes."""
+        return self.c._download(f"/v1/manifests/{_id(manifest_id)}/download", path,
+                                {"format": format, "selected_only": str(selected_only).lower()})
+
+    def to_arrow(self, manifest_id, selected_only: bool = False) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.download(manifest_id, None, "parquet", selected_only)))
+
+    def to_duckdb(self, manifest_id, con, name: str | None = None, selected_only: bool = False):
+        """Register the manifest in the DuckDB connection `con` as a table named `name` (default:
+        the manifest id); returns `con`."""
+        table = self.to_arrow(manifest_id, selected_only)
+        con.register(name or _id(manifest_id), table)
+        return con
+
+    def shards(self, manifest_id) -> list[dict]:
+        return self.c._json("GET", f"/v1/manifests/{_id(manifest_id)}/shards")["items"]
+
+    def read_shard(self, manifest_id, shard: int, selected_only: bool = True) -> pa.Table:
+        data = self.c._download(f"/v1/manifests/{_id(manifest_id)}/shards/{shard}", None,
+                                {"format": "parquet", "selected_only": str(selected_only).lower()})
+        return pq.read_table(pa.BufferReader(data))
+
+    def export(self, manifest_id, selected_only: bool = True, name: str | None = None) -> Job:
+        """A job that materialises the (selected) documents as a new corpus (`job.corpus_id`)."""
+        body = {"selected_only": selected_only, **({"name": name} if name else {})}
+        return Job.of(self.c._json("POST", f"/v1/manifests/{_id(manifest_id)}/export", json=body), self.c)
+
+
+class Models(_Api):
+    def list(self, limit: int = 50, cursor: str | None = None) -> Page:
+        return self._page("/v1/models", Model, limit, cursor)
+
+    def iter(self) -> Iterator[Model]:
+        return self._all("/v1/models", Model)
+
+    def get(self, model_id) -> Model:
+        return Model.of(self.c._json("GET", f"/v1/models/{_id(model_id)}"), self.c)
+
+    def register(self, name: str, path: str) -> Model:
+        """Register a local Hugging Face causal-LM checkpoint directory under an allowed root."""
+        return Model.of(self.c._json("POST", "/v1/models", json={"name": name, "path": str(path)}), self.c)
+
+
+class Projections(_Api):
+    def predict(self, job_id, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
+        """The fitted projection's metric for each mixture at each size: `[{size, mixture, predicted}]`."""
+        body = {"mixtures": [list(map(float, m)) for m in mixtures], "sizes": [int(n) for n in sizes]}
+        return self.c._json("POST", f"/v1/projections/{_id(job_id)}/predict", json=body)["predictions"]
+
+    def plot(self, job_id, path: str | os.PathLike | None = None) -> bytes:
+        """The projection's plot as PNG bytes (also written to `path` when given)."""
+        png = self.c._send("GET", f"/v1/jobs/{_id(job_id)}/plot").content
+        if path is not None:
+            Path(path).write_bytes(png)
+        return png
+
+
+class Curricula(_Api):
+    def get(self, curriculum_id) -> Curriculum:
+        return Curriculum.of(self.c._json("GET", f"/v1/curricula/{_id(curriculum_id)}"), self.c)
+
+    def epoch(self, curriculum_id, epoch: int) -> EpochPlan:
+        """The samples to train on in `epoch`, in order (fetched as Parquet), with InfoBatch weights."""
+        data = self.c._send("GET", f"/v1/curricula/{_id(curriculum_id)}/epochs/{epoch}",
+                            params={"format": "parquet"}).content
+        t = pq.read_table(pa.BufferReader(data))
+        weights = t["weight"].to_pylist() if "weight" in t.column_names else None
+        return EpochPlan(epoch, t["doc_id"].to_pylist(), weights)
+
+    def post_losses(self, curriculum_id, epoch: int, losses) -> Curriculum:
+        """Post the losses seen in `epoch`: a {doc_id: loss} mapping, (doc_id, loss) pairs, dicts
+        with doc_id and loss, or a pyarrow Table with those columns (sent as Parquet)."""
+        if isinstance(losses, pa.Table):
+            table = losses.select(["doc_id", "loss"])
+        else:
+            items = losses.items() if isinstance(losses, Mapping) else losses
+            pairs = [(x["doc_id"], x["loss"]) if isinstance(x, Mapping) else tuple(x) for x in items]
+            table = pa.table({"doc_id": pa.array([p[0] for p in pairs], pa.string()),
+                              "loss": pa.array([float(p[1]) for p in pairs], pa.float64())})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        raw = self.c._json("POST", f"/v1/curricula/{_id(curriculum_id)}/losses", params={"epoch": epoch},
+                           content=sink.getvalue().to_pybytes(), headers={"Content-Type": PARQUET_MEDIA})
+        return Curriculum.of(raw, self.c)
