@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from rich.console import Console

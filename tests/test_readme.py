@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(?:<!-- not run: (?P<skip>[^>]*?) -->\s*\n)?```(?P<lang>sh|python)\n(?P<code>.*?)```", re.S)
