@@ -168,7 +168,7 @@ def test_glob_reaching_outside_the_allowed_roots_is_refused(service, tmp_path):
 def test_killed_registration_resumes_without_reingesting_finished_files(tmp_path, ray_address):
     data = tmp_path / "data"
     data.mkdir()
-    files, rows = many_files(30, 30)
+    files, rows = many_files(40, 2000)
     for name, blob in files.items():
         (data / name).write_bytes(blob)
     port = free_port()
@@ -183,13 +183,13 @@ def test_killed_registration_resumes_without_reingesting_finished_files(tmp_path
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             detail = client.get(f"/v1/jobs/{job_id}").json()["progress"].get("detail") or {}
-            if 5 <= detail.get("files_done", 0) < 25:
+            if 3 <= detail.get("files_done", 0) < 30:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        finished = [p for p in (layout.ingested_unit(job_id, (i, 0)) for i in range(30)) if store.exists(*p)]
-        assert 5 <= len(finished) < 30
+        finished = [p for p in (layout.ingested_unit(job_id, (i, 0)) for i in range(40)) if store.exists(*p)]
+        assert 3 <= len(finished) < 40
         done_units = {tuple(int(x) for x in p[-1][5:-5].split("-")) for p in finished}
         before = {p: store.fs.get_file_info(store.path(*p)).mtime for _, p in layout.corpus_shards(store, cid)
                   if layout.unit_of(p) in done_units}
