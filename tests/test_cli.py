@@ -38,7 +38,7 @@ def test_submit_help_lists_the_kinds_spec_fields_with_types_and_defaults():
     out = result.output
     assert "pool: str (required)" in out and "select: Select (required)" in out
     assert '  mode: "global"|"per_shard" (default "global")' in out
-    assert "tokens: int (default 1000000)" in out          # nested: prior.train.tokens
+    assert "pool_fraction: float (default 0.5)" in out     # nested: prior.train.pool_fraction
     assert "fraction: float | null (default null)" in out
 
 
