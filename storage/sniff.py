@@ -8,16 +8,17 @@ import io
 
 import zstandard
 
-GZIP, ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+from storage.ingest.common import MAGIC
 
 
 def _start(head: bytes, n: int = 4096) -> bytes:
     """The first n bytes of the content that `head` (the file's first bytes) begins, decompressed
     when it is gzip or zstd (reading at most n bytes out, whatever the compression ratio)."""
     try:
-        if head[:2] == GZIP:
+        compression = MAGIC.get(head[:2]) or MAGIC.get(head[:4])
+        if compression == "gzip":
             return gzip.GzipFile(fileobj=io.BytesIO(head)).read(n)
-        if head[:4] == ZSTD:
+        if compression == "zstd":
             return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(head)).read(n)
     except (OSError, EOFError, ValueError, zstandard.ZstdError):
         return b""

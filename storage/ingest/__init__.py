@@ -32,8 +32,8 @@ from storage.ingest.parquet_reader import ParquetReader
 from storage.ingest.shards import CorpusStats, ShardWriter, StatsBuilder, to_table
 from storage.ingest.source import Source
 
-__all__ = ["FORMATS", "SCHEMA", "CorpusStats", "Fields", "IngestError", "check_duplicate_ids", "detect_format",
-           "ingest", "iter_corpus"]
+__all__ = ["COMPRESSED_SUFFIXES", "FORMATS", "SCHEMA", "CorpusStats", "Fields", "IngestError",
+           "check_duplicate_ids", "detect_format", "ingest", "iter_corpus"]
 
 READERS = {"jsonl": JsonlReader, "csv": CsvReader, "parquet": ParquetReader}
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",

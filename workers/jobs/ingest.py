@@ -21,7 +21,7 @@ from pydantic import Field
 from storage import layout
 from storage.duck import connection
 from storage.fs import Store
-from storage.ingest import IngestError, detect_format, ingest
+from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
 from storage.ingest.shards import MAX_EMPTY_IDS
 from storage.inputs import InputFile, list_inputs
 from workers.driver import lifecycle
@@ -29,9 +29,6 @@ from workers.driver.engine import JobContext, JobFailed, Task
 from workers.kind import SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
 from workers.specs import ManifestId, StrictModel
-
-COMPRESSED = (".gz", ".gzip", ".zst", ".zstd")
-
 
 class Limits(StrictModel):
     """Bounds on untrusted input: a document's bytes, and what a compressed file may inflate to."""
@@ -94,7 +91,7 @@ def plan_units(files: list[InputFile], split_bytes: int,
     """(unit, file, byte range or None): a file per unit, or byte ranges of a large uncompressed file."""
     units = []
     for i, f in enumerate(files):
-        splittable = f.size > split_bytes and not f.name.lower().endswith(COMPRESSED) and \
+        splittable = f.size > split_bytes and not f.name.lower().endswith(COMPRESSED_SUFFIXES) and \
             detect_format(f.name, fmt) == "jsonl"
         if not splittable:
             units.append(((i, 0), f, None))
