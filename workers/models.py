@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -46,11 +47,19 @@ def local_checkpoint(store: Store, model_id: str) -> str:
     if store.local:
         return store.path(*layout.model(model_id))
     target = os.path.join(CACHE, model_id)
-    if not os.path.exists(os.path.join(target, "meta.json")):
-        os.makedirs(target, exist_ok=True)
-        for name in layout.MODEL_FILES:
-            with open(os.path.join(target, name), "wb") as f:
-                f.write(store.read_bytes(*layout.model_file(model_id, name)))
+    if os.path.isdir(target):
+        return target
+    # Several scorer actors on one machine may fetch the same model at once: each downloads into a
+    # private folder and renames it into place whole, so none ever reads a half-written file.
+    os.makedirs(CACHE, exist_ok=True)
+    private = tempfile.mkdtemp(prefix=f".{model_id}-", dir=CACHE)
+    for name in layout.MODEL_FILES:
+        with open(os.path.join(private, name), "wb") as f:
+            f.write(store.read_bytes(*layout.model_file(model_id, name)))
+    try:
+        os.rename(private, target)
+    except OSError:          # another actor's copy got there first: use it
+        shutil.rmtree(private, ignore_errors=True)
     return target
 
 
