@@ -1,9 +1,12 @@
 """CoLoR-Filter quality on the real Debian corpus (not in CI), on two tasks:
 
 - `domain`: the target is a whole domain (scripture) that is a minority of a five-domain pool;
-- `within`: the target is a *part* of one domain (by default the poetic books of the scripture:
-  Job, Psalms, Proverbs, Ecclesiastes); the pool holds a little of that part, the rest of its domain
-  (same vocabulary, other books) and two other domains. Domain labels do not separate the target.
+- `within`: the target is a *part* of one domain (the poetic books of the scripture: Job, Psalms,
+  Proverbs, Ecclesiastes); the pool holds a little of that part, the rest of its domain (same
+  vocabulary, other books) and two other domains. Domain labels do not separate the target.
+- `subsystem`: the same within the kernel's documentation: the target is its admin guide, the pool
+  holds some more of it, the rest of the kernel documentation (the same vocabulary: drivers,
+  networking, file systems, ...) and two other domains (the C library's manual pages, fortunes).
 
 For each task and seed, CoLoR-Filter (with only pool, target and select: the defaults a user gets),
 DSIR and random select from the pool through the real service; the bench reports each selection's
@@ -27,8 +30,9 @@ import time
 
 from bench.common import debian_corpus, print_table, run_job, service, upload_file, write_json
 
-WITHIN_DOMAIN, WITHIN_PARTS = "scripture", ("Job", "Psalms", "Proverbs", "Ecclesiastes")
-OTHER_DOMAINS = ("kernel", "fortunes")
+# Within-domain tasks: (domain, its parts that are the target, the two other domains of the pool).
+WITHIN = {"within": ("scripture", ("Job", "Psalms", "Proverbs", "Ecclesiastes"), ("kernel", "fortunes")),
+          "subsystem": ("kernel", ("admin-guide",), ("manpages", "fortunes"))}
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -52,14 +56,15 @@ def domain_task(data: str, work: str, pool_docs: int, seed: int) -> dict:
             "target": os.path.join(data, "target.jsonl"), "validation": os.path.join(data, "validation.jsonl")}
 
 
-def within_task(data: str, work: str, pool_docs: int, seed: int, parts=WITHIN_PARTS, target_docs: int = 150,
+def within_task(data: str, work: str, pool_docs: int, seed: int, name: str = "within", target_docs: int = 150,
                 validation_docs: int = 150, part_share: float = 0.04, domain_share: float = 0.4) -> dict:
-    """Target some parts of one domain. The pool: `part_share` of it from the target's parts (none
+    """Target some parts of one domain (WITHIN[name]). The pool: `part_share` of it from the target's parts (none
     of the target or validation documents), `domain_share` from the domain's other parts, the rest
     from two other domains; the documents' `source` is their part ('target-part') or domain, and the
     selection keeps half as many documents as the pool has from the target's parts."""
+    domain_name, parts, other_domains = WITHIN[name]
     rng = random.Random(seed)
-    domain = read_jsonl(os.path.join(data, "sources", f"{WITHIN_DOMAIN}.jsonl"))
+    domain = read_jsonl(os.path.join(data, "sources", f"{domain_name}.jsonl"))
     if not any("part" in d for d in domain):
         raise SystemExit(f"{data} was built without parts: rebuild it with bench/build_debian_corpus.py")
     inside = [d for d in domain if d.get("part") in parts]
@@ -69,18 +74,18 @@ def within_task(data: str, work: str, pool_docs: int, seed: int, parts=WITHIN_PA
     target, validation = inside[:target_docs], inside[target_docs:target_docs + validation_docs]
     n_part = min(len(inside) - target_docs - validation_docs, round(part_share * pool_docs))
     n_rest = min(len(rest), round(domain_share * pool_docs))
-    n_other = (pool_docs - n_part - n_rest) // len(OTHER_DOMAINS)
+    n_other = (pool_docs - n_part - n_rest) // len(other_domains)
     if n_part < 20:
         raise SystemExit(f"only {len(inside)} documents in {parts}: too few for target, validation and pool")
     pool = [{**d, "source": "target-part"} for d in inside[target_docs + validation_docs:][:n_part]]
-    pool += [{**d, "source": f"{WITHIN_DOMAIN}-other"} for d in rest[:n_rest]]
-    for name in OTHER_DOMAINS:
-        pool += rng.sample(read_jsonl(os.path.join(data, "sources", f"{name}.jsonl")), n_other)
+    pool += [{**d, "source": f"{domain_name}-other"} for d in rest[:n_rest]]
+    for other in other_domains:
+        pool += rng.sample(read_jsonl(os.path.join(data, "sources", f"{other}.jsonl")), n_other)
     rng.shuffle(pool)
     return {"label": "target-part", "fraction": round(0.5 * n_part / len(pool), 4), "parts": list(parts),
-            "pool": write_jsonl(os.path.join(work, f"within-pool-{seed}.jsonl"), pool),
-            "target": write_jsonl(os.path.join(work, f"within-target-{seed}.jsonl"), target),
-            "validation": write_jsonl(os.path.join(work, f"within-validation-{seed}.jsonl"), validation)}
+            "pool": write_jsonl(os.path.join(work, f"{name}-pool-{seed}.jsonl"), pool),
+            "target": write_jsonl(os.path.join(work, f"{name}-target-{seed}.jsonl"), target),
+            "validation": write_jsonl(os.path.join(work, f"{name}-validation-{seed}.jsonl"), validation)}
 
 
 def machine() -> dict:
@@ -130,7 +135,7 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tasks", default="domain,within")
+    ap.add_argument("--tasks", default="domain,within,subsystem")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--pool-docs", type=int, default=8000)
     ap.add_argument("--proxy-tokens", type=int, default=1_000_000, help="evaluate's budget (its default: 1M)")
@@ -142,7 +147,10 @@ def main():
     work = tempfile.mkdtemp(prefix="thresher-bench-")
     info = machine()
     results = {}
-    builders = {"domain": domain_task, "within": within_task}
+    builders = {"domain": domain_task,
+                "within": within_task,
+                "subsystem": lambda *a: within_task(*a, name="subsystem", target_docs=200, part_share=0.06,
+                                                    domain_share=0.5)}
     with service(os.path.join(work, "home")) as c:
         for name in args.tasks.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,27 +81,32 @@ def pack_batches(win_targets: np.ndarray, batch_tokens: int) -> list[np.ndarray]
     return batches
 
 
-def row_loss_sums(model, inputs: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 512) -> torch.Tensor:
-    """Per-row sum of float32 next-token CE over the non-padding targets. inputs, targets: (B, T).
+def token_losses(model, inputs: torch.Tensor, targets: torch.Tensor, chunk_tokens: int = 512
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 next-token CE of each scored position, the row each belongs to). inputs, targets: (B, T).
 
     The CE runs over chunks of `chunk_tokens` positions, small enough to stay in cache and to never
     need a float32 copy of a whole bf16 batch. Models exposing `hidden` and `lm_head` (our GPT)
     get the output head applied to the valid positions only, a chunk at a time, so the padding
-    costs no head FLOPs and the full (B, T, vocab) logits never exist.
+    costs no head FLOPs and the full (B, T, vocab) logits never exist. Other models (any idx ->
+    logits callable) are scored on every position: padding has IGNORE_INDEX targets and adds 0.
     """
     valid = targets != IGNORE_INDEX
     if hasattr(model, "hidden") and hasattr(model, "lm_head"):
         states, flat_targets, head = model.hidden(inputs)[valid], targets[valid], model.lm_head
-    else:  # any idx -> logits callable: padded positions have IGNORE_INDEX targets and add 0
+        rows = valid.nonzero()[:, 0]
+    else:
         states, flat_targets, head = model(inputs).flatten(0, 1), targets.flatten(), None
+        rows = torch.arange(len(targets), device=targets.device).repeat_interleave(targets.shape[1])
     per_token = torch.cat([
         F.cross_entropy((head(s) if head else s).float(), t, ignore_index=IGNORE_INDEX, reduction="none")
         for s, t in zip(states.split(chunk_tokens), flat_targets.split(chunk_tokens))
     ])
-    if head is None:
-        return per_token.view(targets.shape).sum(dim=1)
-    row_of_token = valid.nonzero()[:, 0]
-    return torch.zeros(len(targets), device=per_token.device).index_add_(0, row_of_token, per_token)
+    return per_token, rows
+
+
+def per_row(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> np.ndarray:
+    return torch.zeros(n_rows, device=values.device).index_add_(0, rows, values).double().cpu().numpy()
 
 
 class DocumentLossEngine:
@@ -144,6 +150,25 @@ class DocumentLossEngine:
         """(loss, n_tokens): loss is float64 of shape (n_docs,) for one model or (n_models, n_docs);
         n_tokens counts the predicted tokens of each document. Documents with < 2 tokens are not
         scored: their loss is NaN and n_tokens 0 (report them, do not rank them)."""
+        loss, n_tokens, _ = self._score(token_lists, on_progress, paired=False)
+        return (loss[0] if self.single else loss), n_tokens
+
+    def score_difference(
+        self,
+        token_lists: Sequence[Sequence[int]],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> PairScores:
+        """Two models (prior, conditional) on identical windows: their losses, and the spread of the
+        per-token loss difference (what CoLoR-Filter's `evidence` needs)."""
+        if len(self.models) != 2:
+            raise ValueError("score_difference needs exactly two models")
+        loss, n_tokens, diff_sq = self._score(token_lists, on_progress, paired=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_sq = np.where(n_tokens > 0, diff_sq / n_tokens, np.nan)
+        diff_sd = np.sqrt(np.maximum(0.0, mean_sq - (loss[0] - loss[1]) ** 2))
+        return PairScores(loss[0], loss[1], n_tokens, diff_sd)
+
+    def _score(self, token_lists, on_progress, paired: bool):
         lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
         if self.max_tokens_per_doc is not None:
             lengths = np.minimum(lengths, self.max_tokens_per_doc)
@@ -154,18 +179,22 @@ class DocumentLossEngine:
         n_tokens = np.bincount(win_doc, weights=win_targets, minlength=len(lengths)).astype(np.int64)
 
         loss_sum = np.zeros((len(self.models), len(lengths)), dtype=np.float64)
+        diff_sq = np.zeros(len(lengths), dtype=np.float64)
         total, done = int(win_targets.sum()), 0
         for batch in pack_batches(win_targets, self.batch_tokens):
             inputs, targets = self._batch_tensors(flat, offsets[win_doc[batch]] + win_start[batch], win_targets[batch])
-            for m, row_sums in enumerate(self._forward_all(inputs, targets)):
+            sums, sq = self._forward_all(inputs, targets, paired)
+            for m, row_sums in enumerate(sums):
                 np.add.at(loss_sum[m], win_doc[batch], row_sums)
+            if paired:
+                np.add.at(diff_sq, win_doc[batch], sq)
             done += int(win_targets[batch].sum())
             if on_progress is not None:
                 on_progress(done, total)
 
         with np.errstate(invalid="ignore", divide="ignore"):
             loss = np.where(n_tokens > 0, loss_sum / n_tokens, np.nan)
-        return (loss[0] if self.single else loss), n_tokens
+        return loss, n_tokens, diff_sq
 
     def _batch_tensors(self, flat: np.ndarray, starts: np.ndarray, n_targets: np.ndarray):
         """Right-padded inputs (pad id 0) and targets (IGNORE_INDEX on padding), shape (B, T)."""
@@ -181,19 +210,44 @@ class DocumentLossEngine:
         )
 
     @torch.inference_mode()
-    def _forward_all(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[np.ndarray]:
+    def _forward_all(self, inputs: torch.Tensor, targets: torch.Tensor, paired: bool = False):
+        """Per-row loss sums of every model and, when `paired`, the per-row sum of the squared
+        difference of the first two models' per-token losses."""
         chunk = 8192 if self.device.type == "cuda" else 512  # GPU: fewer, larger head matmuls
-        sums = []
+        per_token, rows = [], None
         for model in self.models:
             with autocast(self.device, self.dtype):
-                sums.append(row_loss_sums(model, inputs, targets, chunk).double().cpu().numpy())
-        return sums
+                values, rows = token_losses(model, inputs, targets, chunk)
+            per_token.append(values)
+        sums = [per_row(v, rows, len(targets)) for v in per_token]
+        sq = per_row((per_token[0] - per_token[1]) ** 2, rows, len(targets)) if paired else None
+        return sums, sq
 
 
-def score_pair(
-    prior_model, cond_model, token_lists: Sequence[Sequence[int]], **engine_kwargs
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prior_loss, cond_loss, n_tokens) from the same windows; CoLoR score = prior − cond."""
-    engine = DocumentLossEngine([prior_model, cond_model], **engine_kwargs)
-    loss, n_tokens = engine.score(token_lists)
-    return loss[0], loss[1], n_tokens
+class PairScores(NamedTuple):
+    """Per document: both models' mean losses, predicted tokens, and the standard deviation of the
+    per-token loss difference (prior − conditional) over the document's tokens."""
+    prior_loss: np.ndarray
+    cond_loss: np.ndarray
+    n_tokens: np.ndarray
+    diff_sd: np.ndarray
+
+
+# The spread of a document's per-token differences is estimated as if it also had this many tokens of
+# this spread (nats): a document of a few tokens cannot claim a tiny spread, and so a huge evidence.
+SPREAD_PRIOR_TOKENS, SPREAD_PRIOR_NATS = 16, 1.0
+
+
+def evidence(scores: PairScores) -> np.ndarray:
+    """How sure a document's loss reduction is: the t-statistic of its per-token differences,
+    (prior − conditional) · √n / spread (docs/methods.md §1). It ranks a long document that the
+    conditional model predicts steadily better above a short one whose mean is high by chance; a
+    document's log-likelihood ratio (the sum) would rank by length instead. NaN where unscored."""
+    n = scores.n_tokens.astype(np.float64)
+    var = (n * scores.diff_sd ** 2 + SPREAD_PRIOR_TOKENS * SPREAD_PRIOR_NATS ** 2) / (n + SPREAD_PRIOR_TOKENS)
+    return (scores.prior_loss - scores.cond_loss) * np.sqrt(n) / np.sqrt(var)
+
+
+def score_pair(prior_model, cond_model, token_lists: Sequence[Sequence[int]], **engine_kwargs) -> PairScores:
+    """Prior and conditional losses from the same windows; CoLoR score = prior − cond."""
+    return DocumentLossEngine([prior_model, cond_model], **engine_kwargs).score_difference(token_lists)

@@ -45,10 +45,18 @@ def test_color_filter_selects_target_domain(service, color_job):
 def test_manifest_columns_and_score_sign(service, color_job):
     man = color_job["result"]["manifest_id"]
     t = pq.read_table(io.BytesIO(service.get(f"/v1/manifests/{man}/download").content))
-    assert {"prior_loss", "cond_loss", "score", "rank", "selected", "n_tokens"} <= set(t.column_names)
-    for row in t.to_pylist():
+    assert {"prior_loss", "cond_loss", "score", "diff_sd", "evidence", "rank", "selected",
+            "n_tokens"} <= set(t.column_names)
+    rows = t.to_pylist()
+    for row in rows:
         assert row["score"] == pytest.approx(row["prior_loss"] - row["cond_loss"], abs=1e-9)
-        assert row["n_tokens"] > 0
+        assert row["n_tokens"] > 0 and row["diff_sd"] >= 0
+        assert (row["evidence"] > 0) == (row["score"] > 0)
+    # The selection ranks by evidence (the default rank_by), not by the mean reduction alone.
+    assert color_job["result"]["summary"]["rank_by"] == "evidence"
+    by_rank = sorted(rows, key=lambda r: r["rank"])
+    assert [r["evidence"] for r in by_rank] == sorted((r["evidence"] for r in rows), reverse=True)
+    assert {r["doc_id"] for r in rows if r["selected"]} == {r["doc_id"] for r in by_rank[:100]}
     assert t.num_rows == 1000 and len(set(t["doc_id"].to_pylist())) == 1000
     # Both models are registered and reusable.
     summary = color_job["result"]["summary"]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from scoring.checkpoint import HFCausalLM, load_hf_causal_lm, load_model, save_model
 from scoring.device import autocast_dtype, cpu_has_native_bf16, pick_device
 from scoring.gpt import GPT, GPTConfig
-from scoring.lm_loss import DocumentLossEngine, score_pair, tokenize_documents, window_layout
+from scoring.lm_loss import (SPREAD_PRIOR_NATS, SPREAD_PRIOR_TOKENS, DocumentLossEngine, evidence, score_pair,
+                             tokenize_documents, window_layout)
 from scoring.tokenizer import EOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
 from scoring.train import EarlyStopping, TrainConfig, batch_loss, finetune, lr_at, pad_windows, pretrain, validation_loss
 
@@ -126,13 +127,50 @@ def test_long_documents_are_windowed_and_token_weighted():
 def test_pair_scoring_feeds_both_models_identical_windows():
     prior, cond = Recorder(tiny_model(0)), Recorder(tiny_model(1))
     docs = random_docs([5, 33, 17, 2, 8, 60], seed=4)
-    prior_loss, cond_loss, n = score_pair(prior, cond, docs, batch_tokens=48, dtype=None)
+    prior_loss, cond_loss, n, _ = score_pair(prior, cond, docs, batch_tokens=48, dtype=None)
     assert len(prior.seen) == len(cond.seen) > 1
     for a, b in zip(prior.seen, cond.seen):
         assert torch.equal(a, b)
     assert not np.allclose(prior_loss, cond_loss)  # two different models
     np.testing.assert_allclose(prior_loss, DocumentLossEngine(prior.model, dtype=None).score(docs)[0], atol=1e-5)
     assert n.tolist() == [len(d) - 1 for d in docs]
+
+
+def manual_token_losses(model, doc, context) -> np.ndarray:
+    out = []
+    for start in range(0, len(doc) - 1, context):
+        piece = torch.tensor(doc[start : start + context + 1])
+        with torch.no_grad():
+            out.append(F.cross_entropy(model(piece[None, :-1])[0], piece[1:], reduction="none").numpy())
+    return np.concatenate(out)
+
+
+def test_pair_spread_and_evidence_match_a_hand_computation():
+    prior, cond = tiny_model(0), tiny_model(1)
+    docs = random_docs([40, 3, 25, 1, 70], seed=5)
+    pair = score_pair(prior, cond, docs, batch_tokens=40, dtype=None)
+    ev = evidence(pair)
+    for i, doc in enumerate(docs):
+        if len(doc) < 2:
+            assert pair.n_tokens[i] == 0 and np.isnan(pair.prior_loss[i]) and np.isnan(ev[i])
+            continue
+        d = manual_token_losses(prior, doc, 16) - manual_token_losses(cond, doc, 16)
+        assert pair.prior_loss[i] - pair.cond_loss[i] == pytest.approx(d.mean(), abs=1e-5)
+        assert pair.diff_sd[i] == pytest.approx(d.std(), abs=1e-4)  # population sd over the doc's tokens
+        n, k, s0 = len(d), SPREAD_PRIOR_TOKENS, SPREAD_PRIOR_NATS
+        assert ev[i] == pytest.approx(d.mean() * math.sqrt(n) / math.sqrt((n * d.var() + k * s0 ** 2) / (n + k)),
+                                      rel=1e-4)
+
+
+def test_evidence_prefers_a_steady_long_reduction_to_a_short_lucky_one():
+    """Two documents with the same mean reduction: the longer one is surer; a short one with a
+    higher mean but a wide spread ranks below a long steady one (the t-statistic, not the mean)."""
+    from scoring.lm_loss import PairScores
+    pair = PairScores(prior_loss=np.array([5.0, 5.0, 5.6]), cond_loss=np.array([4.5, 4.5, 4.6]),
+                      n_tokens=np.array([400, 40, 30]), diff_sd=np.array([2.0, 2.0, 3.0]))
+    ev = evidence(pair)
+    assert ev[0] > ev[1] and ev[0] > ev[2]
+    assert (pair.prior_loss - pair.cond_loss)[2] > (pair.prior_loss - pair.cond_loss)[0]
 
 
 def test_empty_and_single_token_documents_are_flagged_not_scored():

@@ -22,7 +22,7 @@ import torch
 
 from scoring.checkpoint import load_hf_causal_lm, load_model, save_model
 from scoring.device import pick_device
-from scoring.lm_loss import DocumentLossEngine, tokenize_documents
+from scoring.lm_loss import DocumentLossEngine, evidence, tokenize_documents
 from scoring.tokenizer import eos_id
 from storage import layout
 from storage.fs import Store
@@ -94,8 +94,9 @@ class LossScorer:
     """Loads one or more models once, then scores shard after shard (or row ranges of shards) with
     the same windows for all.
 
-    A score table holds `loss` (one model) or `prior_loss`, `cond_loss` and
-    `score = prior_loss − cond_loss` (two models, CoLoR-Filter). `score_shard` writes a shard's part;
+    A score table holds `loss` (one model) or `prior_loss`, `cond_loss`,
+    `score = prior_loss − cond_loss`, the spread of the per-token difference `diff_sd` and the
+    `evidence` that ranks CoLoR-Filter's selection (two models). `score_shard` writes a shard's part;
     `score_rows` returns the table of a row range, for the driver to join into the shard's part.
     """
 
@@ -124,13 +125,14 @@ class LossScorer:
         for i, text in enumerate(texts):
             if not text.strip():
                 tokens[i] = []
-        loss, n_tokens = self.engine.score(tokens)
         if len(self.engine.models) == 1:
-            table = score_part(t["id"], shard, t["source"], n_tokens, -loss[0], loss=loss[0])
+            (loss,), n_tokens = self.engine.score(tokens)
+            table = score_part(t["id"], shard, t["source"], n_tokens, -loss, loss=loss)
         else:
-            prior, cond = loss[0], loss[1]
-            table = score_part(t["id"], shard, t["source"], n_tokens, prior - cond,
-                               prior_loss=prior, cond_loss=cond)
+            pair = self.engine.score_difference(tokens)
+            table = score_part(t["id"], shard, t["source"], pair.n_tokens, pair.prior_loss - pair.cond_loss,
+                               prior_loss=pair.prior_loss, cond_loss=pair.cond_loss, diff_sd=pair.diff_sd,
+                               evidence=evidence(pair))
         if first:
             table = table.set_column(table.schema.get_field_index("row"), "row",
                                      pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))

@@ -299,6 +299,10 @@ class ColorFilterSpec(TargetedSelection):
     prior: PriorSpec = PriorSpec(train=PriorTrainOptions())
     conditional: ConditionalSpec = ConditionalSpec(finetune=ConditionalFinetune())
     scoring: ScoreOptions = ScoreOptions()
+    rank_by: Literal["evidence", "score"] = Field(
+        "evidence", description=("evidence: the t-statistic of a document's per-token loss reduction "
+                                 "(steady reductions over many tokens first); score: the mean reduction "
+                                 "prior − conditional alone"))
     compare_with: Literal["dsir"] | None = Field(
         None, description="also score the pool with DSIR and report the overlap of the two selections")
 
@@ -344,8 +348,9 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
     else:
         cond = ensure_finetuned(ctx, prior, spec.target, spec.conditional.finetune, "conditional", "finetune")
     scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring)
-    result = finish_selection(ctx, "color_filter", spec.pool, spec.select, spec.mode,
-                              meta={"prior_model": prior["id"], "conditional_model": cond["id"]})
+    result = finish_selection(ctx, "color_filter", spec.pool, spec.select, spec.mode, key=spec.rank_by,
+                              meta={"prior_model": prior["id"], "conditional_model": cond["id"],
+                                    "rank_by": spec.rank_by})
     man_id, summary = result["manifest_id"], result["summary"]
     summary["models"] = {
         "prior": {k: prior["meta"].get(k) for k in ("preset", "params", "train_docs", "train_tokens", "budget",
