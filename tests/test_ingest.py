@@ -128,6 +128,14 @@ def test_unknown_shard_codec(store, tmp_path):
                compression="brotli")
 
 
+@pytest.mark.parametrize("block_size", [7, 64, 1000, 1 << 20])
+def test_bom_lines_longer_than_a_block_and_no_final_newline(store, tmp_path, block_size):
+    docs = [{"id": f"d{i}", "text": "x" * (i * 37 % 500) + " é"} for i in range(60)]
+    data = b"\xef\xbb\xbf" + jsonl(docs).rstrip(b"\n")
+    ingest(write(tmp_path, "d.jsonl", data), filename="d.jsonl", store=store, dest=DEST, block_size=block_size)
+    assert [{"id": r["id"], "text": r["text"]} for r in stored(store)] == docs
+
+
 # -- ids -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])

@@ -22,6 +22,28 @@ def count_newlines(data, end: int) -> int:
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8, count=end) == 10))
 
 
+def last_newline(data, step: int = 1 << 16) -> int:
+    """The index of the last newline in `data` (-1 if none), looked for from the end."""
+    end = len(data)
+    while end > 0:
+        start = max(0, end - step)
+        found = bytes(data[start:end]).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        end = start
+    return -1
+
+
+def joined(pieces: list[memoryview]) -> memoryview:
+    """The pieces in one buffer of pyarrow's pool."""
+    out = pa.allocate_buffer(sum(map(len, pieces)))
+    view, at = memoryview(out).cast("B"), 0
+    for piece in pieces:
+        view[at:at + len(piece)] = piece
+        at += len(piece)
+    return view
+
+
 def all_objects(block, most_irregular: int = 1000) -> bool:
     """Whether every non-blank line of `block` starts with `{` (after whitespace). Checked on all
     line starts at once; only lines that do not start with `{` at once (blank, indented) are
@@ -60,24 +82,26 @@ class JsonlReader:
     def _blocks(self) -> Iterator[tuple[int, memoryview, int]]:
         """(first line number, block ending at a newline, newlines in it)."""
         line, pending, first = 1, [], True     # pending: pieces of a line not yet ended
-        for data in self.source.blocks(self.block_size):
+        for data in self.source.blocks(self.block_size, buffers=True):
+            data = memoryview(data).cast("B")
             if first:
-                data, first = data.removeprefix(BOM), False
-            if data.rfind(b"\n") < 0:           # inside a line longer than a block
+                data, first = data[len(BOM):] if data[:len(BOM)] == BOM else data, False
+            end = last_newline(data)
+            if end < 0:                          # inside a line longer than a block
                 pending.append(data)
                 if self.max_doc_bytes and sum(map(len, pending)) > self.max_doc_bytes:
                     raise IngestError("document_too_large", f"line {line}: longer than {self.max_doc_bytes} "
                                       "bytes (THRESHER_MAX_DOC_BYTES)",
                                       {"line": line, "limit_bytes": self.max_doc_bytes})
                 continue
-            buf = b"".join(pending + [data]) if pending else data
-            cut = buf.rfind(b"\n") + 1
+            cut = sum(map(len, pending)) + end + 1
+            buf = joined(pending + [data]) if pending else data
             n = count_newlines(buf, cut)
-            yield line, memoryview(buf)[:cut], n
+            yield line, buf[:cut], n
             line, pending = line + n, [buf[cut:]] if cut < len(buf) else []
-        tail = b"".join(pending)
-        if tail.strip():
-            yield line, memoryview(tail), 0
+        tail = joined(pending) if pending else memoryview(b"")
+        if _NONBLANK.search(tail):
+            yield line, tail, 0
 
     def __iter__(self) -> Iterator[Rows]:
         for first_line, block, newlines in prefetched(self._blocks()):
