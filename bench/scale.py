@@ -167,7 +167,8 @@ def is_ray_worker(p: psutil.Process) -> bool:
 
 class Sampler:
     """Peak RSS of this process (the service) and of the Ray worker processes under it, and the
-    CPU seconds they spend, sampled every `every` seconds on a thread until stopped."""
+    CPU seconds they spend, sampled every `every` seconds on a thread until stopped (that thread's
+    own CPU is left out of the service's)."""
 
     def __init__(self, every: float = 0.2):
         self.every, self.me = every, psutil.Process()
@@ -177,6 +178,7 @@ class Sampler:
         self.cpu_last: dict[int, float] = {}
         self.cpu_service0 = self._cpu(self.me)
         self.workers_seen: set[int] = set()
+        self.cpu_sampler = 0.0
         self.label: str | None = None        # the job's current stage, set by follow_job
         self.by_label: dict[str, list[int]] = {}   # stage -> [service peak, largest worker peak]
 
@@ -218,6 +220,7 @@ class Sampler:
     def _run(self):
         while not self._stop.wait(self.every):
             self.sample()
+        self.cpu_sampler = time.thread_time()    # this thread's own CPU: the bench's, not the service's
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -231,7 +234,8 @@ class Sampler:
                 "peak_rss_worker_mb": round(self.peak_worker / 2**20),
                 "peak_rss_workers_sum_mb": round(self.peak_workers_sum / 2**20),
                 "cpu_s_workers": round(sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last), 2),
-                "cpu_s_service": round(self._cpu(self.me) - self.cpu_service0, 2),
+                "cpu_s_service": round(self._cpu(self.me) - self.cpu_service0 - self.cpu_sampler, 2),
+                "cpu_s_sampler": round(self.cpu_sampler, 2),
                 "workers": len(self.workers_seen),
                 "peak_rss_mb_by_job_stage": {k: {"service": round(a / 2**20), "worker": round(b / 2**20)}
                                              for k, (a, b) in self.by_label.items()}}
