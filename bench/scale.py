@@ -6,7 +6,8 @@ synthetic corpus of millions of short documents end to end on one machine.
 
 (a) `--files` JSONL files (`--compression zst` or `none`) of generated documents, `--ingest-mb`
     of JSONL in all, registered through the service (`POST /v1/corpora {"uri": dir}`), once on a
-    Ray of one CPU and once on a Ray of two (`ray.init(num_cpus=…)`, which the service joins).
+    Ray of one CPU and once on a Ray of two (`ray.init(num_cpus=…)`, which the service joins), for
+    each shard codec of `--shard-compression` (THRESHER_SHARD_COMPRESSION; the shards' size too).
     Beside it, in the same run, the machine's limit: pyarrow's bare JSON reader of the three
     needed fields (id, text, source) over the same files, single-threaded in one process, and in
     two processes side by side over half the files each (best of three runs). Reported per core: MB of JSONL per
@@ -19,7 +20,8 @@ synthetic corpus of millions of short documents end to end on one machine.
 
 Every figure comes with the load average at the time: the wall-time figures only mean something
 on an idle machine, MB per CPU-second holds up better on a busy one. Prints tables, writes
-bench/results/scale.json, deletes what it generated.
+bench/results/scale.json (a part skipped keeps its figures from the file's previous run), deletes
+what it generated.
 """
 from __future__ import annotations
 
@@ -165,7 +167,8 @@ def is_ray_worker(p: psutil.Process) -> bool:
 
 class Sampler:
     """Peak RSS of this process (the service) and of the Ray worker processes under it, and the
-    CPU seconds they spend, sampled every `every` seconds on a thread until stopped."""
+    CPU seconds they spend, sampled every `every` seconds on a thread until stopped (that thread's
+    own CPU is left out of the service's)."""
 
     def __init__(self, every: float = 0.2):
         self.every, self.me = every, psutil.Process()
@@ -175,6 +178,7 @@ class Sampler:
         self.cpu_last: dict[int, float] = {}
         self.cpu_service0 = self._cpu(self.me)
         self.workers_seen: set[int] = set()
+        self.cpu_sampler = 0.0
         self.label: str | None = None        # the job's current stage, set by follow_job
         self.by_label: dict[str, list[int]] = {}   # stage -> [service peak, largest worker peak]
 
@@ -216,6 +220,7 @@ class Sampler:
     def _run(self):
         while not self._stop.wait(self.every):
             self.sample()
+        self.cpu_sampler = time.thread_time()    # this thread's own CPU: the bench's, not the service's
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -229,7 +234,8 @@ class Sampler:
                 "peak_rss_worker_mb": round(self.peak_worker / 2**20),
                 "peak_rss_workers_sum_mb": round(self.peak_workers_sum / 2**20),
                 "cpu_s_workers": round(sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last), 2),
-                "cpu_s_service": round(self._cpu(self.me) - self.cpu_service0, 2),
+                "cpu_s_service": round(self._cpu(self.me) - self.cpu_service0 - self.cpu_sampler, 2),
+                "cpu_s_sampler": round(self.cpu_sampler, 2),
                 "workers": len(self.workers_seen),
                 "peak_rss_mb_by_job_stage": {k: {"service": round(a / 2**20), "worker": round(b / 2**20)}
                                              for k, (a, b) in self.by_label.items()}}
@@ -283,6 +289,10 @@ def start_ray(num_cpus: int | None) -> None:
 
 # -- (a) many-file ingestion ---------------------------------------------------------------------
 
+def label(codec: str, cpus: int) -> str:
+    return f"thresher {codec}, Ray {cpus} CPU"
+
+
 def bench_ingest(args, work: str) -> dict:
     words = (args.ingest_words // 2, args.ingest_words * 3 // 2)
     data = os.path.join(work, "ingest-data")
@@ -315,10 +325,12 @@ def bench_ingest(args, work: str) -> dict:
         record({"what": f"bare reader x{processes}", "cores": processes, **b,
                 "mb_per_s_per_core": mb / b["wall_s"] / processes, "mb_per_cpu_s": mb / b["cpu_s"]})
 
-    for cpus in (1, 2):
-        home = os.path.join(work, f"ingest-home-{cpus}")
+    codecs = [c.strip() for c in args.shard_compression.split(",") if c.strip()]
+    for codec, cpus in [(c, n) for c in codecs for n in (1, 2)]:
+        home = os.path.join(work, f"ingest-home-{codec}-{cpus}")
         start_ray(cpus)
-        with service(home, allowed_roots=[work], max_inflight=args.max_inflight) as client:
+        with service(home, allowed_roots=[work], max_inflight=args.max_inflight,
+                     shard_compression=codec) as client:
             register(client, "warm-up", warm)        # the Ray workers start and import once
             load = os.getloadavg()[0]
             with Sampler() as s:
@@ -329,7 +341,10 @@ def bench_ingest(args, work: str) -> dict:
             raise RuntimeError(f"ingestion on {cpus} CPU(s) gave {cor}")
         res = s.result()
         cpu = res["cpu_s_workers"] + res["cpu_s_service"]
-        record({"what": f"thresher, Ray {cpus} CPU", "cores": cpus, "wall_s": wall, "load_avg": load,
+        stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(home) if "corpora" in d
+                     for f in fs)
+        record({"what": label(codec, cpus), "cores": cpus, "wall_s": wall, "load_avg": load,
+                "shard_compression": codec, "shards_mb": round(stored / 1e6, 1),
                 "load_avg_end": os.getloadavg()[0], "job_stages_s": job["stages_s"],
                 "units": job["result"]["summary"]["units"], "num_shards": cor["num_shards"], **res,
                 "mb_per_s_per_core": mb / wall / cpus, "mb_per_cpu_s": mb / cpu if cpu else float("nan")})
@@ -337,11 +352,11 @@ def bench_ingest(args, work: str) -> dict:
 
     runs = {r["what"]: r for r in out["runs"]}
     bare = runs["bare reader x1"]
-    for cpus in (1, 2):
-        r = runs[f"thresher, Ray {cpus} CPU"]
+    for codec, cpus in [(c, n) for c in codecs for n in (1, 2)]:
+        r = runs[label(codec, cpus)]
         r["vs_bare_per_core"] = r["mb_per_s_per_core"] / bare["mb_per_s_per_core"]
         r["vs_bare_per_cpu_s"] = r["mb_per_cpu_s"] / bare["mb_per_cpu_s"]
-    out["speedup_1_to_2"] = runs["thresher, Ray 1 CPU"]["wall_s"] / runs["thresher, Ray 2 CPU"]["wall_s"]
+    out["speedup_1_to_2"] = {c: runs[label(c, 1)]["wall_s"] / runs[label(c, 2)]["wall_s"] for c in codecs}
     out["bare_speedup_1_to_2"] = bare["wall_s"] / runs["bare reader x2"]["wall_s"]
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(warm, ignore_errors=True)
@@ -434,7 +449,11 @@ def report(results: dict) -> None:
         print_table(f"(a) ingestion of {a['corpus']['files']} files, {a['corpus']['jsonl_mb']} MB of JSONL "
                     f"({a['corpus']['stored_mb']} MB stored), {a['corpus']['docs']:,} docs",
                     ["run", "cores", "wall s", "MB/s/core", "vs bare", "MB/cpu-s", "vs bare", "load"], rows)
-        print(f"speedup 1 -> 2 Ray CPUs: {a['speedup_1_to_2']:.2f}x (goal >= 1.8); the bare reader in 1 -> 2 "
+        for r in a["runs"]:
+            if "shards_mb" in r:
+                print(f"{r['what']}: shards {r['shards_mb']} MB")
+        speedups = ", ".join(f"{c} {v:.2f}x" for c, v in a["speedup_1_to_2"].items())
+        print(f"speedup 1 -> 2 Ray CPUs: {speedups} (goal >= 1.8); the bare reader in 1 -> 2 "
               f"processes, the machine's own: {a['bare_speedup_1_to_2']:.2f}x")
     for b in results.get("e2e", []):
         rows = [[name, s["wall_s"], f"{s['start_rss_service_mb']} -> {s['peak_rss_service_mb']}",
@@ -461,6 +480,8 @@ def main() -> None:
     ap.add_argument("--ingest-mb", type=float, default=256, help="(a) MB of JSONL in all")
     ap.add_argument("--ingest-words", type=int, default=150, help="(a) mean words per document")
     ap.add_argument("--compression", choices=["zst", "none"], default="zst", help="(a) the files' compression")
+    ap.add_argument("--shard-compression", default="zstd,lz4",
+                    help="(a) THRESHER_SHARD_COMPRESSION of each Thresher run, comma-separated")
     ap.add_argument("--docs", default="1000000,5000000", help="(b) corpus sizes, comma-separated")
     ap.add_argument("--e2e-files", type=int, default=64, help="(b) number of files")
     ap.add_argument("--e2e-words", type=int, default=30, help="(b) mean words per document")
@@ -482,7 +503,22 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     results["load_avg_end"] = os.getloadavg()
     report(results)
+    keep_skipped_parts(results, args)
     write_json("scale", results)
+
+
+def keep_skipped_parts(results: dict, args) -> None:
+    """A part skipped this time keeps its figures from the last results file, marked with that
+    run's start, so that re-running (a) alone does not lose (b) (and the reverse)."""
+    path = os.path.join(ROOT, "bench", "results", "scale.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    for part, skipped in (("ingest", args.skip_ingest), ("e2e", args.skip_e2e)):
+        if skipped and part in previous:
+            results[part] = previous[part]
+            results[f"{part}_from_run"] = previous.get(f"{part}_from_run", previous.get("started"))
 
 
 if __name__ == "__main__":

@@ -122,8 +122,9 @@ class Store:
         if tmp != final:
             self.fs.move(tmp, final)
 
-    def parquet_writer(self, schema: pa.Schema, *parts: str) -> "AtomicParquetWriter":
-        return AtomicParquetWriter(self, schema, parts)
+    def parquet_writer(self, schema: pa.Schema, *parts: str, **options) -> "AtomicParquetWriter":
+        """`options` go to pyarrow's ParquetWriter (default: zstd compression)."""
+        return AtomicParquetWriter(self, schema, parts, **options)
 
     def delete(self, *parts: str) -> None:
         p = self.path(*parts)
@@ -137,10 +138,10 @@ class Store:
 class AtomicParquetWriter:
     """Streams record batches into a Parquet file that appears under its final name only on close()."""
 
-    def __init__(self, store: Store, schema: pa.Schema, parts):
+    def __init__(self, store: Store, schema: pa.Schema, parts, **options):
         self.store = store
         self.tmp, self.final = store._tmp_and_final(parts)
-        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=store.fs, compression="zstd")
+        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=store.fs, **{"compression": "zstd", **options})
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:

@@ -109,6 +109,33 @@ def test_stable_order_across_shards_and_blocks(store, tmp_path):
     assert [store.parquet_file(*DEST, s).metadata.num_rows for s in corpus_shards(store, DEST)] == [10] * 10 + [3]
 
 
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "snappy", "none"])
+def test_shard_codec_and_encodings(store, tmp_path, codec):
+    path = write(tmp_path, "docs.jsonl", jsonl(DOCS))
+    ingest(path, filename="docs.jsonl", store=store, dest=DEST, compression=codec)
+    assert stored(store) == DOCS
+    group = store.parquet_file(*DEST, "shard-00000.parquet").metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert {c.compression for c in columns.values()} == {{"none": "UNCOMPRESSED"}.get(codec, codec.upper())}
+    # a dictionary only where values repeat; no statistics of whole documents
+    assert [name for name, c in columns.items() if "RLE_DICTIONARY" in c.encodings] == ["source"]
+    assert not columns["text"].is_stats_set and columns["id"].is_stats_set
+
+
+def test_unknown_shard_codec(store, tmp_path):
+    with pytest.raises(ValueError, match="brotli"):
+        ingest(write(tmp_path, "docs.jsonl", jsonl(DOCS)), filename="docs.jsonl", store=store, dest=DEST,
+               compression="brotli")
+
+
+@pytest.mark.parametrize("block_size", [7, 64, 1000, 1 << 20])
+def test_bom_lines_longer_than_a_block_and_no_final_newline(store, tmp_path, block_size):
+    docs = [{"id": f"d{i}", "text": "x" * (i * 37 % 500) + " é"} for i in range(60)]
+    data = b"\xef\xbb\xbf" + jsonl(docs).rstrip(b"\n")
+    ingest(write(tmp_path, "d.jsonl", data), filename="d.jsonl", store=store, dest=DEST, block_size=block_size)
+    assert [{"id": r["id"], "text": r["text"]} for r in stored(store)] == docs
+
+
 # -- ids -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
@@ -145,6 +172,12 @@ def test_ids_on_some_documents_only(store, tmp_path):
     err = failing(store, tmp_path, "d.jsonl", jsonl([{"text": "x"}, {"text": "y"}, {"id": 3, "text": "z"}]),
                   "inconsistent_ids")
     assert err.details["line"] == 3
+
+
+def test_first_document_line_counts_leading_blank_lines(store, tmp_path):
+    data = b"\n  \n\t" + jsonl([{"text": f"doc {i}"} for i in range(40)]) + jsonl([{"id": "x", "text": "late"}])
+    err = failing(store, tmp_path, "d.jsonl", data, "inconsistent_ids", block_size=256)
+    assert err.details["line"] == 43 and "first document (line 3)" in err.message
 
 
 def test_source_counts_and_custom_fields(store, tmp_path):

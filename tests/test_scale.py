@@ -227,3 +227,26 @@ def test_commit_protocol_on_an_object_store(s3_service):
     store.write_parquet(table, "protocol", "part-00000.parquet")
     store.write_parquet(table.slice(0, 10), "protocol", "part-00000.parquet")   # a retry overwrites
     assert store.read_parquet("protocol", "part-00000.parquet").num_rows == 10
+
+
+def test_shard_compression_setting_reaches_uploads_and_registrations(tmp_path_factory, ray_address):
+    """THRESHER_SHARD_COMPRESSION: the codec of every shard ingestion writes, uploaded or registered."""
+    from fastapi.testclient import TestClient
+    from service.app import create_app
+    data = tmp_path_factory.mktemp("lz4-files")
+    for i in range(2):
+        (data / f"part-{i}.jsonl").write_bytes(jsonl(corpus(30, seed=i, prefix=f"z{i}-")))
+    settings = make_settings(tmp_path_factory.mktemp("lz4-home"), ray_address, allowed_roots=[str(data)],
+                             shard_compression="lz4")
+    with TestClient(create_app(settings), headers=ALICE, client=("127.0.0.1", 50000)) as client:
+        r = register(client, "registered", str(data))
+        assert r.status_code == 202, r.text
+        assert wait(client, r.json()["job_id"])["state"] == "succeeded"
+        uploaded = upload(client, corpus(20, seed=9, prefix="u"), name="uploaded")
+        store = Store(settings.store_root)
+        for corpus_id in (r.json()["id"], uploaded["id"]):
+            shards = layout.corpus_shards(store, corpus_id)
+            assert shards
+            for _, shard in shards:
+                meta = store.parquet_file(*shard).metadata
+                assert meta.row_group(0).column(1).compression == "LZ4", (corpus_id, shard)

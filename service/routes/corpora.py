@@ -126,7 +126,7 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         cid = new_id("corpora")
         options = {"text_field": fields["text_field"], "id_field": fields["id_field"],
                    "source_field": fields["source_field"], "shard_size": s.settings.shard_size,
-                   "max_doc_bytes": s.settings.max_doc_bytes,
+                   "compression": s.settings.shard_compression, "max_doc_bytes": s.settings.max_doc_bytes,
                    "max_decompressed_bytes": s.settings.max_decompressed_bytes}
         stats = await run_in_threadpool(ingest_upload, s.store, upload, cid, fname, fmt, options)
         rec = lifecycle.create_uploaded_corpus(s.catalog, cid, tenant, fields["name"], stats,
@@ -177,7 +177,8 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
                        "allowed root (THRESHER_ALLOWED_ROOTS)", {"field": "uri", "file": outside.name})
     spec = {"uri": uri, "format": body.format, "text_field": body.text_field, "id_field": body.id_field,
             "source_field": body.source_field, "shard_size": s.settings.shard_size,
-            "split_bytes": s.settings.split_bytes, "limits": {"max_doc_bytes": s.settings.max_doc_bytes}}
+            "split_bytes": s.settings.split_bytes, "compression": s.settings.shard_compression,
+            "limits": {"max_doc_bytes": s.settings.max_doc_bytes}}
     rec, _ = lifecycle.create_corpus_by_job(s.engine, tenant, body.name, "ingest", f"ingest {body.name}", spec)
     return JSONResponse(corpus_view(rec).model_dump(), status_code=202)
 

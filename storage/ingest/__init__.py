@@ -64,7 +64,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
            text_field: str = "text", id_field: str | None = "id", source_field: str | None = "source",
            shard_size: int = 10_000, block_size: int = 8 << 20, unit: tuple[int, int] | None = None,
            byte_range: tuple[int, int] | None = None, max_doc_bytes: int | None = None,
-           max_decompressed_bytes: int | None = None, check_ids: bool = True,
+           max_decompressed_bytes: int | None = None, check_ids: bool = True, compression: str = "zstd",
            progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Validate `src` and store it as Parquet shards under `dest` of `store`.
 
@@ -77,6 +77,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     `byte_range` of an uncompressed JSONL file) into shards of its own (layout.shard_in); generated
     ids then start with `f"{file:05d}-{range:05d}-"` so that units never share one.
     `check_ids=False` leaves duplicate ids to the caller (one check over all units is cheaper).
+    `compression`: the shards' Parquet codec (shards.SHARD_COMPRESSIONS).
     Raises IngestError (nothing of this call stored) for any bad input.
     """
     fmt = detect_format(filename, format)
@@ -92,7 +93,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
         raise IngestError("dest_not_empty", f"{store.uri(*dest)} already holds files", {"dest": list(dest)})
     source = Source(src, byte_range, max_decompressed_bytes)
     reader = READERS[fmt](source, fields, block_size, max_doc_bytes)
-    writer = ShardWriter(store, dest, shard_size, unit=unit)
+    writer = ShardWriter(store, dest, shard_size, unit=unit, compression=compression)
     stats = StatsBuilder(fields.source)
     id_prefix = "" if unit is None else f"{unit[0]:05d}-{unit[1]:05d}-"
     blocks = iter(reader)

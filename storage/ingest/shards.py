@@ -76,13 +76,27 @@ class StatsBuilder:
                            self.empty_ids, dict(self.sources.most_common()))
 
 
+SHARD_COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
+
+
+def shard_options(compression: str = "zstd") -> dict:
+    """pyarrow ParquetWriter options of a corpus shard. Only `source` is dictionary-encoded: ids and
+    texts are (nearly) all distinct, and a dictionary tried on them is built, overflows and is
+    thrown away in every row group. No statistics for `text`: nothing filters on its min and max,
+    which are whole documents stored in every page header and column chunk."""
+    if compression not in SHARD_COMPRESSIONS:
+        raise ValueError(f"shard compression {compression!r} is not one of {', '.join(SHARD_COMPRESSIONS)}")
+    return {"compression": compression, "use_dictionary": ["source"], "write_statistics": ["id", "source"]}
+
+
 class ShardWriter:
     """Appends tables to shards of `shard_size` rows on one background thread (so in order), with at
     most `depth` tables in flight, which bounds memory."""
 
     def __init__(self, store: Store, dest: tuple[str, ...], shard_size: int, depth: int = 2,
-                 unit: tuple[int, int] | None = None):
+                 unit: tuple[int, int] | None = None, compression: str = "zstd"):
         self.store, self.dest, self.shard_size, self.depth, self.unit = store, dest, shard_size, depth, unit
+        self.options = shard_options(compression)
         self.shards: list[layout.Parts] = []   # paths of the finished shards, in order
         self._writer = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
@@ -114,7 +128,7 @@ class ShardWriter:
         while table.num_rows:
             if self._writer is None:
                 self._path = layout.shard_in(self.dest, len(self.shards), self.unit)
-                self._writer = self.store.parquet_writer(SCHEMA, *self._path)
+                self._writer = self.store.parquet_writer(SCHEMA, *self._path, **self.options)
             room = self.shard_size - self._writer.rows
             self._writer.write(table.slice(0, room))
             table = table.slice(room)

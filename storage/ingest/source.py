@@ -76,20 +76,23 @@ class Source:
         raw = self.fs.open_input_stream(self.path, compression=None)
         return pa.CompressedInputStream(raw, self.compression) if self.compression else raw
 
-    def read(self, stream, n: int) -> bytes:
+    def read(self, stream, n: int, buffer: bool = False):
         try:
-            return stream.read(n)
+            return stream.read_buffer(n) if buffer else stream.read(n)
         except (OSError, pa.ArrowException) as e:
             if not self.compression:
                 raise
             raise IngestError("corrupt_compression", f"cannot decompress the {self.compression} "
                               f"file: {e}", {"compression": self.compression}) from e
 
-    def blocks(self, size: int) -> Iterator[bytes]:
+    def blocks(self, size: int, buffers: bool = False) -> Iterator:
+        """The (decompressed, bounded) input in pieces of `size` bytes: bytes, or pyarrow Buffers
+        (`buffers`: no copy, and memory from pyarrow's pool, which reuses its pages where fresh
+        Python bytes of a few MB each cost a page fault per 4 KiB)."""
         stream = self.open()
         total = 0
         try:
-            while data := self.read(stream, size):
+            while data := self.read(stream, size, buffers):
                 total += len(data)
                 if self.compression and self.max_decompressed_bytes and total > self.max_decompressed_bytes:
                     raise IngestError("decompressed_too_large", f"the {self.compression} input decompresses "
@@ -116,6 +119,11 @@ class _RangeStream:
         n = self.left if n is None or n < 0 else min(n, self.left)
         data = self.f.read(n) if n else b""
         self.left -= len(data)
+        return data
+
+    def read_buffer(self, n: int) -> pa.Buffer:
+        data = self.f.read_buffer(min(n, self.left))
+        self.left -= data.size
         return data
 
     def close(self) -> None:

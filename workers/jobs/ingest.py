@@ -12,6 +12,8 @@ columns before the corpus becomes ready.
 from __future__ import annotations
 
 import json
+from typing import Literal
+
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -22,7 +24,7 @@ from storage import layout
 from storage.duck import connection
 from storage.fs import Store
 from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
-from storage.ingest.shards import MAX_EMPTY_IDS
+from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS
 from storage.inputs import InputFile, list_inputs
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
@@ -47,12 +49,13 @@ class IngestSpec(StrictModel):
     split_bytes: int = Field(256 << 20, ge=1024, description="uncompressed JSONL files larger than this "
                                                             "are ingested in byte ranges of this size")
     limits: Limits = Limits()
+    compression: Literal[SHARD_COMPRESSIONS] = Field("zstd", description="the shards' Parquet codec")
 
 
 def ingest_options(spec: IngestSpec | dict) -> dict:
     s = spec if isinstance(spec, dict) else spec.model_dump()
     return {"text_field": s["text_field"], "id_field": s["id_field"], "source_field": s["source_field"],
-            "shard_size": s["shard_size"], **(s.get("limits") or {})}
+            "shard_size": s["shard_size"], "compression": s.get("compression", "zstd"), **(s.get("limits") or {})}
 
 
 @ray.remote
