@@ -1,4 +1,4 @@
-"""CoLoR-Filter quality on the real Debian corpus (not in CI), on two tasks:
+"""CoLoR-Filter quality on the real Debian corpus (not in CI), on three tasks:
 
 - `domain`: the target is a whole domain (scripture) that is a minority of a five-domain pool;
 - `within`: the target is a *part* of one domain (the poetic books of the scripture: Job, Psalms,
@@ -15,8 +15,11 @@ relative validation-loss gain (proxies trained on the selection and on a random 
 size, measured on held-out target documents), the CoLoR-Filter job's diagnostics and its scoring
 stage's figures, the machine and its load.
 
-    .venv/bin/python -m bench.color_quality [--tasks domain,within] [--seeds 0,1] [--pool-docs 8000]
-    .venv/bin/python -m bench.color_quality --tasks domain --pool-docs 10000 --no-eval   # the timing run
+    .venv/bin/python -m bench.color_quality [--tasks domain,within,subsystem] [--seeds 0,1] [--pool-docs 8000]
+    # the README's figures:
+    .venv/bin/python -m bench.color_quality --tasks subsystem --pool-docs 4000
+    .venv/bin/python -m bench.color_quality --tasks domain,within --pool-docs 2000
+    .venv/bin/python -m bench.color_quality --tasks domain --seeds 0 --pool-docs 10000 --no-eval   # timing
 """
 from __future__ import annotations
 
