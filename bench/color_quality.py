@@ -105,14 +105,17 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
     in_pool = pool["sources"].get(task["label"], 0)
     select = {"fraction": task["fraction"]}
     color = {"pool": pool["id"], "target": target["id"], "select": select, "compare_with": "dsir"}
-    if seed:  # the defaults, but another draw of the models' data and initial weights
-        color |= {"prior": {"train": {"seed": seed}}, "conditional": {"finetune": {"seed": seed}}}
+    # The defaults (or --prior / --finetune options), with the seed drawing the models' data and weights.
+    color |= {"prior": {"train": {**args.prior, "seed": seed}},
+              "conditional": {"finetune": {**args.finetune, "seed": seed}}}
     jobs = {"color_filter": ("color_filter", color),
             "dsir": ("dsir", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
             "random": ("random", {"pool": pool["id"], "select": select, "seed": seed})}
     out = {"pool_docs": pool["num_docs"], "target_docs": target["num_docs"], "in_pool": in_pool,
            "fraction": task["fraction"], "methods": {}}
     for method, (kind, spec) in jobs.items():
+        if method in args.skip.split(","):
+            continue
         job = run_job(c, kind, spec)
         s = job["result"]["summary"]
         by_source = s["selected_by_source"]
@@ -143,6 +146,9 @@ def main():
     ap.add_argument("--pool-docs", type=int, default=8000)
     ap.add_argument("--proxy-tokens", type=int, default=1_000_000, help="evaluate's budget (its default: 1M)")
     ap.add_argument("--no-eval", action="store_true", help="selections only (timing)")
+    ap.add_argument("--prior", type=json.loads, default={}, help="color_filter prior.train options (JSON)")
+    ap.add_argument("--finetune", type=json.loads, default={}, help="color_filter conditional.finetune options (JSON)")
+    ap.add_argument("--skip", default="", help="methods not to run, e.g. random,dsir")
     ap.add_argument("--out", default="color_quality")
     args = ap.parse_args()
 
