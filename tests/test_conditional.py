@@ -118,3 +118,45 @@ def test_score_pieces_cover_every_row_once_and_feed_every_actor(shards, actors):
         assert ranges[0][0] == 0 and ranges[-1][1] == n and all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
     if sum(shards) >= 64 * actors:
         assert len(pieces) >= actors
+
+
+def test_a_finetune_that_never_helps_is_retried_at_a_lower_learning_rate(monkeypatch):
+    """The first try never beats the start (held-out 1.0, then worse); the retry, from the same
+    initial weights at a third of the rate, does: its best weights are kept and both tries reported."""
+    import workers.training as training
+    model = tiny_model()
+    initial = weights(model)
+    values = iter([1.0, 2.0, 2.0, 2.0] + [1.0, 0.5, 0.7, 0.8, 0.9] + [9.0] * 100)
+    starts = []
+
+    def scripted_loss(m, held):
+        value = next(values)
+        if value == 1.0:  # each try starts from the initial weights
+            starts.append([p.detach().clone() for p in m.parameters()])
+        return value
+    monkeypatch.setattr(training, "validation_loss", scripted_loss)
+    docs = [[1, *range(5, 5 + 12)] for _ in range(20)]
+    opts = FinetuneOptions(epochs=20, lr=3e-3, warmup_steps=3, batch_size=4, holdout_fraction=0.1, patience=3)
+    stats = finetune_docs(model, docs, opts)
+    assert [a["lr"] for a in stats["attempts"]] == pytest.approx([3e-3, 1e-3])
+    assert stats["attempts"][0]["best_tokens"] == 0 and stats["attempts"][1]["best_tokens"] > 0
+    assert stats["lr"] == pytest.approx(1e-3) and stats["holdout_loss"] == 0.5 and stats["initial_holdout_loss"] == 1.0
+    assert len(starts) == 2
+    for a, b in zip(starts[1], initial):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b.detach()) for a, b in zip(initial, model.parameters()))  # the retry's best
+
+
+def test_a_finetune_that_never_helps_at_any_rate_keeps_the_initial_weights(monkeypatch):
+    import workers.training as training
+    model = tiny_model()
+    initial = weights(model)
+    values = iter([1.0, 2.0, 2.0, 2.0] * 3)
+    monkeypatch.setattr(training, "validation_loss", lambda m, held: next(values))
+    docs = [[1, *range(5, 5 + 12)] for _ in range(20)]
+    opts = FinetuneOptions(epochs=20, lr=3e-3, warmup_steps=3, batch_size=4, holdout_fraction=0.1, patience=3)
+    stats = finetune_docs(model, docs, opts)
+    assert [a["lr"] for a in stats["attempts"]] == pytest.approx([3e-3, 1e-3, 1e-3 / 3])
+    assert stats["best_tokens"] == 0 and stats["holdout_loss"] == 1.0
+    for a, b in zip(initial, model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)

@@ -117,7 +117,8 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
     if stats["holdout_docs"]:
         meta.update(holdout_docs=stats["holdout_docs"], initial_holdout_loss=stats["initial_holdout_loss"],
                     holdout_loss=stats["holdout_loss"], best_tokens=stats["best_tokens"],
-                    stopped_early=stats["stopped_early"], evaluations=stats["evaluations"])
+                    stopped_early=stats["stopped_early"], evaluations=stats["evaluations"],
+                    lr=stats["lr"], attempts=stats["attempts"])
     save_trained(store, model_id, model.cpu(), tokenizer, meta)
     return meta
 
@@ -315,11 +316,14 @@ def conditional_diagnostics(prior: dict, cond: dict) -> dict:
     out = {"holdout_docs": meta["holdout_docs"], "prior_loss": meta["initial_holdout_loss"],
            "conditional_loss": meta["holdout_loss"], "trained_tokens": meta["finetune_tokens"],
            "best_at_tokens": meta["best_tokens"], "budget_tokens": meta["budget_tokens"],
-           "stopped_early": meta["stopped_early"]}
+           "stopped_early": meta["stopped_early"], "lr": meta.get("lr"), "attempts": meta.get("attempts")}
     out["loss_reduction"] = out["prior_loss"] - out["conditional_loss"]
+    tried = ", ".join(f"{a['lr']:.2g}" for a in out["attempts"] or [])
     if not out["best_at_tokens"]:
-        out["warning"] = ("fine-tuning never lowered the held-out target loss: the conditional model is the "
-                          "prior and every score is 0; give more target documents or a lower lr")
+        out["warning"] = (f"fine-tuning never lowered the held-out target loss (lr tried: {tried}): the conditional "
+                          "model is the prior and every score is 0; give more target documents or a lower lr")
+    elif len(out["attempts"] or []) > 1:
+        out["note"] = f"fine-tuning helped only at a lower learning rate (lr tried: {tried})"
     return out
 
 
