@@ -102,7 +102,7 @@ class Store:
     def write_parquet(self, table: pa.Table, *parts: str, **kwargs) -> None:
         """Write a whole table atomically: readers see the old file or the complete new one."""
         tmp, final = self._tmp_and_final(parts)
-        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd", **kwargs)
+        pq.write_table(table, tmp, filesystem=self.fs, **{"compression": "zstd", **kwargs})
         if tmp != final:
             self.fs.move(tmp, final)
 

@@ -229,8 +229,9 @@ def test_commit_protocol_on_an_object_store(s3_service):
     assert store.read_parquet("protocol", "part-00000.parquet").num_rows == 10
 
 
-def test_shard_compression_setting_reaches_uploads_and_registrations(tmp_path_factory, ray_address):
-    """THRESHER_SHARD_COMPRESSION: the codec of every shard ingestion writes, uploaded or registered."""
+def test_shard_compression_setting_reaches_uploads_registrations_and_exports(tmp_path_factory, ray_address):
+    """THRESHER_SHARD_COMPRESSION: the codec of every corpus shard written, uploaded, registered or
+    exported from a selection."""
     from fastapi.testclient import TestClient
     from service.app import create_app
     data = tmp_path_factory.mktemp("lz4-files")
@@ -243,8 +244,14 @@ def test_shard_compression_setting_reaches_uploads_and_registrations(tmp_path_fa
         assert r.status_code == 202, r.text
         assert wait(client, r.json()["job_id"])["state"] == "succeeded"
         uploaded = upload(client, corpus(20, seed=9, prefix="u"), name="uploaded")
+        sel = run_ok(client, "random", {"pool": uploaded["id"], "select": {"fraction": 0.5}})
+        ex = client.post(f"/v1/manifests/{sel['result']['manifest_id']}/export", json={"name": "exported"})
+        assert ex.status_code == 202, ex.text
+        done = wait(client, ex.json()["id"])
+        assert done["state"] == "succeeded", done
+        exported = done["result"]["corpus_id"]
         store = Store(settings.store_root)
-        for corpus_id in (r.json()["id"], uploaded["id"]):
+        for corpus_id in (r.json()["id"], uploaded["id"], exported):
             shards = layout.corpus_shards(store, corpus_id)
             assert shards
             for _, shard in shards:

@@ -92,5 +92,6 @@ def export_manifest(manifest_id: str, body: ExportRequest | None = None, tenant:
                        {"field": "selected_only", "manifest_id": manifest_id})
     name = body.name or f"{manifest_id}-{'selected' if body.selected_only else 'all'}"
     _, job = create_corpus_by_job(s.engine, tenant, name, "export", f"export {manifest_id}",
-                                  {"manifest": manifest_id, "selected_only": body.selected_only})
+                                  {"manifest": manifest_id, "selected_only": body.selected_only,
+                                   "compression": s.settings.shard_compression})
     return job_view(job)

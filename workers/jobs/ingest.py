@@ -24,7 +24,7 @@ from storage import layout
 from storage.duck import connection
 from storage.fs import Store
 from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
-from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS
+from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, shard_options
 from storage.inputs import InputFile, list_inputs
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
@@ -214,16 +214,17 @@ class ExportSpec(StrictModel):
     manifest: ManifestId
     corpus_id: str
     selected_only: bool = True
+    compression: Literal[SHARD_COMPRESSIONS] = Field("zstd", description="the shards' Parquet codec")
 
 
 @ray.remote
 def export_shard(store_root: str, corpus_part: tuple, manifest_part: tuple, out: tuple,
-                 selected_only: bool) -> int:
+                 selected_only: bool, compression: str) -> int:
     store = Store(store_root)
     docs = store.read_parquet(*corpus_part, columns=["id", "text", "source"])
     if selected_only:
         docs = docs.filter(store.read_parquet(*manifest_part, columns=["selected"])["selected"])
-    store.write_parquet(docs, *out)
+    store.write_parquet(docs, *out, **shard_options(compression))  # written like an ingested shard
     return {"rows": docs.num_rows, "node": node_id()}
 
 
@@ -244,7 +245,7 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
     for s, p in ctx.corpus_shards(corpus_id):
         out = layout.corpus_shard(spec.corpus_id, s)
         tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only)))
+            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression)))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
