@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.ingest.shards import SHARD_COMPRESSIONS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="THRESHER_", extra="ignore")
@@ -29,9 +31,9 @@ class Settings(BaseSettings):
     """Registered uncompressed JSONL files larger than this are ingested in byte ranges of this size."""
     shard_size: int = 10_000
     """Documents per corpus shard: the unit of parallel work and of resume."""
-    shard_compression: Literal["zstd", "lz4", "snappy", "none"] = "zstd"
-    """The Parquet codec of corpus shards written by ingestion: zstd is the smallest, lz4 about a
-    third larger on English text but cheaper to write (and to read back)."""
+    shard_compression: Literal[SHARD_COMPRESSIONS] = "zstd"
+    """The Parquet codec of corpus shards written by ingestion and exports: zstd is the smallest, lz4
+    about a third larger on English text but cheaper to write (and to read back)."""
     allowed_roots: Annotated[list[str], NoDecode] = []
     """Server-side directories (or URI prefixes) that POST /v1/corpora {"uri": …} may read."""
     host: str = "127.0.0.1"

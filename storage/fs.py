@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TMP_PREFIX = ".tmp-"  # a file being written; renamed to its final name when complete
+PARQUET_DEFAULTS = {"compression": "zstd"}  # every Parquet file the store writes, unless told otherwise
 
 
 class Store:
@@ -102,7 +103,7 @@ class Store:
     def write_parquet(self, table: pa.Table, *parts: str, **kwargs) -> None:
         """Write a whole table atomically: readers see the old file or the complete new one."""
         tmp, final = self._tmp_and_final(parts)
-        pq.write_table(table, tmp, filesystem=self.fs, **{"compression": "zstd", **kwargs})
+        pq.write_table(table, tmp, filesystem=self.fs, **{**PARQUET_DEFAULTS, **kwargs})
         if tmp != final:
             self.fs.move(tmp, final)
 
@@ -123,7 +124,7 @@ class Store:
             self.fs.move(tmp, final)
 
     def parquet_writer(self, schema: pa.Schema, *parts: str, **options) -> "AtomicParquetWriter":
-        """`options` go to pyarrow's ParquetWriter (default: zstd compression)."""
+        """`options` go to pyarrow's ParquetWriter (over PARQUET_DEFAULTS)."""
         return AtomicParquetWriter(self, schema, parts, **options)
 
     def delete(self, *parts: str) -> None:
@@ -141,7 +142,7 @@ class AtomicParquetWriter:
     def __init__(self, store: Store, schema: pa.Schema, parts, **options):
         self.store = store
         self.tmp, self.final = store._tmp_and_final(parts)
-        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=store.fs, **{"compression": "zstd", **options})
+        self.writer = pq.ParquetWriter(self.tmp, schema, filesystem=store.fs, **{**PARQUET_DEFAULTS, **options})
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:

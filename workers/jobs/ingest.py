@@ -12,7 +12,7 @@ columns before the corpus becomes ready.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -38,6 +38,9 @@ class Limits(StrictModel):
     max_decompressed_bytes: int | None = Field(None, ge=1)
 
 
+ShardCompression = Annotated[Literal[SHARD_COMPRESSIONS], Field(description="the shards' Parquet codec")]
+
+
 class IngestSpec(StrictModel):
     corpus_id: str
     uri: str = Field(description="a file, a directory or a glob, local or in an object store")
@@ -49,7 +52,7 @@ class IngestSpec(StrictModel):
     split_bytes: int = Field(256 << 20, ge=1024, description="uncompressed JSONL files larger than this "
                                                             "are ingested in byte ranges of this size")
     limits: Limits = Limits()
-    compression: Literal[SHARD_COMPRESSIONS] = Field("zstd", description="the shards' Parquet codec")
+    compression: ShardCompression = "zstd"
 
 
 def ingest_options(spec: IngestSpec | dict) -> dict:
@@ -214,7 +217,7 @@ class ExportSpec(StrictModel):
     manifest: ManifestId
     corpus_id: str
     selected_only: bool = True
-    compression: Literal[SHARD_COMPRESSIONS] = Field("zstd", description="the shards' Parquet codec")
+    compression: ShardCompression = "zstd"
 
 
 @ray.remote
