@@ -15,7 +15,7 @@ relative validation-loss gain (proxies trained on the selection and on a random 
 size, measured on held-out target documents), the CoLoR-Filter job's diagnostics and its scoring
 stage's figures, the machine and its load.
 
-    .venv/bin/python -m bench.color_quality [--tasks domain,within,subsystem] [--seeds 0,1] [--pool-docs 8000]
+    .venv/bin/python -m bench.color_quality [--tasks domain,within,subsystem] [--seeds 0,1] [--pool-docs 8000] [--repeats 1]
     # the README's figures:
     .venv/bin/python -m bench.color_quality --tasks subsystem --pool-docs 4000
     .venv/bin/python -m bench.color_quality --tasks domain,within --pool-docs 2000
@@ -129,10 +129,11 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
         if not args.no_eval:
             proxy = {"preset": "tiny", "tokens": args.proxy_tokens}
             ev = run_job(c, "evaluate", {"selection": job["result"]["manifest_id"], "validation": val["id"],
-                                         "proxy": proxy, "seed": seed})
+                                         "proxy": proxy, "seed": seed, "repeats": args.repeats})
             e = ev["result"]["summary"]
             r |= {"val_loss": e["selection"]["validation_loss"], "random_subset_val_loss": e["random"]["validation_loss"],
-                  "relative_gain": e["relative_gain"], "eval_seconds": ev["wall_s"]}
+                  "relative_gain": e["relative_gain"], "relative_gain_se": e.get("relative_gain_se"),
+                  "relative_gains": e.get("relative_gains"), "eval_seconds": ev["wall_s"]}
         out["methods"][method] = r
         print(f"  {name} seed {seed} {method}: precision {r['precision']:.3f} gain {r.get('relative_gain')} "
               f"({r['seconds']:.0f} s)", flush=True)
@@ -145,6 +146,7 @@ def main():
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--pool-docs", type=int, default=8000)
     ap.add_argument("--proxy-tokens", type=int, default=1_000_000, help="evaluate's budget (its default: 1M)")
+    ap.add_argument("--repeats", type=int, default=1, help="evaluate's pairs of proxies (its default: 1)")
     ap.add_argument("--no-eval", action="store_true", help="selections only (timing)")
     ap.add_argument("--prior", type=json.loads, default={}, help="color_filter prior.train options (JSON)")
     ap.add_argument("--finetune", type=json.loads, default={}, help="color_filter conditional.finetune options (JSON)")
@@ -174,9 +176,10 @@ def main():
 def report(results: dict, info: dict) -> None:
     for key, r in results.items():
         rows = [[m, x["selected"], x["precision"], x["recall"], x.get("val_loss"), x.get("random_subset_val_loss"),
-                 x.get("relative_gain"), x["seconds"]] for m, x in r["methods"].items()]
+                 x.get("relative_gain"), x.get("relative_gain_se"), x["seconds"]] for m, x in r["methods"].items()]
         print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
-                    ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "select_s"], rows)
+                    ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "gain_se",
+                     "select_s"], rows)
         d = r["methods"]["color_filter"]["diagnostics"]
         held, sc = d["target_holdout"], d["scoring"]
         print(f"  held-out target loss: prior {held.get('prior_loss')}, conditional {held.get('conditional_loss')}; "

@@ -116,10 +116,30 @@ def test_score_and_evaluate(service, data, color_job):
 
     val = upload(service, corpus(60, seed=23, domains=["astronomy"], prefix="v"), name="val")
     ev = run_ok(service, "evaluate", {"selection": color_job["result"]["manifest_id"], "validation": val["id"],
-                                      "proxy": {**FAST_TRAIN, "tokens": 60_000}}, timeout=600)
+                                      "proxy": {**FAST_TRAIN, "tokens": 60_000}, "repeats": 2}, timeout=600)
     s = ev["result"]["summary"]
     assert s["selection"]["docs"] == s["random"]["docs"] == 100
     assert s["selection"]["validation_loss"] < s["random"]["validation_loss"], s
+    # Two pairs of proxies from their own seeds and random subsets: the means, each gain, its error.
+    assert s["repeats"] == 2 and len(s["relative_gains"]) == 2 and all(g > 0 for g in s["relative_gains"]), s
+    sel, rnd = s["selection"]["validation_losses"], s["random"]["validation_losses"]
+    assert sel[0] != sel[1] and rnd[0] != rnd[1]
+    assert s["selection"]["validation_loss"] == pytest.approx(sum(sel) / 2)
+    assert s["relative_gain_se"] == pytest.approx(abs(s["relative_gains"][0] - s["relative_gains"][1]) / 2)
+
+
+def test_evaluation_summary_by_hand():
+    from workers.jobs.lm import EvaluateSpec, evaluation_summary
+    run = lambda loss: {"docs": 10, "train_tokens": 1000, "train_loss": 4.0, "validation_loss": loss}
+    out = {("selection", 0): run(4.5), ("random", 0): run(5.0), ("selection", 1): run(4.7), ("random", 1): run(5.0)}
+    spec = EvaluateSpec(selection="man_x", validation="cor_x", repeats=2)
+    s = evaluation_summary(out, spec)
+    assert s["selection"]["validation_loss"] == pytest.approx(4.6) and s["random"]["validation_loss"] == 5.0
+    assert s["relative_gain"] == pytest.approx(0.08)                 # (5.0 − 4.6) / 5.0
+    assert s["relative_gains"] == pytest.approx([0.10, 0.06])        # 0.5 / 5, 0.3 / 5
+    assert s["relative_gain_se"] == pytest.approx(0.02)              # sd 0.02·√2, over √2
+    one = evaluation_summary({k: v for k, v in out.items() if k[1] == 0}, spec.model_copy(update={"repeats": 1}))
+    assert one["relative_gain"] == pytest.approx(0.10) and "relative_gains" not in one
 
 
 def test_empty_documents_are_not_scored(service, color_job):

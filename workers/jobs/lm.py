@@ -403,6 +403,9 @@ class EvaluateSpec(StrictModel):
     validation: CorpusId
     proxy: TrainOptions = TrainOptions()
     seed: Seed = 0
+    repeats: int = Field(1, ge=1, le=16, description=(
+        "proxy pairs, each with its own proxy seed and random subset: the gain's spread across them says "
+        "how much of it is noise"))
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
@@ -414,17 +417,41 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
     pairs = [(p, layout.manifest_part(spec.selection, s)) for s, p in ctx.corpus_shards(pool)]
     pool_parts = [p for p, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
-    opts, res, threads = spec.proxy.model_dump(), ctx.options("train_proxies"), ctx.threads("train_proxies")
-    # The selection's proxy and a proxy on a random subset of equal size, trained side by side.
-    arms = {"selection": (True, None), "random": (False, spec.seed)}
-    tasks = [Task(out=None, key=arm, submit=lambda only=only, seed=seed: proxy_task.options(**res).remote(
-        ctx.store.root, pairs, only, seed, man["num_selected"], pool_parts, val_parts, opts, threads))
-        for arm, (only, seed) in arms.items()]
+    res, threads = ctx.options("train_proxies"), ctx.threads("train_proxies")
+    # Per repeat r, the selection's proxy and a proxy on a random subset of equal size (subset seed
+    # seed + r), both from proxy seed proxy.seed + r, trained side by side.
+    tasks = []
+    for r in range(spec.repeats):
+        opts = spec.proxy.model_copy(update={"seed": spec.proxy.seed + r}).model_dump()
+        for arm, only, sample_seed in (("selection", True, None), ("random", False, spec.seed + r)):
+            tasks.append(Task(out=None, key=(arm, r), submit=lambda only=only, sample_seed=sample_seed, opts=opts:
+                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed,
+                                                               man["num_selected"], pool_parts, val_parts, opts, threads)))
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
-    sel, rnd = out["selection"]["validation_loss"], out["random"]["validation_loss"]
-    summary = {**out, "relative_gain": (rnd - sel) / rnd if rnd and math.isfinite(rnd) else None,
-               "proxy": spec.proxy.preset, "token_budget": spec.proxy.tokens}
-    return {"manifest_id": spec.selection, "summary": summary}
+    return {"manifest_id": spec.selection, "summary": evaluation_summary(out, spec)}
+
+
+def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
+    """`selection` and `random`: the first repeat's proxies, with `validation_loss` the mean over
+    repeats; `relative_gain` from those means. With repeats > 1 also each repeat's losses and gain,
+    and the gain's standard error (the spread of the paired gains / √repeats)."""
+    def gain(sel: float, rnd: float) -> float | None:
+        return (rnd - sel) / rnd if rnd and math.isfinite(rnd) and math.isfinite(sel) else None
+
+    arms = {arm: [out[(arm, r)] for r in range(spec.repeats)] for arm in ("selection", "random")}
+    summary = {arm: {**runs[0], "validation_loss": float(np.mean([x["validation_loss"] for x in runs]))}
+               for arm, runs in arms.items()}
+    summary.update(relative_gain=gain(summary["selection"]["validation_loss"], summary["random"]["validation_loss"]),
+                   proxy=spec.proxy.preset, token_budget=spec.proxy.tokens, repeats=spec.repeats)
+    if spec.repeats > 1:
+        gains = [gain(s["validation_loss"], r["validation_loss"]) for s, r in zip(arms["selection"], arms["random"])]
+        for arm, runs in arms.items():
+            summary[arm]["validation_losses"] = [x["validation_loss"] for x in runs]
+        summary["relative_gains"] = gains
+        finite = [g for g in gains if g is not None]
+        summary["relative_gain_se"] = (float(np.std(finite, ddof=1) / math.sqrt(len(finite)))
+                                       if len(finite) > 1 else None)
+    return summary
 
 
 KINDS = [
