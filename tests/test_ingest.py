@@ -243,7 +243,12 @@ def test_wrong_column_types_in_parquet(store, tmp_path):
     assert err.details["row"] == 2
 
 
-def test_duplicate_ids_name_both_lines(store, tmp_path):
+@pytest.mark.parametrize("in_memory", [True, False], ids=["ids-in-memory", "ids-by-duckdb"])
+def test_duplicate_ids_name_both_lines(store, tmp_path, monkeypatch, in_memory):
+    # A file of up to IDS_CHECKED_IN_MEMORY documents is checked in memory, a larger one by DuckDB
+    # over the written shards: both find the same first repeat.
+    import storage.ingest as ingest_module
+    monkeypatch.setattr(ingest_module, "IDS_CHECKED_IN_MEMORY", 1_000_000 if in_memory else 5)
     docs = [{"id": f"d{i}", "text": f"t{i}"} for i in range(30)]
     docs[17]["id"] = "d4"
     docs[25]["id"] = "d2"       # a later duplicate: d4 repeats first

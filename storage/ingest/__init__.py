@@ -26,7 +26,7 @@ from storage import layout
 from storage.fs import Store
 from storage.ingest.common import FORMATS, SCHEMA, Fields, IngestError
 from storage.ingest.csv_reader import CsvReader
-from storage.ingest.duplicates import check_duplicate_ids
+from storage.ingest.duplicates import IDS_CHECKED_IN_MEMORY, check_duplicate_ids
 from storage.ingest.jsonl_reader import JsonlReader
 from storage.ingest.parquet_reader import ParquetReader
 from storage.ingest.shards import CorpusStats, ShardWriter, StatsBuilder, to_table
@@ -97,6 +97,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     stats = StatsBuilder(fields.source)
     id_prefix = "" if unit is None else f"{unit[0]:05d}-{unit[1]:05d}-"
     blocks = iter(reader)
+    ids: list | None = []      # the ids written, while there are at most IDS_CHECKED_IN_MEMORY
     try:
         for rows in blocks:
             if len(rows.text):
@@ -104,13 +105,18 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
                 check_document_size(table, stats.num_docs, reader, max_doc_bytes)
                 stats.add(table)
                 writer.write(table)
+                if ids is not None:
+                    ids.extend(table.column("id").chunks)
+                    if stats.num_docs > IDS_CHECKED_IN_MEMORY:
+                        ids = None
                 if progress:
                     progress(stats.num_docs)
         writer.close()
         if stats.num_docs == 0 and unit is None:
             raise IngestError("empty_file", f"{filename!r} holds no documents", {})
         if reader.ids_given and check_ids:
-            check_duplicate_ids(store, writer.shards, reader)
+            check_duplicate_ids(store, writer.shards, reader,
+                                None if ids is None else pa.chunked_array(ids, pa.string()))
     except BaseException as e:
         blocks.close()     # stops the reading thread before anything is deleted
         writer.abort()
