@@ -246,8 +246,3 @@ def evidence(scores: PairScores) -> np.ndarray:
     n = scores.n_tokens.astype(np.float64)
     var = (n * scores.diff_sd ** 2 + SPREAD_PRIOR_TOKENS * SPREAD_PRIOR_NATS ** 2) / (n + SPREAD_PRIOR_TOKENS)
     return (scores.prior_loss - scores.cond_loss) * np.sqrt(n) / np.sqrt(var)
-
-
-def score_pair(prior_model, cond_model, token_lists: Sequence[Sequence[int]], **engine_kwargs) -> PairScores:
-    """Prior and conditional losses from the same windows; CoLoR score = prior − cond."""
-    return DocumentLossEngine([prior_model, cond_model], **engine_kwargs).score_difference(token_lists)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scoring.checkpoint import HFCausalLM, load_hf_causal_lm, load_model, save_model
 from scoring.device import autocast_dtype, cpu_has_native_bf16, pick_device
 from scoring.gpt import GPT, GPTConfig
-from scoring.lm_loss import (SPREAD_PRIOR_NATS, SPREAD_PRIOR_TOKENS, DocumentLossEngine, evidence, score_pair,
+from scoring.lm_loss import (SPREAD_PRIOR_NATS, SPREAD_PRIOR_TOKENS, DocumentLossEngine, evidence,
                              tokenize_documents, window_layout)
 from scoring.tokenizer import EOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
 from scoring.train import EarlyStopping, TrainConfig, batch_loss, finetune, lr_at, pad_windows, pretrain, validation_loss
@@ -127,7 +127,7 @@ def test_long_documents_are_windowed_and_token_weighted():
 def test_pair_scoring_feeds_both_models_identical_windows():
     prior, cond = Recorder(tiny_model(0)), Recorder(tiny_model(1))
     docs = random_docs([5, 33, 17, 2, 8, 60], seed=4)
-    prior_loss, cond_loss, n, _ = score_pair(prior, cond, docs, batch_tokens=48, dtype=None)
+    prior_loss, cond_loss, n, _ = DocumentLossEngine([prior, cond], batch_tokens=48, dtype=None).score_difference(docs)
     assert len(prior.seen) == len(cond.seen) > 1
     for a, b in zip(prior.seen, cond.seen):
         assert torch.equal(a, b)
@@ -148,7 +148,7 @@ def manual_token_losses(model, doc, context) -> np.ndarray:
 def test_pair_spread_and_evidence_match_a_hand_computation():
     prior, cond = tiny_model(0), tiny_model(1)
     docs = random_docs([40, 3, 25, 1, 70], seed=5)
-    pair = score_pair(prior, cond, docs, batch_tokens=40, dtype=None)
+    pair = DocumentLossEngine([prior, cond], batch_tokens=40, dtype=None).score_difference(docs)
     ev = evidence(pair)
     for i, doc in enumerate(docs):
         if len(doc) < 2:

@@ -97,7 +97,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     stats = StatsBuilder(fields.source)
     id_prefix = "" if unit is None else f"{unit[0]:05d}-{unit[1]:05d}-"
     blocks = iter(reader)
-    ids: list | None = []      # the ids written, while there are at most IDS_CHECKED_IN_MEMORY
+    ids: list | None = [] if check_ids else None   # the ids written, while at most IDS_CHECKED_IN_MEMORY
     try:
         for rows in blocks:
             if len(rows.text):
