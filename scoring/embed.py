@@ -2,7 +2,7 @@
 
 Two kinds:
 
-* ``Embedder`` / ``hashed_tfidf_embeddings`` — model-free. Hashed word unigram+bigram counts
+* ``Embedder`` — model-free. Hashed word unigram+bigram counts
   (``scoring.hashing.ngram_counts``), sublinear TF (1 + log tf) times a smoothed IDF, a fixed sparse
   random projection to ``dim`` dimensions, L2-normalised rows (so squared Euclidean costs lie in
   [0, 4]). The IDF is fitted once on a reference set (``Embedder.fit``) and reused by every
@@ -97,13 +97,6 @@ class Embedder:
 
     def fit_transform(self, texts) -> np.ndarray:
         return self.fit(texts).transform(texts)
-
-
-def hashed_tfidf_embeddings(texts, dim: int = DEFAULT_DIM, num_buckets: int = DEFAULT_BUCKETS,
-                            idf: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """One-shot ``Embedder``; ``idf=None`` fits the IDF on ``texts`` themselves."""
-    emb = Embedder(dim=dim, num_buckets=num_buckets, seed=seed, idf=idf)
-    return emb.transform(texts) if idf is not None else emb.fit_transform(texts)
 
 
 def mean_pooled_embeddings(hidden_fn, token_lists, batch_size: int = 32, pad_id: int = 0,

@@ -131,16 +131,3 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n
-
-    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
-        """Matmul FLOPs per token, PaLM-style: 6N + 12·L·d·T for training, a third of it for a forward.
-
-        N counts every weight that takes part in a matmul: 12·d² per block (qkv 3d², projection d²,
-        MLP 8d²) and the tied output head d·V; lookups and norms cost no matmul FLOPs. Attention
-        (QKᵀ and AV) is counted over the full T, as PaLM and nanoGPT do.
-        """
-        cfg = self.config
-        T = seq_len or cfg.context
-        n_matmul = 12 * cfg.n_layer * cfg.n_embd**2 + cfg.vocab_size * cfg.n_embd
-        forward = 2 * n_matmul + 4 * cfg.n_layer * cfg.n_embd * T
-        return 3 * forward if training else forward

@@ -239,12 +239,6 @@ def test_lr_schedule_warms_up_to_peak_and_ends_at_a_tenth():
     assert stats["warmup_steps"] == 2 and stats["lrs"][1] == pytest.approx(1e-3) and stats["lrs"][-1] == pytest.approx(1e-4)
 
 
-def test_flops_per_token_by_hand():
-    model = tiny_model()  # L=2, d=32, V=64, T=16: N = 12·2·32² + 32·64 = 26624
-    assert model.flops_per_token(training=False) == 2 * 26624 + 4 * 2 * 32 * 16
-    assert model.flops_per_token() == 3 * (2 * 26624 + 4 * 2 * 32 * 16)
-
-
 def test_save_load_round_trip_gives_identical_losses(tmp_path):
     texts = [" ".join(random.Random(i).choices(WORDS, k=20)) for i in range(30)]
     tok = train_tokenizer(texts, vocab_size=300)

@@ -11,7 +11,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from scoring.embed import Embedder, hashed_tfidf_embeddings, mean_pooled_embeddings
+from scoring.embed import Embedder, mean_pooled_embeddings
 from scoring.projektor import (
     MixtureOT,
     PseudoQuadraticNoOT,
@@ -333,7 +333,6 @@ def test_tfidf_embeddings_share_the_reference_idf_and_reflect_content():
     np.testing.assert_array_equal(emb.transform(TEXTS[3:5]), whole[3:5])  # batch-independent
     assert whole[0] @ whole[3] > whole[0] @ whole[4]  # cat/mat texts are closer than cat vs markets
     assert whole[4] @ whole[5] > whole[4] @ whole[1]
-    np.testing.assert_array_equal(hashed_tfidf_embeddings(TEXTS, dim=256, num_buckets=2**16, idf=emb.idf), whole)
     with pytest.raises(RuntimeError):
         Embedder().transform(TEXTS)
 
