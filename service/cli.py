@@ -73,13 +73,6 @@ class ManifestFormat(str, Enum):
 
 # ----------------------------------------------------------------------------- errors, client
 
-ApiError = ThresherError
-
-
-def api_error_from_response(response) -> ThresherError:
-    return ThresherError.from_response(response)
-
-
 def format_api_error(error: ThresherError) -> str:
     lines = [f"Error {error.status} ({error.code}): {error.message}"]
     for name, value in error.details.items():
@@ -378,25 +371,6 @@ def corpora_delete(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(
 # ----------------------------------------------------------------------------- jobs
 
 JOB_FIELDS = ("id", "kind", "name", "state", "created_at", "started_at", "finished_at")
-
-
-def parse_sse(lines: Iterable[str]):
-    """(event, data) pairs of a text/event-stream; an event left unterminated at EOF is dropped."""
-    event, data = "message", []
-    for line in lines:
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value
 
 
 class JobProgressView:

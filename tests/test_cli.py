@@ -10,6 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from service import cli
+from thresher.client import ThresherError, _sse_data
 
 runner = CliRunner()
 
@@ -110,7 +111,7 @@ def test_api_error_envelope_is_decoded_and_rendered():
     response = httpx.Response(422, json={"error": {
         "code": "invalid_spec", "message": "select.fraction must be in (0, 1]",
         "details": {"path": "spec.select.fraction", "allowed": [0, 1]}}})
-    error = cli.api_error_from_response(response)
+    error = ThresherError.from_response(response)
     assert (error.status, error.code) == (422, "invalid_spec")
     assert cli.format_api_error(error) == (
         "Error 422 (invalid_spec): select.fraction must be in (0, 1]\n"
@@ -120,9 +121,9 @@ def test_api_error_envelope_is_decoded_and_rendered():
 
 def test_non_envelope_error_keeps_the_status_and_text():
     response = httpx.Response(502, text="<html>Bad gateway</html>")
-    error = cli.api_error_from_response(response)
+    error = ThresherError.from_response(response)
     assert cli.format_api_error(error) == "Error 502 (http_502): <html>Bad gateway</html>"
-    assert cli.format_api_error(cli.api_error_from_response(httpx.Response(503))) == (
+    assert cli.format_api_error(ThresherError.from_response(httpx.Response(503))) == (
         "Error 503 (http_503): Service Unavailable")
 
 
@@ -132,7 +133,7 @@ def test_commands_turn_api_errors_into_a_message_and_exit_1():
     @probe.command()
     @cli.reports_api_errors
     def fetch(corpus_id: str):
-        raise cli.ApiError("not_found", f"no corpus {corpus_id}", {"id": corpus_id}, 404)
+        raise ThresherError("not_found", f"no corpus {corpus_id}", {"id": corpus_id}, 404)
 
     result = runner.invoke(probe, ["cor_missing"])
     assert result.exit_code == 1
@@ -142,9 +143,8 @@ def test_commands_turn_api_errors_into_a_message_and_exit_1():
 
 def test_sse_parsing_follows_the_event_stream_rules():
     lines = [": keep-alive", "", "event: job", 'data: {"state":', 'data: "running"}', "",
-             "data:no-space", "", "data: unterminated"]
-    assert list(cli.parse_sse(lines)) == [("job", '{"state":\n"running"}'),
-                                          ("message", "no-space")]
+             "data:no-space", "", "data:  two spaces", "", 'data: {"cut short']
+    assert list(_sse_data(lines)) == ['{"state":\n"running"}', "no-space", " two spaces"]
 
 
 def test_table_bindings():

@@ -723,7 +723,9 @@ class Jobs(_Api):
 
 
 def _sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each event of a text/event-stream (comments and keep-alives skipped)."""
+    """The data of each event of a text/event-stream, by the format's rules: comments and
+    keep-alives skipped, one space after `data:` dropped, and an event that a dropped connection
+    left without its closing blank line not dispatched (its JSON may be cut short)."""
     data: list[str] = []
     for line in lines:
         if not line:
@@ -731,9 +733,8 @@ def _sse_data(lines: Iterable[str]) -> Iterator[str]:
                 yield "\n".join(data)
             data = []
         elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
-    if data:
-        yield "\n".join(data)
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
 
 
 class _Bar:
