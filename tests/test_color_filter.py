@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
@@ -126,6 +128,16 @@ def test_score_and_evaluate(service, data, color_job):
     assert sel[0] != sel[1] and rnd[0] != rnd[1]
     assert s["selection"]["validation_loss"] == pytest.approx(sum(sel) / 2)
     assert s["relative_gain_se"] == pytest.approx(abs(s["relative_gains"][0] - s["relative_gains"][1]) / 2)
+    assert s["match"] == "documents"
+    # Matched in characters: the random subset holds as much text as the selection, give or take
+    # its last document, and however many documents that takes.
+    ev = run_ok(service, "evaluate", {"selection": color_job["result"]["manifest_id"], "validation": val["id"],
+                                      "proxy": {**FAST_TRAIN, "tokens": 20_000}, "match": "characters"}, timeout=600)
+    s2 = ev["result"]["summary"]
+    assert s2["match"] == "characters" and s2["selection"]["chars"] == s["selection"]["chars"]
+    docs = service.get(f"/v1/corpora/{pool['id']}/download?format=jsonl").text.splitlines()
+    longest = max(len(json.loads(d)["text"]) for d in docs)
+    assert 0 <= s2["random"]["chars"] - s2["selection"]["chars"] < longest, s2
 
 
 def test_evaluation_summary_by_hand():
@@ -140,6 +152,24 @@ def test_evaluation_summary_by_hand():
     assert s["relative_gain_se"] == pytest.approx(0.02)              # sd 0.02·√2, over √2
     one = evaluation_summary({k: v for k, v in out.items() if k[1] == 0}, spec.model_copy(update={"repeats": 1}))
     assert one["relative_gain"] == pytest.approx(0.10) and "relative_gains" not in one
+
+
+def test_random_subset_by_hand():
+    from workers.jobs.lm import random_subset
+    texts = ["aaaa", "bb", "c", "dddddd", "ee"]                # 4 + 2 + 1 + 6 + 2 = 15 characters
+    order = list(np.random.default_rng(7).permutation(5))
+    by_docs = random_subset(texts, 7, 2)
+    assert len(by_docs) == 2 and set(by_docs) <= set(texts)
+    assert by_docs == random_subset(texts, 7, 2)                 # seeded
+    # By characters: the shortest prefix of the seeded order holding at least 7, in stored order.
+    got, need, prefix = random_subset(texts, 7, 0, chars=7), 0, []
+    for i in order:
+        prefix.append(i); need += len(texts[i])
+        if need >= 7:
+            break
+    assert got == [texts[i] for i in sorted(prefix)] and sum(map(len, got)) >= 7
+    assert random_subset(texts, 7, 0, chars=100) == texts      # more than the pool holds: all of it
+    assert len(random_subset(texts, 7, 0, chars=1)) == 1
 
 
 def test_empty_documents_are_not_scored(service, color_job):

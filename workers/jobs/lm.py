@@ -372,30 +372,43 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
 
 # -- evaluate ------------------------------------------------------------------------------------
 
+def random_subset(texts: list[str], seed: int, n_docs: int, chars: int | None = None) -> list[str]:
+    """A uniform random subset of `texts` (seeded, in stored order): `n_docs` documents, or with
+    `chars` the shortest prefix of a random order that holds at least `chars` characters of text."""
+    rng = np.random.default_rng(seed)
+    if chars is None:
+        pick = rng.choice(len(texts), size=min(n_docs, len(texts)), replace=False)
+    else:
+        order = rng.permutation(len(texts))
+        reached = np.cumsum([len(texts[i]) for i in order]) >= chars
+        pick = order[:int(np.argmax(reached)) + 1 if reached.any() else len(order)]
+    return [texts[i] for i in sorted(pick)]
+
+
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
-               n_docs: int, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int) -> dict:
+               n_docs: int, match: str, tokenizer_parts: list, validation_parts: list, opts: dict,
+               threads: int) -> dict:
     """Train a proxy from scratch on a document set and measure its validation loss."""
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = TrainOptions.model_validate(opts)
     # One tokenizer for both proxies (trained on the pool): their losses are then comparable.
     tokenizer = train_tokenizer(read_texts(store, tokenizer_parts, o.max_docs, 0), vocab_size=o.vocab_size)
-    texts = []
+    texts, selected_chars = [], 0
     for corpus_part, manifest_part in train_parts:
-        docs = store.read_parquet(*corpus_part, columns=["text"])["text"]
-        if selected_only:
-            texts += [t for t, keep in zip(docs.to_pylist(), store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()) if keep]
-        else:
-            texts += [t for t in docs.to_pylist() if t and t.strip()]
+        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
+        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
+        selected = [t for t, k in zip(docs, keep) if k]
+        selected_chars += sum(len(t) for t in selected)
+        texts += selected if selected_only else [t for t in docs if t and t.strip()]
     if sample_seed is not None:
-        pick = np.random.default_rng(sample_seed).choice(len(texts), size=min(n_docs, len(texts)), replace=False)
-        texts = [texts[i] for i in sorted(pick)]
+        texts = random_subset(texts, sample_seed, n_docs, selected_chars if match == "characters" else None)
     model, stats = train_from_scratch(tokenizer, texts, o)
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
-    return {"docs": len(texts), "train_tokens": stats["tokens"], "train_loss": stats["final_loss"],
-            "validation_loss": val}
+    return {"docs": len(texts), "chars": sum(len(t) for t in texts), "train_tokens": stats["tokens"],
+            "train_loss": stats["final_loss"], "validation_loss": val}
 
 
 class EvaluateSpec(StrictModel):
@@ -406,6 +419,9 @@ class EvaluateSpec(StrictModel):
     repeats: int = Field(1, ge=1, le=16, description=(
         "proxy pairs, each with its own proxy seed and random subset: the gain's spread across them says "
         "how much of it is noise"))
+    match: Literal["documents", "characters"] = Field("documents", description=(
+        "what the random subset has as much of as the selection: documents, or characters of text (so "
+        "a selection of longer documents is not credited for its volume alone)"))
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
@@ -418,15 +434,15 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
     pool_parts = [p for p, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     res, threads = ctx.options("train_proxies"), ctx.threads("train_proxies")
-    # Per repeat r, the selection's proxy and a proxy on a random subset of equal size (subset seed
-    # seed + r), both from proxy seed proxy.seed + r, trained side by side.
+    # Per repeat r, the selection's proxy and a proxy on a random subset of equal size (documents or
+    # characters, `match`; subset seed seed + r), both from proxy seed proxy.seed + r, side by side.
     tasks = []
     for r in range(spec.repeats):
         opts = spec.proxy.model_copy(update={"seed": spec.proxy.seed + r}).model_dump()
         for arm, only, sample_seed in (("selection", True, None), ("random", False, spec.seed + r)):
             tasks.append(Task(out=None, key=(arm, r), submit=lambda only=only, sample_seed=sample_seed, opts=opts:
-                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed,
-                                                               man["num_selected"], pool_parts, val_parts, opts, threads)))
+                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed, man["num_selected"],
+                                                               spec.match, pool_parts, val_parts, opts, threads)))
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
     return {"manifest_id": spec.selection, "summary": evaluation_summary(out, spec)}
 
@@ -442,7 +458,7 @@ def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
     summary = {arm: {**runs[0], "validation_loss": float(np.mean([x["validation_loss"] for x in runs]))}
                for arm, runs in arms.items()}
     summary.update(relative_gain=gain(summary["selection"]["validation_loss"], summary["random"]["validation_loss"]),
-                   proxy=spec.proxy.preset, token_budget=spec.proxy.tokens, repeats=spec.repeats)
+                   proxy=spec.proxy.preset, token_budget=spec.proxy.tokens, repeats=spec.repeats, match=spec.match)
     if spec.repeats > 1:
         gains = [gain(s["validation_loss"], r["validation_loss"]) for s, r in zip(arms["selection"], arms["random"])]
         for arm, runs in arms.items():
