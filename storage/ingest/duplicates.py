@@ -41,19 +41,19 @@ def check_duplicate_ids(store: Store, shards: list[layout.Parts], reader, ids: p
     they are counted in memory. Otherwise DuckDB groups the id column of the written shards: its
     hash aggregate spills to disk past `memory_limit`, so memory stays bounded however many
     documents there are, and only ids are read back, not text. Only when duplicates exist does a
-    second, streaming pass over the id column find the earliest repeat among them (at most
-    DUPLICATE_IDS_SCANNED ids are kept).
+    second pass over the ids (the kept ones, or the id column streamed from the shards) find the
+    earliest repeat among them (at most DUPLICATE_IDS_SCANNED ids are kept).
     """
     dups = duplicates_in_memory(ids) if ids is not None else duplicates_with_duckdb(store, shards)
     if len(dups) == 0:
         return
     first_row: dict[str, int] = {}
     row = 0
-    batches = (b for s in shards for b in store.iter_batches(*s, columns=["id"], batch_size=65536))
-    for batch in batches:
-        ids = batch.column(0)
-        for i in pc.indices_nonzero(pc.is_in(ids, value_set=dups)).to_pylist():
-            doc_id = ids[i].as_py()
+    columns = (ids.chunks if ids is not None else
+               (b.column(0) for s in shards for b in store.iter_batches(*s, columns=["id"], batch_size=65536)))
+    for column in columns:
+        for i in pc.indices_nonzero(pc.is_in(column, value_set=dups)).to_pylist():
+            doc_id = column[i].as_py()
             if doc_id in first_row:
                 a, b = reader.lines_of([first_row[doc_id], row + i])
                 unit = reader.unit
@@ -61,4 +61,4 @@ def check_duplicate_ids(store: Store, shards: list[layout.Parts], reader, ids: p
                                   f"{reader.line_note}; ids must be unique",
                                   {"id": doc_id, "line": b, "first_line": a, f"{unit}s": [a, b]})
             first_row[doc_id] = row + i
-        row += len(ids)
+        row += len(column)
