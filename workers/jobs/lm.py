@@ -387,23 +387,23 @@ def random_subset(texts: list[str], seed: int, n_docs: int, chars: int | None = 
 
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
-               n_docs: int, match: str, tokenizer_parts: list, validation_parts: list, opts: dict,
-               threads: int) -> dict:
-    """Train a proxy from scratch on a document set and measure its validation loss."""
+               match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int) -> dict:
+    """Train a proxy from scratch on the selection, or on a random subset of the pool as large as the
+    selection (`match`: in documents or characters), and measure its validation loss."""
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = TrainOptions.model_validate(opts)
     # One tokenizer for both proxies (trained on the pool): their losses are then comparable.
     tokenizer = train_tokenizer(read_texts(store, tokenizer_parts, o.max_docs, 0), vocab_size=o.vocab_size)
-    texts, selected_chars = [], 0
+    texts, selected_docs, selected_chars = [], 0, 0
     for corpus_part, manifest_part in train_parts:
         docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
         keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
         selected = [t for t, k in zip(docs, keep) if k]
-        selected_chars += sum(len(t) for t in selected)
+        selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
         texts += selected if selected_only else [t for t in docs if t and t.strip()]
     if sample_seed is not None:
-        texts = random_subset(texts, sample_seed, n_docs, selected_chars if match == "characters" else None)
+        texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
     model, stats = train_from_scratch(tokenizer, texts, o)
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
@@ -441,8 +441,8 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
         opts = spec.proxy.model_copy(update={"seed": spec.proxy.seed + r}).model_dump()
         for arm, only, sample_seed in (("selection", True, None), ("random", False, spec.seed + r)):
             tasks.append(Task(out=None, key=(arm, r), submit=lambda only=only, sample_seed=sample_seed, opts=opts:
-                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed, man["num_selected"],
-                                                               spec.match, pool_parts, val_parts, opts, threads)))
+                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed, spec.match,
+                                                               pool_parts, val_parts, opts, threads)))
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
     return {"manifest_id": spec.selection, "summary": evaluation_summary(out, spec)}
 
