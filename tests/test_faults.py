@@ -82,6 +82,37 @@ def test_killed_ray_worker_still_finishes(service):
     assert r["rows"] == [[6000, 6000]]
 
 
+def test_training_whose_job_is_gone_stops_itself(tmp_path, ray_address):
+    """A cancel that Ray misses (it can take a starting task for one not running) must not leave a
+    training holding the cluster's CPUs for its whole budget: the task stops at its next progress
+    report once the job's progress board is gone."""
+    import pyarrow as pa
+    import ray
+
+    from storage import layout
+    from storage.fs import Store
+    from workers.driver.engine import Abandoned, ProgressBoard
+    from workers.jobs.lm import pretrain_task
+    store = Store(str(tmp_path / "store"))
+    rows = corpus(300, seed=21)
+    part = layout.corpus_shard("cor_gone", 0)
+    store.write_parquet(pa.Table.from_pylist(rows), *part)
+    board = ProgressBoard.remote()
+    ref = pretrain_task.options(num_cpus=1, max_retries=0).remote(
+        store.root, {"preset": "tiny", "tokens": 50_000_000}, len(rows), [part], "mdl_gone", board, 1)
+    deadline = time.monotonic() + 120
+    while ray.get(board.get.remote())[0] == 0:  # training has begun and reported
+        assert time.monotonic() < deadline, "the training never reported progress"
+        time.sleep(0.1)
+    ray.kill(board)
+    started = time.monotonic()
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(ref, timeout=120)
+    assert isinstance(e.value.cause, Abandoned)
+    assert time.monotonic() - started < 60  # 50M tokens would take the tiny model many minutes here
+    assert not store.exists(*layout.model_meta("mdl_gone"))
+
+
 def test_no_keys_refuses_public_bind(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "THRESHER_API_KEYS"}
     r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--home", str(tmp_path), "--host", "0.0.0.0",

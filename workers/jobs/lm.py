@@ -26,7 +26,7 @@ from storage.catalog import NotFound
 from storage.fs import Store
 from storage.manifests import manifest_files, overlap_with_top, score_distribution
 from workers.driver import lifecycle
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id, post_progress, progress_reporter
 from workers.jobs.ingest import manifest_corpus
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
@@ -42,16 +42,6 @@ class ScoreOptions(StrictModel):
 
 
 # -- training ------------------------------------------------------------------------------------
-
-def _reporter(board):
-    last = [0.0]
-
-    def report(done, total):
-        if done == total or done - last[0] >= total / 200:
-            last[0] = done
-            board.set.remote(done, total)
-    return report
-
 
 # The prior's default budget (docs/methods.md §1): a fraction of the pool's tokens, within bounds, so a
 # small pool does not pay for a million tokens and the prior sees each pool token about once at most.
@@ -90,9 +80,9 @@ def pretrain_task(store_root: str, opts: dict, corpus_docs: int, shard_parts: li
     tokenizer = train_tokenizer(texts, vocab_size=o.vocab_size)
     stream = token_stream(tokenizer, texts)
     budget = prior_budget(o, len(stream), len(texts), corpus_docs)
-    board.set.remote(0, budget["tokens"])
+    post_progress(board, 0, budget["tokens"])
     plain = TrainOptions.model_validate({**o.model_dump(exclude={"pool_fraction"}), "tokens": budget["tokens"]})
-    model, stats = train_from_scratch(tokenizer, texts, plain, stream=stream, on_progress=_reporter(board))
+    model, stats = train_from_scratch(tokenizer, texts, plain, stream=stream, on_progress=progress_reporter(board))
     meta = {"preset": o.preset, "params": model.num_params(), "train_docs": len(texts),
             "train_tokens": stats["tokens"], "final_loss": stats["final_loss"], "budget": budget,
             "tokens_per_s": stats["tokens_per_s"], "seconds": stats["seconds"], "context": model.context}
@@ -110,7 +100,7 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
     model, tokenizer, _ = load_for_scoring(store, init)
     texts = read_texts(store, shard_parts, None, o.seed)
     docs = tokenize_documents(tokenizer, texts, prepend_id=eos_id(tokenizer))
-    stats = finetune_docs(model, docs, o, on_progress=_reporter(board))
+    stats = finetune_docs(model, docs, o, on_progress=progress_reporter(board))
     meta = {"init_model": init["id"], "finetune_docs": stats["train_docs"], "finetune_tokens": stats["tokens"],
             "max_epochs": o.epochs, "budget_tokens": stats["planned_tokens"], "final_loss": stats["final_loss"],
             "seconds": stats["seconds"], "context": model.context}
