@@ -113,6 +113,34 @@ def test_training_whose_job_is_gone_stops_itself(tmp_path, ray_address):
     assert not store.exists(*layout.model_meta("mdl_gone"))
 
 
+def test_proxy_training_whose_job_has_ended_stops_itself(tmp_path, ray_address):
+    """The same for a training that reports to no one (evaluate's proxies, Projektor's pilots): it
+    pings its job's lifeline, which the engine kills when the job ends."""
+    import pyarrow as pa
+    import ray
+
+    from storage import layout
+    from storage.fs import Store
+    from workers.driver.engine import Abandoned, Lifeline
+    from workers.jobs.lm import proxy_task
+    store = Store(str(tmp_path / "store"))
+    rows = corpus(300, seed=22)
+    part, man = layout.corpus_shard("cor_gone", 0), layout.manifest_part("man_gone", 0)
+    store.write_parquet(pa.Table.from_pylist(rows), *part)
+    store.write_parquet(pa.table({"selected": [True] * len(rows)}), *man)
+    lifeline = Lifeline.remote()
+    ref = proxy_task.options(num_cpus=1, max_retries=0).remote(
+        store.root, [(part, man)], True, None, "documents", [part], [part],
+        {"preset": "tiny", "tokens": 50_000_000}, 1, lifeline)
+    time.sleep(1)
+    ray.kill(lifeline)
+    started = time.monotonic()
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(ref, timeout=120)
+    assert isinstance(e.value.cause, Abandoned)
+    assert time.monotonic() - started < 60
+
+
 def test_no_keys_refuses_public_bind(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "THRESHER_API_KEYS"}
     r = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--home", str(tmp_path), "--host", "0.0.0.0",

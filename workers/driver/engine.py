@@ -75,6 +75,7 @@ class JobContext:
     nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
     _stage: dict = field(default_factory=dict)
     _last_write: float = 0.0
+    _lifeline: Any = None
 
     @property
     def job_id(self) -> str:
@@ -99,6 +100,18 @@ class JobContext:
     @property
     def config(self) -> EngineConfig:
         return self.engine.config
+
+    def lifeline(self) -> "ray.actor.ActorHandle":
+        """An actor alive while this job runs (killed when it ends, however it ends): a long task
+        handed it stops itself once it is gone (`stop_when_gone`)."""
+        if self._lifeline is None:
+            self._lifeline = Lifeline.options(**BOOKKEEPING.ray_options()).remote()
+        return self._lifeline
+
+    def release(self) -> None:
+        if self._lifeline is not None:
+            ray.kill(self._lifeline)
+            self._lifeline = None
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():
@@ -241,23 +254,51 @@ class ProgressBoard:
         return self.done, self.total
 
 
+@ray.remote
+class Lifeline:
+    """Alive while its job runs; see JobContext.lifeline."""
+
+    def ping(self) -> bool:
+        return True
+
+
 class Abandoned(RuntimeError):
-    """Raised inside a long task whose ProgressBoard is dead: the job that started it was cancelled
-    or its service stopped. Ray's own cancel is not enough: a force-cancel that reaches a task as it
+    """Raised inside a long task whose ProgressBoard or Lifeline is dead: the job that started it
+    ended (cancelled, failed, or its service stopped). Ray's own cancel is not enough: a force-cancel that reaches a task as it
     starts can be taken as "not running" while the task runs on, holding its CPUs for its whole
     budget (seen in CI: a cancelled 50M-token training ran 22 minutes). So a long task also stops
     itself, at its next progress report."""
 
 
-def post_progress(board, done: float, total: float) -> None:
-    """Post (done, total) to a long task's board and wait for it; raises Abandoned if the board is
-    dead. A board that is only slow or briefly unreachable does not stop the task."""
+def _unless_gone(ref) -> None:
+    """Wait for a call to the job's board or lifeline; Abandoned if the actor is dead. One that is
+    only slow or briefly unreachable does not stop the task."""
     try:
-        ray.get(board.set.remote(done, total), timeout=60)
+        ray.get(ref, timeout=60)
     except ray.exceptions.ActorDiedError:
-        raise Abandoned("the job that started this task is gone (cancelled, or its service stopped)") from None
+        raise Abandoned("the job that started this task has ended (cancelled, failed, or its service stopped)") from None
     except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
         pass
+
+
+def post_progress(board, done: float, total: float) -> None:
+    """Post (done, total) to a long task's board; Abandoned if the board is dead."""
+    _unless_gone(board.set.remote(done, total))
+
+
+def stop_when_gone(lifeline, every_s: float = 2.0) -> Callable[[float, float], None] | None:
+    """on_progress(done, total) for a long task that reports to no one: every `every_s` seconds it
+    pings the job's lifeline, and raises Abandoned once the job has ended. None without a lifeline
+    (a task run outside a job, by a bench or a test)."""
+    if lifeline is None:
+        return None
+    last = [time.monotonic()]
+
+    def check(done: float, total: float) -> None:
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            _unless_gone(lifeline.ping.remote())
+    return check
 
 
 def progress_reporter(board, steps: int = 200) -> Callable[[float, float], None]:
@@ -376,6 +417,7 @@ class JobEngine:
         else:
             self._finish(ctx, "succeeded", result=result)
         finally:
+            ctx.release()
             self.cancel_events.pop(job_id, None)
 
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:

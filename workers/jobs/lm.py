@@ -26,7 +26,8 @@ from storage.catalog import NotFound
 from storage.fs import Store
 from storage.manifests import manifest_files, overlap_with_top, score_distribution
 from workers.driver import lifecycle
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id, post_progress, progress_reporter
+from workers.driver.engine import (JobContext, JobFailed, Task, derived_id, post_progress, progress_reporter,
+                                   stop_when_gone)
 from workers.jobs.ingest import manifest_corpus
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
@@ -377,9 +378,11 @@ def random_subset(texts: list[str], seed: int, n_docs: int, chars: int | None = 
 
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
-               match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int) -> dict:
+               match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int,
+               lifeline=None) -> dict:
     """Train a proxy from scratch on the selection, or on a random subset of the pool as large as the
-    selection (`match`: in documents or characters), and measure its validation loss."""
+    selection (`match`: in documents or characters), and measure its validation loss. Stops once
+    the job's `lifeline` is gone."""
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = TrainOptions.model_validate(opts)
@@ -394,7 +397,7 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
         texts += selected if selected_only else [t for t in docs if t and t.strip()]
     if sample_seed is not None:
         texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
-    model, stats = train_from_scratch(tokenizer, texts, o)
+    model, stats = train_from_scratch(tokenizer, texts, o, on_progress=stop_when_gone(lifeline))
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
     return {"docs": len(texts), "chars": sum(len(t) for t in texts), "train_tokens": stats["tokens"],
@@ -432,7 +435,8 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
         for arm, only, sample_seed in (("selection", True, None), ("random", False, spec.seed + r)):
             tasks.append(Task(out=None, key=(arm, r), submit=lambda only=only, sample_seed=sample_seed, opts=opts:
                               proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed, spec.match,
-                                                               pool_parts, val_parts, opts, threads)))
+                                                               pool_parts, val_parts, opts, threads,
+                                                               ctx.lifeline())))
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
     return {"manifest_id": spec.selection, "summary": evaluation_summary(out, spec)}
 

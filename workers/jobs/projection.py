@@ -31,7 +31,7 @@ from scoring.train import EarlyStopping, validation_loss
 from storage import layout
 from storage.fs import Store
 from storage.manifests import write_table_manifest
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id, stop_when_gone
 from workers.jobs.lm import model_record
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
@@ -218,9 +218,10 @@ def pilot_documents(pools: list[list[str]], counts, seed: int) -> list[str]:
 
 @ray.remote(max_retries=2)
 def pilot_task(store_root: str, source_parts: list, validation_parts: list, tokenizer_file: tuple, size: int,
-               mixture: list[float], opts: dict, out: tuple, seed: int) -> dict:
+               mixture: list[float], opts: dict, out: tuple, seed: int, lifeline=None) -> dict:
     """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss.
-    `seed` fixes the draw (see pilot_documents) and the training randomness."""
+    `seed` fixes the draw (see pilot_documents) and the training randomness. Stops once the job's
+    `lifeline` is gone."""
     torch.set_num_threads(1)
     store = Store(store_root)
     o = AutoPilots.model_validate(opts)
@@ -235,7 +236,7 @@ def pilot_task(store_root: str, source_parts: list, validation_parts: list, toke
         if stop else None
     proxy = o.proxy.model_copy(update={"seed": seed, "tokens": o.tokens or o.proxy.tokens})
     model, stats = train_from_scratch(tokenizer, texts, proxy, epochs=None if o.tokens is not None else o.epochs,
-                                      early_stopping=rule)
+                                      early_stopping=rule, on_progress=stop_when_gone(lifeline))
     loss = stats["best_eval"] if rule else validation_loss(model, val)
     result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": stats["stream_tokens"],
               "seen_tokens": int(stats["tokens"])}
@@ -377,7 +378,7 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
             out = layout.pilot_result(ctx.job_id, k)
             tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, draw=draw: pilot_task.options(
                 **ctx.options("pilots")).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
-                                             spec.auto.model_dump(), out, draw)))
+                                             spec.auto.model_dump(), out, draw, ctx.lifeline())))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
         proxies = proxy_report(measured) if spec.auto.early_stopping else None
