@@ -82,6 +82,18 @@ def test_killed_ray_worker_still_finishes(service):
     assert r["rows"] == [[6000, 6000]]
 
 
+def assert_abandoned_soon(ref) -> None:
+    """The task ends with Abandoned within a minute (its 50M-token budget would take many)."""
+    import ray
+
+    from workers.driver.engine import Abandoned
+    started = time.monotonic()
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(ref, timeout=120)
+    assert isinstance(e.value.cause, Abandoned)
+    assert time.monotonic() - started < 60
+
+
 def test_training_whose_job_is_gone_stops_itself(tmp_path, ray_address):
     """A cancel that Ray misses (it can take a starting task for one not running) must not leave a
     training holding the cluster's CPUs for its whole budget: the task stops at its next progress
@@ -91,7 +103,7 @@ def test_training_whose_job_is_gone_stops_itself(tmp_path, ray_address):
 
     from storage import layout
     from storage.fs import Store
-    from workers.driver.engine import Abandoned, ProgressBoard
+    from workers.driver.engine import ProgressBoard
     from workers.jobs.lm import pretrain_task
     store = Store(str(tmp_path / "store"))
     rows = corpus(300, seed=21)
@@ -105,11 +117,7 @@ def test_training_whose_job_is_gone_stops_itself(tmp_path, ray_address):
         assert time.monotonic() < deadline, "the training never reported progress"
         time.sleep(0.1)
     ray.kill(board)
-    started = time.monotonic()
-    with pytest.raises(ray.exceptions.RayTaskError) as e:
-        ray.get(ref, timeout=120)
-    assert isinstance(e.value.cause, Abandoned)
-    assert time.monotonic() - started < 60  # 50M tokens would take the tiny model many minutes here
+    assert_abandoned_soon(ref)
     assert not store.exists(*layout.model_meta("mdl_gone"))
 
 
@@ -121,7 +129,7 @@ def test_proxy_training_whose_job_has_ended_stops_itself(tmp_path, ray_address):
 
     from storage import layout
     from storage.fs import Store
-    from workers.driver.engine import Abandoned, Lifeline
+    from workers.driver.engine import Lifeline
     from workers.jobs.lm import proxy_task
     store = Store(str(tmp_path / "store"))
     rows = corpus(300, seed=22)
@@ -134,11 +142,7 @@ def test_proxy_training_whose_job_has_ended_stops_itself(tmp_path, ray_address):
         {"preset": "tiny", "tokens": 50_000_000}, 1, lifeline)
     time.sleep(1)
     ray.kill(lifeline)
-    started = time.monotonic()
-    with pytest.raises(ray.exceptions.RayTaskError) as e:
-        ray.get(ref, timeout=120)
-    assert isinstance(e.value.cause, Abandoned)
-    assert time.monotonic() - started < 60
+    assert_abandoned_soon(ref)
 
 
 def test_no_keys_refuses_public_bind(tmp_path):
