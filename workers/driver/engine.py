@@ -301,14 +301,15 @@ def stop_when_gone(lifeline, every_s: float = 2.0) -> Callable[[float, float], N
     return check
 
 
-def progress_reporter(board, steps: int = 200) -> Callable[[float, float], None]:
-    """A long task's on_progress(done, total): posts to the board about `steps` times in all (a
-    round trip of about a millisecond each), and stops the task once the board is dead."""
+def progress_reporter(board, every_s: float = 1.0) -> Callable[[float, float], None]:
+    """A long task's on_progress(done, total): posts to the board every `every_s` seconds and at the
+    end (a round trip of about a millisecond each), and stops the task once the board is dead; by
+    time, not by steps, so a cancelled job's training stops within seconds whatever its budget."""
     last = [float("-inf")]
 
     def report(done: float, total: float) -> None:
-        if done >= total or done - last[0] >= total / steps:
-            last[0] = done
+        if done >= total or time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
             post_progress(board, done, total)
     return report
 
