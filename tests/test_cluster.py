@@ -51,6 +51,15 @@ def test_shard_tasks_run_on_every_node(cluster):
     assert nodes_used(job) == {cluster.nodes.head_node.node_id, cluster.worker.node_id}
 
 
+def test_training_fits_on_one_node(cluster):
+    """A training task runs on one node: it asks for the cores of the largest node, not of the
+    whole cluster (two one-CPU nodes: a two-CPU task would wait forever, infeasible)."""
+    pool = upload(cluster, corpus(300, seed=25), name="train-pool")
+    job = wait(cluster, submit(cluster, "train_model", {"corpus": pool["id"], "preset": "tiny", "tokens": 4000,
+                                                         "vocab_size": 300})["id"], timeout=180)
+    assert job["state"] == "succeeded", job
+
+
 def test_worker_node_removed_mid_job(cluster):
     rows = corpus(6000, seed=23, min_words=8, max_words=16)
     pool = upload(cluster, rows, name="big-pool")

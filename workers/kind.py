@@ -11,14 +11,14 @@ from typing import Callable, Mapping
 
 from pydantic import BaseModel
 
-from workers.runtime import cluster_cpus, cluster_gpus
+from workers.runtime import cluster_gpus, largest_node_cpus
 
 
 @dataclass(frozen=True)
 class Resources:
-    """One task of a stage. `cpus` cores each, or, with `cpu_share`, that share of the cluster's CPUs
-    (at most `max_threads`: a training task's torch threads). With `gpus` and a cluster that has
-    GPUs, the task takes that many GPUs and one CPU instead."""
+    """One task of a stage. `cpus` cores each, or, with `cpu_share`, that share of the CPUs of the
+    cluster's largest node (at most `max_threads`: a training task's torch threads). With `gpus` and
+    a cluster that has GPUs, the task takes that many GPUs and one CPU instead."""
     cpus: int = 1
     gpus: float = 0
     cpu_share: float | None = None
@@ -33,7 +33,7 @@ class Resources:
             return 1
         if self.cpu_share is None:
             return self.cpus
-        return max(1, min(self.max_threads, int(cluster_cpus() * self.cpu_share)))
+        return max(1, min(self.max_threads, int(largest_node_cpus() * self.cpu_share)))
 
     def ray_options(self) -> dict:
         if self.on_gpu():
@@ -42,7 +42,7 @@ class Resources:
 
 
 SHARD_TASK = Resources(cpus=1)                       # one shard, one core
-TRAINING = Resources(gpus=1, cpu_share=1.0)          # one model: a GPU, or the cores of the cluster
+TRAINING = Resources(gpus=1, cpu_share=1.0)          # one model: a GPU, or the cores of a node
 HALF_TRAINING = Resources(gpus=1, cpu_share=0.5)     # two models trained side by side
 SCORER = Resources(gpus=1, cpus=1)  # a LossScorer actor: one per GPU, or one single-threaded per core
 BOOKKEEPING = Resources(cpus=0)                      # progress boards and other tiny actors

@@ -89,6 +89,12 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def largest_node_cpus() -> int:
+    """The CPUs of the cluster's largest live node: the most one task can have, since a task runs
+    on one node (on a cluster of several, the cluster's total would be infeasible)."""
+    return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")])
+
+
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
