@@ -114,6 +114,27 @@ def test_cancel(service, pool_and_target):
     assert done["state"] in ("cancelled", "succeeded")  # it may win the race on a fast machine
 
 
+def test_upload_while_a_training_holds_every_core(service):
+    """An upload is parsed on a Ray worker, but it does not queue behind the CPUs a job reserved:
+    with a training holding all of them, an upload still answers at once."""
+    import time
+
+    import ray
+    pool = upload(service, corpus(300, seed=31), name="to-train")
+    job = submit(service, "train_model", {"corpus": pool["id"], "preset": "tiny", "tokens": 50_000_000})
+    deadline = time.monotonic() + 60
+    while service.get(f"/v1/jobs/{job['id']}").json()["progress"].get("done", 0) == 0:
+        assert time.monotonic() < deadline, "the training never started"
+        time.sleep(0.1)
+    try:
+        assert ray.available_resources().get("CPU", 0) < 1  # the training holds them all
+        started = time.monotonic()
+        c = upload(service, corpus(30, seed=32), name="during-training")
+        assert c["num_docs"] == 30 and time.monotonic() - started < 20
+    finally:
+        assert wait(service, service.post(f"/v1/jobs/{job['id']}/cancel").json()["id"])["state"] == "cancelled"
+
+
 def test_sample_download_and_delete(service):
     c = upload(service, corpus(30, seed=5), name="small")
     r = service.get(f"/v1/corpora/{c['id']}/sample", params={"n": 3})

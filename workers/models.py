@@ -27,6 +27,7 @@ from scoring.tokenizer import eos_id
 from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
+from workers.kind import REQUEST_TASK
 from workers.runtime import node_id, ray_get
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
@@ -171,7 +172,7 @@ def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, see
 
 
 
-@ray.remote(num_cpus=1, max_retries=0)
+@ray.remote(max_retries=0)
 def inspect_checkpoint(path: str) -> dict:
     """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration."""
     model, tokenizer, meta = load_hf_causal_lm(path)
@@ -182,6 +183,7 @@ def inspect_checkpoint(path: str) -> dict:
 def inspect_hf_checkpoint(path: str, timeout_s: float = 300) -> dict:
     """The checkpoint's metadata, or ValueError saying why it cannot be used."""
     try:
-        return ray_get(inspect_checkpoint.remote(path), "loading the checkpoint", timeout=timeout_s)
+        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path), "loading the checkpoint",
+                       timeout=timeout_s)
     except RuntimeError as e:
         raise ValueError(f"cannot load a causal LM from {path}: {e}") from None

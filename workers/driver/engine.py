@@ -264,54 +264,54 @@ class Lifeline:
 
 class Abandoned(RuntimeError):
     """Raised inside a long task whose ProgressBoard or Lifeline is dead: the job that started it
-    ended (cancelled, failed, or its service stopped). Ray's own cancel is not enough: a force-cancel that reaches a task as it
-    starts can be taken as "not running" while the task runs on, holding its CPUs for its whole
-    budget (seen in CI: a cancelled 50M-token training ran 22 minutes). So a long task also stops
-    itself, at its next progress report."""
+    ended (cancelled, failed, or its service stopped). Ray's own cancel is not enough: a
+    force-cancel that reaches a task as it starts can be taken as "not running" while the task runs
+    on, holding its CPUs for its whole budget (seen in CI: a cancelled 50M-token training ran 22
+    minutes). So a long task also stops itself, at its next progress report."""
 
 
-def _unless_gone(ref) -> None:
-    """Wait for a call to the job's board or lifeline; Abandoned if the actor is dead. One that is
-    only slow or briefly unreachable does not stop the task."""
-    try:
-        ray.get(ref, timeout=60)
-    except ray.exceptions.ActorDiedError:
-        raise Abandoned("the job that started this task has ended (cancelled, failed, or its service stopped)") from None
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
-        pass
+class Heartbeat:
+    """A long task's link to its job, called as on_progress(done, total): every `every_s` seconds
+    (and at the end) it sends `send(done, total)`, a post to the job's ProgressBoard or a ping of its
+    Lifeline, and raises Abandoned once an earlier one came back saying the actor is dead. It never
+    waits for a reply: a task blocked in ray.get lends its CPUs to other tasks (Ray's rule), and a
+    training that waited every second let other work onto the cores it had reserved."""
+
+    def __init__(self, send: Callable[[float, float], "ray.ObjectRef"], every_s: float):
+        self.send, self.every_s = send, every_s
+        self.last, self.pending = float("-inf"), None
+
+    def __call__(self, done: float, total: float) -> None:
+        if done < total and time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        if self.pending is not None and ray.wait([self.pending], timeout=0)[0]:
+            ref, self.pending = self.pending, None
+            try:
+                ray.get(ref)
+            except ray.exceptions.ActorDiedError:
+                raise Abandoned("the job that started this task has ended (cancelled, failed, or its "
+                                "service stopped)") from None
+            except ray.exceptions.ActorUnavailableError:
+                pass  # briefly unreachable is not gone
+        if self.pending is None or done >= total:
+            self.pending = self.send(done, total)
 
 
-def post_progress(board, done: float, total: float) -> None:
-    """Post (done, total) to a long task's board; Abandoned if the board is dead."""
-    _unless_gone(board.set.remote(done, total))
+def progress_reporter(board) -> Heartbeat:
+    """A long task's on_progress(done, total): posts to the job's board every second, and stops the
+    task once the board is dead: by time, not by steps, so a cancelled job's training stops within
+    seconds whatever its budget."""
+    return Heartbeat(lambda done, total: board.set.remote(done, total), every_s=1.0)
 
 
-def stop_when_gone(lifeline, every_s: float = 2.0) -> Callable[[float, float], None] | None:
-    """on_progress(done, total) for a long task that reports to no one: every `every_s` seconds it
-    pings the job's lifeline, and raises Abandoned once the job has ended. None without a lifeline
-    (a task run outside a job, by a bench or a test)."""
+def stop_when_gone(lifeline) -> Heartbeat | None:
+    """on_progress(done, total) for a long task that reports to no one: pings the job's lifeline
+    every 2 s, and stops the task once the job has ended. None without a lifeline (a task run
+    outside a job, by a bench or a test)."""
     if lifeline is None:
         return None
-    last = [time.monotonic()]
-
-    def check(done: float, total: float) -> None:
-        if time.monotonic() - last[0] >= every_s:
-            last[0] = time.monotonic()
-            _unless_gone(lifeline.ping.remote())
-    return check
-
-
-def progress_reporter(board, every_s: float = 1.0) -> Callable[[float, float], None]:
-    """A long task's on_progress(done, total): posts to the board every `every_s` seconds and at the
-    end (a round trip of about a millisecond each), and stops the task once the board is dead; by
-    time, not by steps, so a cancelled job's training stops within seconds whatever its budget."""
-    last = [float("-inf")]
-
-    def report(done: float, total: float) -> None:
-        if done >= total or time.monotonic() - last[0] >= every_s:
-            last[0] = time.monotonic()
-            post_progress(board, done, total)
-    return report
+    return Heartbeat(lambda done, total: lifeline.ping.remote(), every_s=2.0)
 
 
 class JobEngine:

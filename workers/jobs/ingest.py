@@ -28,7 +28,7 @@ from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, shard_optio
 from storage.inputs import InputFile, list_inputs
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
-from workers.kind import SHARD_TASK, JobKind
+from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
 from workers.specs import ManifestId, StrictModel
 
@@ -198,7 +198,7 @@ def ingest_upload(store: Store, upload: tuple, corpus_id: str, filename: str, fm
     """Parse an upload spooled into storage on a Ray worker (a parser crash cannot take the API
     process down) and store it as the corpus's shards; its statistics. Bad input raises IngestError;
     a worker that dies on the input raises IngestError too (the input is what killed it)."""
-    ref = ingest_unit.options(num_cpus=1, max_retries=0).remote(
+    ref = ingest_unit.options(**REQUEST_TASK.ray_options(), max_retries=0).remote(
         store.root, corpus_id, {"parts": list(upload), "name": filename}, fmt, None, None, options, None)
     try:
         return ray_get(ref, "ingesting the upload")

@@ -26,8 +26,7 @@ from storage.catalog import NotFound
 from storage.fs import Store
 from storage.manifests import manifest_files, overlap_with_top, score_distribution
 from workers.driver import lifecycle
-from workers.driver.engine import (JobContext, JobFailed, Task, derived_id, post_progress, progress_reporter,
-                                   stop_when_gone)
+from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
 from workers.jobs.ingest import manifest_corpus
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
@@ -81,7 +80,7 @@ def pretrain_task(store_root: str, opts: dict, corpus_docs: int, shard_parts: li
     tokenizer = train_tokenizer(texts, vocab_size=o.vocab_size)
     stream = token_stream(tokenizer, texts)
     budget = prior_budget(o, len(stream), len(texts), corpus_docs)
-    post_progress(board, 0, budget["tokens"])
+    board.set.remote(0, budget["tokens"])
     plain = TrainOptions.model_validate({**o.model_dump(exclude={"pool_fraction"}), "tokens": budget["tokens"]})
     model, stats = train_from_scratch(tokenizer, texts, plain, stream=stream, on_progress=progress_reporter(board))
     meta = {"preset": o.preset, "params": model.num_params(), "train_docs": len(texts),
