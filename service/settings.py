@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage.ingest.shards import SHARD_COMPRESSIONS
+from storage.query import parse_size
 
 
 class Settings(BaseSettings):
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
     task_retries: int = 3
     query_timeout_s: float = 30.0
     query_memory: str = "1GB"
+    """DuckDB's memory limit for one query (past it DuckDB spills, up to THRESHER_DUCKDB_MAX_TEMP)."""
+    query_process_memory: str = "2GB"
+    """The resident memory of the process that runs one query (each runs in its own, never in the
+    service): past it the query is stopped with a 400 query_too_large."""
     query_max_rows: int = 100_000
     """The largest `limit` a query may ask for."""
     query_max_bytes: int = 32 * 1024**2
@@ -58,6 +63,12 @@ class Settings(BaseSettings):
     def _split_commas(cls, v):
         if isinstance(v, str):
             return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("query_process_memory")
+    @classmethod
+    def _check_size(cls, v):
+        parse_size(v)  # a ValueError names the value
         return v
 
     @field_validator("api_keys")

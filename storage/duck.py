@@ -21,19 +21,35 @@ DEFAULT_MEMORY = "256MB"
 
 
 @contextmanager
-def connection(temp_root: str | None = None, max_temp_size: str | None = None,
-               **config) -> Iterator[duckdb.DuckDBPyConnection]:
+def spill_dir(temp_root: str | None = None) -> Iterator[str]:
+    """A private directory under `temp_root` for one connection's spill files, removed afterwards
+    (also when the connection lived in a process that was killed)."""
     temp_root = temp_root or tempfile.gettempdir()
     os.makedirs(temp_root, exist_ok=True)
     private = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root)
-    config["temp_directory"] = private
+    try:
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def connect(temp_directory: str, max_temp_size: str | None = None, **config) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection spilling into `temp_directory` (see spill_dir)."""
+    config["temp_directory"] = temp_directory
     config.setdefault("memory_limit", DEFAULT_MEMORY)
     if max_temp_size:
         config["max_temp_directory_size"] = max_temp_size
     con = duckdb.connect(config=config)
     con.execute("SET enable_progress_bar = false")  # it would draw on the service's stdout
-    try:
-        yield con
-    finally:
-        con.close()
-        shutil.rmtree(private, ignore_errors=True)
+    return con
+
+
+@contextmanager
+def connection(temp_root: str | None = None, max_temp_size: str | None = None,
+               **config) -> Iterator[duckdb.DuckDBPyConnection]:
+    with spill_dir(temp_root) as private:
+        con = connect(private, max_temp_size, **config)
+        try:
+            yield con
+        finally:
+            con.close()

@@ -168,7 +168,7 @@ def test_query_spills_under_home(service, tmp_path):
     # bounded, and the directory is gone afterwards.
     sql = "SELECT count(*) FROM (SELECT repeat(i::VARCHAR, 10) AS s FROM range(1000000) t(i) ORDER BY s)"
     bounds = dict(memory_limit="40MB", temp_root=str(scratch), timeout_s=120, threads=1)
-    assert run_query(sql, {}, max_temp_size="2GB", **bounds)["rows"] == [[1000000]]
+    assert json.loads(run_query(sql, {}, max_temp_size="2GB", **bounds))["rows"] == [[1000000]]
     assert scratch.is_dir() and list(scratch.iterdir()) == []
     with pytest.raises(Exception) as e:
         run_query(sql, {}, max_temp_size="1MB", **bounds)

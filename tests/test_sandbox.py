@@ -1,6 +1,9 @@
 """The SQL sandbox refuses everything but reading the caller's own manifests."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from tests.conftest import BOB
@@ -64,3 +67,56 @@ def test_bad_table_name(service, manifests):
     mine, _ = manifests
     r = q(service, "SELECT 1", {"m; DROP": mine})
     assert r.status_code == 422
+
+
+# Every way to read the server's settings, paths or catalog: table functions (query() and
+# query_table() run SQL of their own), catalog views under any name, settings functions, and
+# WITH names that would shadow a view outside their scope.
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM query('SELECT * FROM duckdb_settings()')",
+    "SELECT * FROM query_table('pg_settings')",
+    "SELECT * FROM pg_catalog.pg_settings",
+    "SELECT * FROM pg_settings",
+    "SELECT setting FROM m, pg_settings",
+    "SELECT * FROM m WHERE doc_id IN (SELECT name FROM pg_settings)",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM duckdb_tables",
+    "SELECT * FROM main.duckdb_views",
+    "SELECT * FROM sqlite_master",
+    "SELECT * FROM pragma_database_list",
+    "SELECT * FROM duckdb_extensions()",
+    "SELECT * FROM duckdb_temporary_files()",
+    "SELECT * FROM duckdb_databases()",
+    "SELECT * FROM (DESCRIBE pg_settings)",
+    "SELECT * FROM (SHOW ALL TABLES)",
+    "SELECT current_setting('home_directory')",
+    "SELECT getvariable('x')",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM sniff_csv('/etc/passwd')",
+    "SELECT * FROM parquet_metadata('{path}')",
+    "SELECT * FROM '{path}'",
+    "SELECT * FROM (WITH duckdb_settings AS (SELECT 1) SELECT 1), duckdb_settings",
+    "SELECT * FROM (PIVOT (SELECT 1 AS a, 2 AS b) ON a USING first(b))",
+])
+def test_server_configuration_is_not_readable(service, manifests, sql):
+    mine, _ = manifests
+    path = service.app.state.svc.store.path("manifests", mine, "part-00000.parquet")
+    r = q(service, sql.format(path=path), {"m": mine})
+    assert 400 <= r.status_code < 500, (sql, r.text)
+    settings = service.app.state.svc.settings
+    for server_path in (os.path.abspath(settings.home), tempfile.gettempdir(), os.path.expanduser("~")):
+        assert server_path not in r.text
+
+
+@pytest.mark.parametrize("sql", [
+    "WITH c AS (SELECT * FROM m) SELECT count(*) FROM c WHERE selected",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 9) SELECT 10 FROM t LIMIT 1",
+    "SELECT count(*) FROM m, range(1) WHERE selected",
+    "SELECT sum(x) FROM (SELECT unnest([4, 6]) AS x)",
+    "SELECT count(*) FROM main.m WHERE selected",
+])
+def test_what_the_sandbox_allows(service, manifests, sql):
+    mine, _ = manifests
+    r = q(service, sql, {"m": mine})
+    assert r.status_code == 200 and r.json()["rows"] == [[10]], (sql, r.text)

@@ -1,10 +1,12 @@
 """POST /v1/query: read-only SQL over the caller's own manifests."""
 from __future__ import annotations
 
+import os
 import re
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
@@ -18,8 +20,9 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 @router.post("/v1/query", response_model=QueryResult)
 async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
-    """DuckDB SELECT over the manifests named in `tables`; files, network, ATTACH, COPY, extensions
-    and settings are off; time, memory and the result's rows and bytes are bounded."""
+    """DuckDB SELECT over the manifests named in `tables`, run in a process of its own; files,
+    network, ATTACH, COPY, extensions, settings and catalog views are off; time, memory and the
+    result's rows and bytes are bounded."""
     if body.limit > s.settings.query_max_rows:
         raise ApiError(422, "validation_error", f"limit: at most {s.settings.query_max_rows} rows "
                        "(THRESHER_QUERY_MAX_ROWS)", {"field": "limit", "max": s.settings.query_max_rows})
@@ -31,6 +34,10 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
         owned(s, "manifests", manifest_id, tenant)
         tables[name] = dataset(s.store, manifest_files(s.store, manifest_id))
     cfg = s.settings
-    return await run_in_threadpool(run_query, body.sql, tables, limit=body.limit, timeout_s=cfg.query_timeout_s,
-                                   memory_limit=cfg.query_memory, max_bytes=cfg.query_max_bytes,
-                                   temp_root=cfg.temp_dir, max_temp_size=cfg.duckdb_max_temp)
+    # The answer is the child's JSON as it came: the rows are never Python objects in the service.
+    answer = await run_in_threadpool(
+        run_query, body.sql, tables, limit=body.limit, timeout_s=cfg.query_timeout_s,
+        memory_limit=cfg.query_memory, process_memory=cfg.query_process_memory, max_bytes=cfg.query_max_bytes,
+        temp_root=cfg.temp_dir, max_temp_size=cfg.duckdb_max_temp,
+        server_paths=(os.path.abspath(cfg.home), cfg.store_root))
+    return Response(answer, media_type="application/json")
