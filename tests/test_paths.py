@@ -143,7 +143,8 @@ def test_a_model_folder_with_a_link_out_of_the_roots_or_into_the_store_is_refuse
     os.symlink(tmp_path / "tokenizer.json", good / "tokenizer.json")
     pool = upload(client, corpus(10, seed=6), name="score-me")
     job = wait(client, submit(client, "score", {"corpus": pool["id"], "model": r.json()["id"]})["id"], timeout=240)
-    assert job["state"] == "failed" and "tokenizer.json" in job["error"]["message"], job
+    assert job["state"] == "failed" and job["error"]["code"] == "forbidden_uri", job
+    assert "tokenizer.json" in job["error"]["message"] and str(tmp_path) not in job["error"]["message"]
 
 
 # -- item 6: listings are bounded, follow no cycle, and run on a worker ---------------------------

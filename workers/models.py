@@ -113,13 +113,22 @@ class LossScorer:
         torch.set_num_threads(max(1, threads))
         self.index = index
         self.store = Store(store_root)
-        loaded = [load_for_scoring(self.store, r) for r in records]
+        self.refused = None
+        try:
+            loaded = [load_for_scoring(self.store, r) for r in records]
+        except DomainError as e:
+            # A registered model's file refused: each call says why (an actor dying in __init__
+            # would be restarted to die again, and its job would only learn that it died).
+            self.refused = e
+            return
         if len({tokenizer_fingerprint(t) for _, t, _ in loaded}) > 1:
             raise ValueError("the models use different tokenizers; they cannot be scored on the same windows")
         self.tokenizer, self.prepend = loaded[0][1], loaded[0][2]
         self.engine = DocumentLossEngine([m for m, _, _ in loaded], **engine_options)
 
     def _table(self, shard: int, parts: tuple, rows: tuple[int, int] | None = None):
+        if self.refused:
+            raise self.refused
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
         first = 0
         if rows is not None:
