@@ -24,7 +24,7 @@ class ApiError(Exception):
 
 # The HTTP status of each domain error code (storage/, workers/); any other code is a 400.
 STATUS_BY_CODE = {
-    "forbidden": 403, "forbidden_statement": 403,
+    "forbidden": 403, "forbidden_statement": 403, "forbidden_uri": 403,
     "not_found": 404, "file_not_found": 404,
     "query_timeout": 408,
     "result_too_large": 413, "payload_too_large": 413,
@@ -34,6 +34,8 @@ STATUS_BY_CODE = {
     "unknown_format": 415,
     "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
     "too_many_sources": 422, "validation_error": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
+    "bad_uri": 422, "bad_glob": 422, "uri_option_not_allowed": 422, "too_many_files": 422, "listing_timeout": 422,
+    "not_a_file": 422,
 }
 
 

@@ -36,7 +36,14 @@ class Settings(BaseSettings):
     """The Parquet codec of corpus shards written by ingestion and exports: zstd is the smallest, lz4
     about a third larger on English text but cheaper to write (and to read back)."""
     allowed_roots: Annotated[list[str], NoDecode] = []
-    """Server-side directories (or URI prefixes) that POST /v1/corpora {"uri": …} may read."""
+    """Server-side directories, or object-store prefixes with their options
+    (`s3://bucket/data?endpoint_override=host:port&scheme=http`), that POST /v1/corpora {"uri": …} and
+    POST /v1/models may read. An object store's endpoint, scheme and credentials come from here (or
+    the environment), never from a tenant's URI."""
+    max_input_files: int = 100_000
+    """The most files one registration may name (422 past it)."""
+    listing_timeout_s: float = 60.0
+    """How long listing what one registration names may take (422 past it)."""
     host: str = "127.0.0.1"
     port: int = 8321
     max_inflight: int = 0

@@ -1,7 +1,7 @@
 """What a registration names (files, directories, globs) and how it is cut into ingestion units."""
 from __future__ import annotations
 
-from storage.inputs import InputFile, fixed_prefix, glob_regex, list_inputs
+from storage.inputs import Access, InputFile, fixed_prefix, glob_regex, list_inputs
 from workers.jobs.ingest import plan_units
 
 
@@ -20,9 +20,10 @@ def test_a_directory_skips_hidden_and_underscore_names(tmp_path):
     for name in ("a.jsonl", "sub/b.jsonl", "_SUCCESS", ".tmp-x", "_meta/c.jsonl"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}\n")
-    assert [f.name for f in list_inputs(str(tmp_path))] == ["a.jsonl", "b.jsonl"]
-    assert [f.name for f in list_inputs(str(tmp_path / "**" / "*.jsonl"))] == ["c.jsonl", "a.jsonl", "b.jsonl"]
-    assert list_inputs(str(tmp_path / "nothing-*.csv")) == []
+    access = Access((str(tmp_path),))
+    assert [f.name for f in list_inputs(str(tmp_path), access)] == ["a.jsonl", "b.jsonl"]
+    assert [f.name for f in list_inputs(str(tmp_path / "**" / "*.jsonl"), access)] == ["c.jsonl", "a.jsonl", "b.jsonl"]
+    assert list_inputs(str(tmp_path / "nothing-*.csv"), access) == []
 
 
 def test_large_uncompressed_jsonl_files_are_cut_into_byte_ranges():

@@ -8,11 +8,13 @@ them the model's record.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +27,9 @@ from scoring.device import pick_device
 from scoring.lm_loss import DocumentLossEngine, evidence, tokenize_documents
 from scoring.tokenizer import eos_id
 from storage import layout
+from storage.errors import DomainError
 from storage.fs import Store
+from storage.inputs import Access
 from storage.manifests import score_part
 from workers.kind import REQUEST_TASK
 from workers.runtime import node_id, ray_get
@@ -78,7 +82,8 @@ def load_for_scoring(store: Store, record: dict, device=None):
     """
     device = device or pick_device()
     if record["source"] == "huggingface":
-        model, tokenizer, _ = load_hf_causal_lm(record["meta"]["path"], device=device)
+        with checked_checkpoint(record["meta"]["path"], record["access"]) as folder:
+            model, tokenizer, _ = load_hf_causal_lm(folder, device=device)
         return model, tokenizer, None
     model, tokenizer, _ = load_model(local_checkpoint(store, record["id"]), device=device)
     return model, tokenizer, eos_id(tokenizer)
@@ -108,13 +113,22 @@ class LossScorer:
         torch.set_num_threads(max(1, threads))
         self.index = index
         self.store = Store(store_root)
-        loaded = [load_for_scoring(self.store, r) for r in records]
+        self.refused = None
+        try:
+            loaded = [load_for_scoring(self.store, r) for r in records]
+        except DomainError as e:
+            # A registered model's file refused: each call says why (an actor dying in __init__
+            # would be restarted to die again, and its job would only learn that it died).
+            self.refused = e
+            return
         if len({tokenizer_fingerprint(t) for _, t, _ in loaded}) > 1:
             raise ValueError("the models use different tokenizers; they cannot be scored on the same windows")
         self.tokenizer, self.prepend = loaded[0][1], loaded[0][2]
         self.engine = DocumentLossEngine([m for m, _, _ in loaded], **engine_options)
 
     def _table(self, shard: int, parts: tuple, rows: tuple[int, int] | None = None):
+        if self.refused:
+            raise self.refused
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
         first = 0
         if rows is not None:
@@ -172,18 +186,57 @@ def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, see
 
 
 
+# What a Hugging Face loader reads from a checkpoint folder (weights, configs, tokenizers); nothing
+# else of the folder (optimizer states, code) is read at all.
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".tiktoken")
+MAX_CHECKPOINT_FILES = 1000
+
+
+@contextlib.contextmanager
+def checked_checkpoint(path: str, access: Access) -> Iterator[str]:
+    """A private copy of a tenant's checkpoint folder, for loading: each file the loader may read
+    is opened through `access` (resolved and checked now, here on the worker), so a file that is a
+    link out of the allowed roots or into the server's store is refused, and the loader reads the
+    very bytes that were checked (no link swapped in later reaches it). Raises DomainError naming
+    the file."""
+    real = access.check_local(path)
+    try:
+        names = sorted(e.name for e in os.scandir(real) if e.name.endswith(CHECKPOINT_SUFFIXES)
+                       and not e.name.startswith("."))
+    except OSError as e:
+        raise DomainError("not_a_checkpoint", f"{path} is not a readable directory ({e.strerror})",
+                          {"field": "path"}) from None
+    if "config.json" not in names:
+        raise DomainError("not_a_checkpoint", f"{path} has no config.json: not a Hugging Face checkpoint "
+                          "directory", {"field": "path"})
+    if len(names) > MAX_CHECKPOINT_FILES:
+        raise DomainError("bad_checkpoint", f"{path} holds more than {MAX_CHECKPOINT_FILES} files a loader "
+                          "would read", {"field": "path"})
+    with tempfile.TemporaryDirectory(prefix="thresher-checkpoint-") as private:
+        for name in names:
+            try:
+                src = access.open_local(os.path.join(real, name), f"{name} (in {path})")
+            except DomainError as e:
+                raise DomainError(e.code, e.message, {**e.details, "field": "path", "file": name}) from None
+            with src, open(os.path.join(private, name), "wb") as out:
+                shutil.copyfileobj(src, out, 8 << 20)
+        yield private
+
+
 @ray.remote(max_retries=0)
-def inspect_checkpoint(path: str) -> dict:
+def inspect_checkpoint(path: str, access: Access) -> dict:
     """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration."""
-    model, tokenizer, meta = load_hf_causal_lm(path)
-    return {**meta, "path": path, "context": model.context, "vocab_size": model.vocab_size,
+    with checked_checkpoint(path, access) as folder:
+        model, tokenizer, meta = load_hf_causal_lm(folder)
+    return {**meta, "directory": path, "path": path, "context": model.context, "vocab_size": model.vocab_size,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def inspect_hf_checkpoint(path: str, timeout_s: float = 300) -> dict:
-    """The checkpoint's metadata, or ValueError saying why it cannot be used."""
+def inspect_hf_checkpoint(path: str, access: Access, timeout_s: float = 300) -> dict:
+    """The checkpoint's metadata; DomainError if a file of it may not be read, ValueError saying
+    why it cannot be used otherwise."""
     try:
-        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path), "loading the checkpoint",
-                       timeout=timeout_s)
+        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access),
+                       "loading the checkpoint", timeout=timeout_s)
     except RuntimeError as e:
         raise ValueError(f"cannot load a causal LM from {path}: {e}") from None

@@ -17,10 +17,10 @@ from service.schemas import Corpus, CorpusList, RegisterCorpus, distinct_fields
 from storage import layout
 from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, encode
-from storage.inputs import fixed_prefix, join_uri, list_inputs, split_uri
+from storage.inputs import Access, join_uri, split_uri
 from storage.sniff import sniff_format
 from workers.driver import lifecycle
-from workers.jobs.ingest import ingest_upload
+from workers.jobs.ingest import ListingLimits, ingest_upload, list_registered
 from workers.registry import KINDS
 from workers.specs import iter_refs
 
@@ -136,20 +136,9 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         await run_in_threadpool(s.store.delete, *upload)
 
 
-def allowed_uri(uri: str, roots: list[str]) -> str | None:
-    """The URI normalised if it lies under an allowed root, else None."""
-    if uri.startswith("file://") or "://" not in uri:
-        path = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
-        for root in roots:
-            if "://" in root and not root.startswith("file://"):
-                continue
-            base = os.path.realpath(root[len("file://"):] if root.startswith("file://") else root)
-            if path == base or path.startswith(base.rstrip("/") + "/"):
-                return "file://" + path
-        return None
-    location = uri.split("?", 1)[0].rstrip("/")
-    return uri if any(location == r.rstrip("/") or location.startswith(r.rstrip("/") + "/")
-                      for r in roots if "://" in r) else None
+def tenant_access(s) -> Access:
+    """What a tenant's paths may reach: the allowed roots, never the server's store or home."""
+    return Access(tuple(s.settings.allowed_roots), (s.settings.store_root, os.path.abspath(s.settings.home)))
 
 
 async def _register(request: Request, tenant: str, s) -> JSONResponse:
@@ -157,28 +146,20 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
         body = RegisterCorpus.model_validate_json(await request.body())
     except ValidationError as e:
         raise invalid_body(e) from None
-    roots = s.settings.allowed_roots
     scheme, path, query = split_uri(body.uri)
-    uri = allowed_uri(body.uri, roots)
-    # A glob's fixed part must lie under an allowed root, and so must every file it matches
-    # (a symbolic link under the root that points elsewhere is refused too).
-    if uri is None or allowed_uri(join_uri(scheme, fixed_prefix(path), query), roots) is None:
-        raise ApiError(403, "forbidden_uri", f"{body.uri} is not under an allowed root "
-                       "(THRESHER_ALLOWED_ROOTS)", {"field": "uri"})
-    try:
-        files = await run_in_threadpool(list_inputs, uri)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise ApiError(422, "bad_uri", f"cannot read {body.uri}: {e}", {"field": "uri"}) from None
+    uri = join_uri(scheme, path, query)          # a local path made absolute; links resolved at each open
+    access = tenant_access(s)
+    access.check_uri(uri)                        # a quick 403/422 before anything is listed
+    listing = ListingLimits(max_files=s.settings.max_input_files, timeout_s=s.settings.listing_timeout_s)
+    # Listed on a Ray worker, bounded: every file matched is checked there (403 naming it), and
+    # each one again by the worker that opens it.
+    files = await run_in_threadpool(list_registered, uri, access, listing)
     if not files:
         raise ApiError(404, "not_found", f"{body.uri} matches no file", {"field": "uri", "pattern": body.uri})
-    outside = next((f for f in files if allowed_uri(f.uri, roots) is None), None)
-    if outside is not None:
-        raise ApiError(403, "forbidden_uri", f"{outside.name}, matched by {body.uri}, is not under an "
-                       "allowed root (THRESHER_ALLOWED_ROOTS)", {"field": "uri", "file": outside.name})
     spec = {"uri": uri, "format": body.format, "text_field": body.text_field, "id_field": body.id_field,
             "source_field": body.source_field, "shard_size": s.settings.shard_size,
             "split_bytes": s.settings.split_bytes, "compression": s.settings.shard_compression,
-            "limits": {"max_doc_bytes": s.settings.max_doc_bytes}}
+            "limits": {"max_doc_bytes": s.settings.max_doc_bytes}, "listing": listing.model_dump()}
     rec, _ = lifecycle.create_corpus_by_job(s.engine, tenant, body.name, "ingest", f"ingest {body.name}", spec)
     return JSONResponse(corpus_view(rec).model_dump(), status_code=202)
 

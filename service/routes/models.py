@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, Svc, Tenant, owned, page
-from service.routes.corpora import allowed_uri
+from service.routes.corpora import tenant_access
 from service.schemas import MAX_NAME, Model, ModelList, no_nul
+from storage.errors import DomainError
 from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
 from workers.specs import MAX_STR
@@ -36,16 +37,22 @@ def model_view(rec: dict) -> Model:
 
 @router.post("", status_code=201, response_model=Model)
 async def register_model(body: RegisterModel, tenant: str = Tenant, s=Svc):
-    uri = allowed_uri(body.path, s.settings.allowed_roots)
-    if uri is None or not uri.startswith("file://"):
-        raise ApiError(403, "forbidden_path", f"{body.path} is not a local directory under an allowed root "
-                       "(THRESHER_ALLOWED_ROOTS)", {"field": "path"})
-    path = uri[len("file://"):]
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ApiError(422, "not_a_checkpoint", f"{body.path} has no config.json: not a Hugging Face "
-                       "checkpoint directory", {"field": "path"})
+    access = tenant_access(s)
+    path = os.path.abspath(body.path[len("file://"):] if body.path.startswith("file://") else body.path)
     try:
-        meta = await run_in_threadpool(inspect_hf_checkpoint, path)
+        if "://" in body.path and not body.path.startswith("file://"):
+            raise DomainError("forbidden_uri", "not a local path")
+        access.check_local(path, body.path)
+    except DomainError:
+        raise ApiError(403, "forbidden_path", f"{body.path} is not a local directory under an allowed root "
+                       "(THRESHER_ALLOWED_ROOTS)", {"field": "path"}) from None
+    # Every file is resolved and checked by the worker that loads it, at that moment, and again by
+    # each worker that loads the model later (a folder may change after its registration).
+    try:
+        meta = await run_in_threadpool(inspect_hf_checkpoint, path, access)
+    except DomainError as e:    # a file of the folder leads out of the roots, or no config.json
+        code = e.code if e.code == "not_a_checkpoint" else "bad_checkpoint"
+        raise ApiError(422, code, e.message, {**e.details, "field": "path"}) from None
     except ValueError as e:
         raise ApiError(422, "bad_checkpoint", str(e), {"field": "path"}) from None
     return model_view(register_checkpoint(s.catalog, tenant, body.name, meta))

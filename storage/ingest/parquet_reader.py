@@ -30,7 +30,7 @@ class ParquetReader:
             spool.flush()
             f = pa.OSFile(spool.name)
         else:
-            f = self.source.fs.open_input_file(self.source.path)
+            f = self.source.open_file()
         if f.size() == 0:
             return None
         try:

@@ -12,30 +12,37 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from storage.ingest.common import MAGIC, IngestError
+from storage.inputs import UserFile
 
 
 class Source:
     """The input file, reopened as often as needed (a failing block is located by a second pass).
 
-    `byte_range=(start, end)` reads only the lines that start in [start, end) of an uncompressed
-    file: a 50 GB JSONL file is ingested by many tasks, each cutting its range at line boundaries
-    (a line belongs to the range its first byte is in). `max_decompressed_bytes` bounds what a
-    compressed input may grow to (a decompression bomb stops with 413, not with the memory).
+    `src`: a local path or URI (the caller's own file), a `(pyarrow.fs.FileSystem, path)` pair, or
+    a `storage.inputs.UserFile` (a tenant's file: every open is checked there, before anything of it
+    is read). `byte_range=(start, end)` reads only the lines that start in [start, end) of an
+    uncompressed file: a 50 GB JSONL file is ingested by many tasks, each cutting its range at line
+    boundaries (a line belongs to the range its first byte is in). `max_decompressed_bytes` bounds
+    what a compressed input may grow to (a decompression bomb stops with 413, not with the memory).
     """
 
     def __init__(self, src, byte_range: tuple[int, int] | None = None,
                  max_decompressed_bytes: int | None = None):
-        if isinstance(src, tuple):
+        self.user = src if isinstance(src, UserFile) else None
+        if self.user:
+            self.fs, self.path = None, src.path
+        elif isinstance(src, tuple):
             self.fs, self.path = src
         elif isinstance(src, str) and "://" in src:
             self.fs, self.path = pafs.FileSystem.from_uri(src)
         else:
             self.fs, self.path = pafs.LocalFileSystem(), os.path.abspath(os.fspath(src))
-        info = self.fs.get_file_info(self.path)
-        if info.type != pafs.FileType.File:
-            raise IngestError("file_not_found", f"no file at {self.path}", {"path": self.path})
-        self.size = info.size
-        with self.fs.open_input_stream(self.path, compression=None) as f:
+        if not self.user:
+            info = self.fs.get_file_info(self.path)
+            if info.type != pafs.FileType.File:
+                raise IngestError("file_not_found", f"no file at {self.path}", {"path": self.path})
+        with self.open_file() as f:
+            self.size = f.size()
             magic = f.read(4)
         self.compression = MAGIC.get(magic[:2]) or MAGIC.get(magic)
         self.max_decompressed_bytes = max_decompressed_bytes
@@ -45,13 +52,20 @@ class Source:
                 raise ValueError("only an uncompressed file can be read by byte range")
             self.range = (self._line_start(byte_range[0]), self._line_start(byte_range[1]))
 
+    def open_file(self, stream: bool = False) -> pa.NativeFile:
+        """The raw file, random access or (`stream`) sequential; a tenant's file is checked again
+        at each open."""
+        if self.user:
+            return pa.PythonFile(self.user.open(), mode="r")
+        return self.fs.open_input_stream(self.path, compression=None) if stream else self.fs.open_input_file(self.path)
+
     def _line_start(self, offset: int) -> int:
         """The first line start at or after `offset` (the file's size if none)."""
         if offset <= 0:
             return 0
         if offset >= self.size:
             return self.size
-        with self.fs.open_input_file(self.path) as f:
+        with self.open_file() as f:
             f.seek(offset - 1)
             while chunk := f.read(1 << 16):
                 cut = chunk.find(b"\n")
@@ -64,7 +78,7 @@ class Source:
         if not self.range or not self.range[0]:
             return 0
         count, left = 0, self.range[0]
-        with self.fs.open_input_stream(self.path, compression=None) as f:
+        with self.open_file(stream=True) as f:
             while left and (chunk := f.read(min(left, 8 << 20))):
                 count += chunk.count(b"\n")
                 left -= len(chunk)
@@ -72,8 +86,8 @@ class Source:
 
     def open(self):
         if self.range:
-            return _RangeStream(self.fs.open_input_file(self.path), *self.range)
-        raw = self.fs.open_input_stream(self.path, compression=None)
+            return _RangeStream(self.open_file(), *self.range)
+        raw = self.open_file(stream=True)
         return pa.CompressedInputStream(raw, self.compression) if self.compression else raw
 
     def read(self, stream, n: int, buffer: bool = False):

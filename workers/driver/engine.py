@@ -25,6 +25,7 @@ from storage import layout
 from storage.catalog import Catalog, NotFound, now
 from storage.errors import DomainError, redact
 from storage.fs import Store
+from storage.inputs import Access
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind
 from workers.runtime import cluster_cpus, ray_get
@@ -60,6 +61,8 @@ class EngineConfig:
     temp_root: str | None = None
     """Where the driver's DuckDB connections spill (selections); None: DuckDB's default."""
     max_temp_size: str | None = None
+    allowed_roots: tuple[str, ...] = ()
+    """THRESHER_ALLOWED_ROOTS: what a tenant's paths may reach, checked by each task that opens one."""
 
 
 def derived_id(prefix: str, job_id: str, role: str = "") -> str:
@@ -100,6 +103,12 @@ class JobContext:
     @property
     def config(self) -> EngineConfig:
         return self.engine.config
+
+    @property
+    def access(self) -> Access:
+        """The rule for a tenant's paths, handed to every task that opens one (checked at its open)."""
+        home = [p for p in self.engine.server_paths() if p != self.store.base]
+        return Access(tuple(self.config.allowed_roots), (self.store.root, *home))
 
     def lifeline(self) -> "ray.actor.ActorHandle":
         """An actor alive while this job runs (killed when it ends, however it ends): a long task

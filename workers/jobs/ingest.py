@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import ray
 from pydantic import Field
 
@@ -25,7 +24,7 @@ from storage.duck import connection
 from storage.fs import Store
 from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
 from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, shard_options
-from storage.inputs import InputFile, list_inputs
+from storage.inputs import Access, InputFile, list_inputs, open_input
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
@@ -36,6 +35,12 @@ class Limits(StrictModel):
     """Bounds on untrusted input: a document's bytes, and what a compressed file may inflate to."""
     max_doc_bytes: int | None = Field(None, ge=1)
     max_decompressed_bytes: int | None = Field(None, ge=1)
+
+
+class ListingLimits(StrictModel):
+    """Bounds on listing what a registration names (THRESHER_MAX_INPUT_FILES, THRESHER_LISTING_TIMEOUT_S)."""
+    max_files: int = Field(100_000, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
 
 
 ShardCompression = Annotated[Literal[SHARD_COMPRESSIONS], Field(description="the shards' Parquet codec")]
@@ -52,6 +57,7 @@ class IngestSpec(StrictModel):
     split_bytes: int = Field(256 << 20, ge=1024, description="uncompressed JSONL files larger than this "
                                                             "are ingested in byte ranges of this size")
     limits: Limits = Limits()
+    listing: ListingLimits = ListingLimits()
     compression: ShardCompression = "zstd"
 
 
@@ -63,12 +69,14 @@ def ingest_options(spec: IngestSpec | dict) -> dict:
 
 @ray.remote
 def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, unit: list | None,
-                byte_range: list | None, options: dict, marker: tuple | None) -> dict:
-    """Parse one unit into shards of the corpus; its statistics, also written to `marker` last."""
+                byte_range: list | None, options: dict, marker: tuple | None, access: Access = Access()) -> dict:
+    """Parse one unit into shards of the corpus; its statistics, also written to `marker` last.
+    `source`: an upload spooled in the store (`parts`), or a tenant's file (`uri`, `path`), opened
+    through `access` (checked at each open, here on the worker, not when it was registered)."""
     store = Store(store_root)
+    name = source["name"]
     src = (store.fs, store.path(*source["parts"])) if "parts" in source else \
-        pafs.FileSystem.from_uri(source["uri"])
-    name = source.get("name") or src[1].rsplit("/", 1)[-1]
+        open_input(source["uri"], access, source["path"])
     try:
         stats = ingest(src, filename=name, store=store, dest=layout.corpus(corpus_id), format=fmt,
                        unit=tuple(unit) if unit else None,
@@ -107,12 +115,33 @@ def plan_units(files: list[InputFile], split_bytes: int,
     return units
 
 
+@ray.remote(max_retries=0)
+def list_task(uri: str, access: Access, max_files: int, timeout_s: float) -> list[dict]:
+    return [f.to_dict() for f in list_inputs(uri, access, max_files, timeout_s)]
+
+
+def list_registered(uri: str, access: Access, limits: ListingLimits) -> list[InputFile]:
+    """The files a registration names, listed on a Ray worker (never in the service process: a
+    listing's size is the tenant's to choose), within its bounds. Raises DomainError."""
+    ref = list_task.options(**REQUEST_TASK.ray_options()).remote(uri, access, limits.max_files, limits.timeout_s)
+    try:
+        # The task stops itself at its deadline; past it with a margin, it is stuck in one call.
+        files = ray_get(ref, "listing the files", timeout=limits.timeout_s + 30)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise IngestError("listing_timeout", f"listing {uri.split('?', 1)[0]} takes too long "
+                          "(THRESHER_LISTING_TIMEOUT_S); name a narrower directory or glob", {"field": "uri"}) from None
+    except RuntimeError as e:     # the filesystem could not be reached
+        raise IngestError("bad_uri", f"cannot list {uri.split('?', 1)[0]}: {e}", {"field": "uri"}) from None
+    return [InputFile(**f) for f in files]
+
+
 def recorded_inputs(ctx: JobContext, spec: IngestSpec) -> list[InputFile]:
     """The files of the registration, listed once: a restarted job sees the same list."""
     where = layout.job_file(ctx.job_id, "inputs")
     if ctx.store.exists(*where):
         return [InputFile(**f) for f in json.loads(ctx.store.read_bytes(*where))]
-    files = list_inputs(spec.uri)
+    files = list_registered(spec.uri, ctx.access, spec.listing)
     if not files:
         raise JobFailed("not_found", f"{spec.uri} matches no file")
     for f in files:
@@ -132,8 +161,8 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
                   size=(rng[1] - rng[0]) if rng else f.size,
                   submit=lambda unit=unit, f=f, rng=rng: ingest_unit.options(**opts).remote(
-                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "name": f.name}, spec.format, list(unit),
-                      rng, options, layout.ingested_unit(ctx.job_id, unit)))
+                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "path": f.path, "name": f.name}, spec.format,
+                      list(unit), rng, options, layout.ingested_unit(ctx.job_id, unit), ctx.access))
              for unit, f, rng in units]
     files_of = {}
     for unit, _, _ in units:

@@ -114,10 +114,13 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
 
 
 def model_record(ctx: JobContext, model_id: str) -> dict:
+    """The model's record for a worker; a registered checkpoint's carries the rule its files are
+    checked against when the worker opens them (workers.models.checked_checkpoint)."""
     try:
-        return ctx.catalog.get("models", model_id, ctx.tenant)
+        rec = ctx.catalog.get("models", model_id, ctx.tenant)
     except NotFound:
         raise JobFailed("not_found", f"model {model_id} does not exist") from None
+    return {**rec, "access": ctx.access} if rec["source"] == "huggingface" else rec
 
 
 def ensure_trained(ctx: JobContext, stage: str, role: str, name: str, corpus: str, task, *args,
