@@ -839,12 +839,28 @@ def serve(
         err.print(f"{settings.host}:{settings.port} is already in use (another `thresher serve`?). "
                   "Stop it or pass --port.", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2)
+    from contextlib import asynccontextmanager
+
     import uvicorn
 
     from service.app import create_app
+    api = create_app(settings)
+    starting = api.router.lifespan_context
+    # A wildcard bind is reached locally through the loopback address.
+    where = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
+    base = f"http://{f'[{where}]' if ':' in where and not where.startswith('[') else where}:{settings.port}"
+
+    @asynccontextmanager
+    async def announce(app_):
+        async with starting(app_) as state:  # once Ray and the job engine are up
+            out.print(f"Thresher is ready at {base}\n  dashboard  {base}/ui/\n  API docs   {base}/docs",
+                      markup=False, highlight=False, soft_wrap=True)
+            yield state
+
+    api.router.lifespan_context = announce
     # One process: the catalog is a single-writer DuckDB file. The graceful-shutdown bound keeps
     # open event streams from holding the server up on SIGTERM.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,
+    uvicorn.run(api, host=settings.host, port=settings.port, workers=1,
                 log_level=log_level, timeout_graceful_shutdown=5)
 
 

@@ -29,6 +29,15 @@ class Corpus(BaseModel):
     error: dict | None = None
 
 
+class StageRun(BaseModel):
+    stage: str
+    started_at: str | None = None
+    done: float = 0
+    total: float = 0
+    unit: str | None = None
+    seconds: float | None = Field(None, description="how long the stage ran (so far, for the current one)")
+
+
 class Progress(BaseModel):
     stage: str | None = None
     done: float = 0
@@ -37,6 +46,8 @@ class Progress(BaseModel):
     rate_per_s: float | None = None
     eta_s: float | None = None
     detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
+    stages: list[StageRun] = Field(default_factory=list, description="the stages this run of the job went "
+                                   "through, in order, the last one `stage`")
 
 
 class JobError(BaseModel):
@@ -50,6 +61,8 @@ class JobResult(BaseModel):
     corpus_id: str | None = None
     curriculum_id: str | None = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, dict[str, int]] | None = Field(None, description="finished tasks per stage and Ray node id: "
+                                                    "where the work ran")
 
 
 class Job(BaseModel):

@@ -39,7 +39,7 @@ def cluster(tmp_path_factory, s3_server):
 
 
 def nodes_used(job: dict) -> set[str]:
-    return {node for per_stage in job["result"]["summary"]["nodes"].values() for node in per_stage}
+    return {node for per_stage in job["result"]["nodes"].values() for node in per_stage}
 
 
 def test_shard_tasks_run_on_every_node(cluster):

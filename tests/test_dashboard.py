@@ -1,14 +1,19 @@
 """The dashboard at /ui, driven in a real headless Chromium (Debian's chromium + chromidriver via
 selenium) against a live service on a real port: sign-in, a dsir job submitted from the form and
-followed to the end, its manifest's charts, the SQL box, a projection's sliders, a curriculum
-run, a browser upload, tenant isolation and a wrong key. Each page is saved as a screenshot under
-test-output/screenshots/ (not committed)."""
+followed to the end, its manifest's charts, the SQL box, job pages that render their summaries
+(evaluate's gain with its error, CoLoR-Filter's diagnostics, a selection's counts by source) and
+every stage, models and projections, a projection's sliders, a curriculum run, a browser upload,
+tenant isolation and a wrong key. Each page is saved as a screenshot under
+test-output/screenshots/ (not committed; docs/img holds chosen ones)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -155,6 +160,20 @@ def chart(driver, canvas_id, expr):
     return driver.execute_script(f"const c = Chart.getChart(document.getElementById('{canvas_id}')); return c && ({expr});")
 
 
+def stages_shown(driver) -> list[str]:
+    """The stages a job page lists, each checked to show how long it took."""
+    items = driver.find_elements("css selector", "#job-stages li")
+    for li in items:
+        assert re.search(r"\d s", li.find_element("css selector", ".stage-time").text), li.text
+    return [li.get_attribute("data-stage") for li in items]
+
+
+def histogram_off_axis(driver) -> int:
+    """Documents the score histogram leaves off its (percentile-cut) axis."""
+    return driver.execute_script("const d = document.getElementById('chart-histogram').parentElement.dataset;"
+                                 "return Number(d.below) + Number(d.above);")
+
+
 def inked_pixels(driver, canvas_id) -> int:
     return driver.execute_script(f"""
         const cv = document.getElementById('{canvas_id}');
@@ -239,6 +258,17 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
     job = live.api.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "succeeded" and job["spec"]["seed"] == 3 and job["spec"]["buckets"] == 4096 and job["spec"]["select"]["fraction"] == 0.1
     assert css(browser, "#result-manifest").text == job["result"]["manifest_id"]
+    # Every stage it went through, each with how long it took, from the job's record.
+    assert [s["stage"] for s in job["progress"]["stages"]] == ["fit", "score", "select"]
+    assert stages_shown(browser) == ["fit", "score", "select"]
+    # The summary as tables: the selected count, and per source the selected against the pool.
+    assert text_of(browser, "#selection-count").startswith("36 of 360 documents selected")
+    by_source = {tr.get_attribute("data-source"): [td.text for td in tr.find_elements("css selector", "td")]
+                 for tr in browser.find_elements("css selector", "#summary-by-source tbody tr")}
+    assert set(by_source) == set(data["pool"]["sources"])
+    for source, selected in job["result"]["summary"]["selected_by_source"].items():
+        assert by_source[source][1:3] == [str(selected), str(data["pool"]["sources"][source])]
+    assert "nodes" not in job["result"]["summary"] and job["result"]["nodes"]["score"]
     data["state"].update(job=job_id, manifest=job["result"]["manifest_id"])
     shot(browser, "job")
     go(browser, live, "#/jobs")
@@ -301,14 +331,17 @@ def test_manifest_page_draws_bars_histogram_and_documents(browser, live, data):
     assert chart(browser, "chart-sources", "c.data.labels") == [r[0] for r in per_source]
     assert chart(browser, "chart-sources", "[c.getDatasetMeta(0).data.length, c.getDatasetMeta(1).data.length]") == [3, 3]
     assert chart(browser, "chart-sources", "c.data.datasets.map(d => d.data)") == [[r[1] for r in per_source], [r[2] for r in per_source]]
-    # The histogram: 30 bins, stacked selected / not selected, adding up to the manifest; the
-    # threshold line at the lowest selected score.
+    # The histogram: 30 bins, stacked selected / not selected, adding up to the manifest with the
+    # documents off its axis. DSIR sampled this selection (gumbel): no threshold line, and why.
     assert chart(browser, "chart-histogram", "c.data.datasets.map(d => d.label)") == ["selected", "not selected"]
     heights = chart(browser, "chart-histogram", "c.data.datasets.map(d => d.data.map(p => p.y || 0))")
     assert len(heights[0]) == 30
-    (rows, selected, threshold), = q("SELECT count(*), count(*) FILTER (WHERE selected), min(score) FILTER (WHERE selected) FROM m")
-    assert sum(heights[0]) == selected and sum(heights[0]) + sum(heights[1]) == rows
-    assert chart(browser, "chart-histogram", "c.options.plugins.vline.x") == pytest.approx(threshold)
+    (rows, selected), = q("SELECT count(*), count(*) FILTER (WHERE selected) FROM m")
+    off_axis = histogram_off_axis(browser)
+    assert sum(heights[0]) + sum(heights[1]) + off_axis == rows
+    assert off_axis or sum(heights[0]) == selected
+    assert chart(browser, "chart-histogram", "c.options.plugins.vline.x") is None
+    assert "DSIR sampled its selection" in text_of(browser, "#threshold")
     for canvas in ("chart-sources", "chart-histogram"):
         assert inked_pixels(browser, canvas) > 2000, f"{canvas} is blank"
     # Top and bottom documents with their text, in score order.
@@ -354,6 +387,107 @@ def test_color_filter_manifest_shows_the_loss_scatter(browser, live, data):
     assert counts["selected"] == 36 and counts["not selected"] == 324
     assert inked_pixels(browser, "chart-scatter") > 2000
     shot(browser, "manifest-color-filter")
+    data["state"]["color"] = job
+
+
+def table_rows(driver, selector, key) -> dict[str, list[str]]:
+    """A table's rows by their `key` attribute: the text of each cell (th and td)."""
+    return {tr.get_attribute(key): [c.text for c in tr.find_elements("css selector", "th, td")]
+            for tr in driver.find_elements("css selector", f"{selector} tbody tr")}
+
+
+def test_color_filter_job_page_renders_its_diagnostics(browser, live, data):
+    """The job page shows every stage with its time, and the summary as tables: the selection,
+    whether fine-tuning helped on the held-out target, scores by source, the models; the raw
+    JSON only behind a toggle."""
+    job = live.api.get(f"/v1/jobs/{data['state']['color']['id']}").json()
+    stages = [s["stage"] for s in job["progress"]["stages"]]
+    assert stages == ["train_prior", "finetune", "score", "select"]
+    assert all(s["seconds"] is not None and s["done"] == s["total"] for s in job["progress"]["stages"])
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: d.find_elements("css selector", "#cf-diagnostics tr"), what="CoLoR-Filter's diagnostics")
+    assert stages_shown(browser) == stages
+    held = job["result"]["summary"]["target_holdout"]
+    rows = table_rows(browser, "#cf-diagnostics", "data-key")
+    assert rows["holdout_docs"] == ["held-out target documents", str(held["holdout_docs"])]
+    for key in ("prior_loss", "conditional_loss", "loss_reduction"):
+        assert float(rows[key][1].replace(",", "")) == pytest.approx(held[key], rel=1e-3, abs=1e-4), key
+    assert {"trained_tokens", "budget_tokens", "stopped_early", "lr", "attempts"} <= set(rows)
+    by_source = table_rows(browser, "#cf-score-by-source", "data-row")
+    assert set(by_source) == set(job["result"]["summary"]["score_by_source"]) and len(by_source) == 3
+    assert set(table_rows(browser, "#cf-models", "data-row")) == {"prior", "conditional"}
+    assert len(browser.find_elements("css selector", "#summary-by-source tbody tr")) == 3
+    # Nothing is shown as raw JSON unless asked for, and no Ray node id is in the summary.
+    assert not css(browser, "#summary-raw").get_attribute("open") and not css(browser, "#summary-raw pre").is_displayed()
+    assert "nodes" not in job["result"]["summary"]
+    assert not re.search(r"\b[0-9a-f]{56}\b", text_of(browser, "#job-result"))
+    shot(browser, "job-color-filter")
+
+
+def test_evaluate_job_page_shows_the_gain_with_its_error(browser, live, data):
+    """A tiny evaluate (two repeats of two tiny proxies): the gain over random with ± its standard
+    error, each arm's loss, each repeat."""
+    r = live.api.post("/v1/jobs", json={"kind": "evaluate", "spec": {
+        "selection": data["state"]["color"]["result"]["manifest_id"], "validation": data["target"]["id"], "repeats": 2,
+        "proxy": {"preset": "tiny", "tokens": 1000, "vocab_size": 256, "batch_size": 4, "seq_len": 16, "max_docs": 100}}})
+    assert r.status_code == 202, r.text
+    job = wait(live.api, r.json()["id"], timeout=180)
+    assert job["state"] == "succeeded", job
+    s = job["result"]["summary"]
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: text_of(d, "#eval-gain"), what="the evaluate summary")
+    gain = text_of(browser, "#eval-gain")
+    assert re.fullmatch(r"[+−]?\d+\.\d\d% ± \d+\.\d\d%", gain), gain
+    shown, se = (float(x.replace("−", "-").rstrip("%")) for x in gain.split(" ± "))
+    assert shown == pytest.approx(100 * s["relative_gain"], abs=0.006) and se == pytest.approx(100 * s["relative_gain_se"], abs=0.006)
+    assert "2 repeats" in text_of(browser, "#eval-verdict")
+    arms = table_rows(browser, "#eval-arms", "data-arm")
+    assert set(arms) == {"selection", "random"}
+    for arm in arms:
+        assert float(arms[arm][1].replace(",", "")) == pytest.approx(s[arm]["validation_loss"], rel=1e-4)
+    assert len(browser.find_elements("css selector", "#eval-repeats tbody tr")) == 2
+    assert stages_shown(browser) == ["train_proxies"]
+    shot(browser, "job-evaluate")
+
+
+def test_model_page(browser, live, data):
+    cond = data["state"]["color"]["result"]["model_id"]
+    go(browser, live, "#/models")
+    until(browser, lambda d: d.find_elements("css selector", f'tr[data-model-id="{cond}"] a'), what="the models list")
+    click(browser, f'tr[data-model-id="{cond}"] a')
+    until(browser, lambda d: d.find_elements("css selector", "#model-meta tr"), what="the model page")
+    assert browser.find_elements("css selector", f'#main a[href="#/jobs/{data["state"]["color"]["id"]}"]'), "its job"
+    meta = live.api.get(f"/v1/models/{cond}").json()["meta"]
+    assert {tr.get_attribute("data-key") for tr in browser.find_elements("css selector", "#model-meta > tbody > tr")} == set(meta)
+    shot(browser, "model")
+
+
+def test_histogram_of_a_long_tailed_selection(browser, live):
+    """Two documents a hundred times longer than the rest give DSIR scores far off the others:
+    the axis stops at the percentiles and says how many it left off; a top-k selection is a cut
+    on score, so its threshold is drawn."""
+    rows = corpus(300, seed=5) + corpus(2, seed=6, domains=["cooking"], min_words=4000, max_words=4000, prefix="long")
+    pool = live.api.post("/v1/corpora", params={"name": "long-tail", "format": "jsonl"}, content=jsonl(rows)).json()
+    target = live.api.post("/v1/corpora", params={"name": "long-tail-target", "format": "jsonl"},
+                           content=jsonl(corpus(40, seed=7, domains=["astronomy"], prefix="t"))).json()
+    r = live.api.post("/v1/jobs", json={"kind": "dsir", "spec": {"pool": pool["id"], "target": target["id"],
+                                                                 "select": {"fraction": 0.1}, "sampling": "topk"}})
+    job = wait(live.api, r.json()["id"], timeout=120)
+    assert job["state"] == "succeeded", job
+    man = job["result"]["manifest_id"]
+    go(browser, live, f"#/manifests/{man}")
+    until(browser, lambda d: chart(d, "chart-histogram", "c.data.datasets.length"), what="the histogram")
+    q = lambda sql: live.api.post("/v1/query", json={"sql": sql, "tables": {"m": man}}).json()["rows"][0]  # noqa: E731
+    lo, hi, threshold = q("SELECT min(score), max(score), min(score) FILTER (WHERE selected) FROM m")
+    axis = chart(browser, "chart-histogram", "[c.options.scales.x.min, c.options.scales.x.max]")
+    assert axis[0] > lo and histogram_off_axis(browser) >= 2
+    assert "not drawn" in text_of(browser, "#histogram-clipped")
+    heights = chart(browser, "chart-histogram", "c.data.datasets.map(d => d.data.map(p => p.y || 0))")
+    assert sum(map(sum, heights)) + histogram_off_axis(browser) == 302
+    assert chart(browser, "chart-histogram", "c.options.plugins.vline.x") == pytest.approx(threshold)
+    assert text_of(browser, "#threshold").startswith("Dashed line: the threshold")
+    assert hi >= axis[1]
+    shot(browser, "manifest-long-tail")
 
 
 def test_corpus_upload_from_the_browser(browser, live, tmp_path):
@@ -388,11 +522,20 @@ def test_projection_sliders_ask_predict(browser, live, data):
     data["state"]["projection"] = job["id"]
     go(browser, live, f"#/projections/{job['id']}")
     until(browser, lambda d: css(d, "#mix-predicted").get_attribute("data-value"), what="the first prediction")
-    # Optimum, uniform, one line per source, the measured pilots (2 sizes × 15 mixtures), then the
-    # slider's own mixture.
+    # Optimum, uniform, one line per source, the measured pilots (2 sizes × 15 mixtures), the plan,
+    # then the slider's own mixture.
     labels = chart(browser, "chart-projection", "c.data.datasets.map(d => d.label)")
-    assert labels == ["optimum", "uniform", "only cooking", "only finance", "only astronomy", "pilots (measured)", "your mixture"]
+    assert labels == ["optimum", "uniform", "only cooking", "only finance", "only astronomy", "pilots (measured)",
+                      "the plan", "your mixture"]
     assert chart(browser, "chart-projection", "c.data.datasets[5].data.length") == 30
+    # A line stops where its mixture cannot be bought any larger: astronomy costs 2 a document
+    # under a budget of 10,000, so "only astronomy" ends at 5,000 documents; the plan is marked.
+    opt = job["result"]["summary"]["optimum"]
+    ends = chart(browser, "chart-projection", "c.data.datasets.slice(0, 5).map(d => [d.stopsAt, Math.max(...d.data.map(p => p.x))])")
+    assert ends[4] == [5000, 5000]
+    assert ends[2][0] in (None, 10_000) and ends[2][1] > 5000
+    assert chart(browser, "chart-projection", "c.data.datasets[6].data") == [{"x": opt["size"], "y": pytest.approx(opt["predicted"])}]
+    assert "Star: the plan" in text_of(browser, "#projection-caption")
     assert inked_pixels(browser, "chart-projection") > 5000
     assert len(browser.find_elements("css selector", "#plan-table tbody tr")) == 3
     before = css(browser, "#mix-predicted").get_attribute("data-value")
@@ -416,6 +559,16 @@ def test_projection_sliders_ask_predict(browser, live, data):
     shown = css(browser, "#mix-predicted").text
     assert float(shown.replace(",", "")) == pytest.approx(value, rel=1e-5)
     shot(browser, "projection")
+
+
+def test_projections_are_in_the_navigation(browser, live, data):
+    job = data["state"]["projection"]
+    click(browser, '#nav a[data-section="projections"]')
+    until(browser, lambda d: d.find_elements("css selector", f'#projections-table tr[data-job-id="{job}"] a'),
+          what="the projections list")
+    assert "active" in css(browser, '#nav a[data-section="projections"]').get_attribute("class")
+    click(browser, f'#projections-table tr[data-job-id="{job}"] a')
+    until(browser, lambda d: d.find_elements("id", "plan-table"), what="the projection page")
 
 
 def test_curriculum_page_shows_epochs(browser, live, data):
@@ -470,6 +623,35 @@ def test_without_keys_the_dashboard_opens_directly(browser, tmp_path, ray_addres
 
 
 # --- the small API the dashboard reads (plain HTTP) ---------------------------------------------
+
+def test_root_redirects_to_the_dashboard(live):
+    r = httpx.get(f"{live.url}/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "ui/"
+    page = httpx.get(f"{live.url}/", follow_redirects=True)
+    assert page.status_code == 200 and str(page.url) == f"{live.url}/ui/" and "<title>Thresher</title>" in page.text
+
+
+def test_serve_says_where_the_dashboard_and_docs_are(tmp_path, ray_address):
+    """`thresher serve` prints the dashboard's and the API docs' URLs once it is ready."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(tmp_path), "--port", str(port)],
+                            env={**os.environ, "THRESHER_RAY_ADDRESS": ray_address},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not any("API docs" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        said = "".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert f"dashboard  {base}/ui/" in said and f"API docs   {base}/docs" in said, said
+        assert httpx.get(f"{base}/ui/").status_code == 200 and httpx.get(f"{base}/docs").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 def test_ui_files_are_package_data():
     """Every file under service/ui matches a package-data pattern, so an installed wheel serves it."""

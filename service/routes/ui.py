@@ -34,6 +34,13 @@ def asset(path: str) -> tuple[bytes, str]:
     return node.read_bytes(), media
 
 
+@router.get("/")
+def root():
+    """A browser pointed at the service lands on the dashboard. Relative, so that it holds behind
+    a proxy that serves Thresher under a path prefix."""
+    return RedirectResponse("ui/", status_code=307)
+
+
 @router.get("/ui")
 def ui_root():
     return RedirectResponse("/ui/", status_code=307)

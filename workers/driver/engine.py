@@ -77,6 +77,7 @@ class JobContext:
     cancel_event: threading.Event
     nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
     _stage: dict = field(default_factory=dict)
+    _stages: list = field(default_factory=list)   # every stage of this run so far: progress.stages
     _last_write: float = 0.0
     _lifeline: Any = None
 
@@ -130,7 +131,10 @@ class JobContext:
                  detail: dict | None = None) -> None:
         t = time.monotonic()
         if self._stage.get("stage") != stage:
+            if self._stages:  # the previous stage lasted until this one began
+                self._stages[-1]["seconds"] = round(t - self._stage["t0"], 2)
             self._stage = {"stage": stage, "t0": t, "done0": done}
+            self._stages.append({"stage": stage, "started_at": now()})
             force = True
         if not force and t - self._last_write < 0.25 and done < total:
             return
@@ -138,10 +142,11 @@ class JobContext:
         rate = (done - self._stage["done0"]) / elapsed if elapsed > 0 else None
         eta = (total - done) / rate if rate else None
         self._last_write = t
+        self._stages[-1].update(done=done, total=total, unit=unit, seconds=round(elapsed, 2))
         self.catalog.update("jobs", self.job_id, progress={
             "stage": stage, "done": done, "total": total, "unit": unit,
             "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
-            **({"detail": detail} if detail else {})})
+            **({"detail": detail} if detail else {}), "stages": self._stages})
 
     def corpus(self, corpus_id: str) -> dict:
         rec = self.catalog.get("corpora", corpus_id, self.tenant)
@@ -162,8 +167,8 @@ class JobContext:
 
         At most `max_inflight` tasks are in flight. Ray retries a task whose worker died; a task that
         still fails fails the job. Cancellation is checked while waiting and stops in-flight tasks.
-        A task that returns a dict with `node` says where it ran: the job's summary counts tasks per
-        node and stage (`nodes`). `detail(keys done)` adds to the progress (e.g. files done).
+        A task that returns a dict with `node` says where it ran: the job's result counts tasks per
+        node and stage (`result.nodes`). `detail(keys done)` adds to the progress (e.g. files done).
         """
         total = sum(t.size for t in tasks)
         results: dict = {}
@@ -437,8 +442,8 @@ class JobEngine:
             error = {**error, "message": redact(error["message"], self.server_paths())}
         fields = {"state": state, "finished_at": now(), "error": error}
         if result is not None:
-            if ctx.nodes:
-                result.setdefault("summary", {})["nodes"] = ctx.nodes
+            if ctx.nodes:  # where the work ran: for operators, apart from the user's summary
+                result["nodes"] = ctx.nodes
             fields["result"] = result
         prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
         if prog and state == "succeeded":

@@ -128,14 +128,15 @@ export function scatter(canvas, groups, { xTitle, yTitle, diagonal = false } = {
   });
 }
 
-// Lines over a (log) x axis, plus scatter series; `marker` draws a vertical line.
+// Lines over a (log) x axis, plus scatter series; `marker` draws a vertical line. A series'
+// `radius` (a number, or one per point) and `pointStyle` mark points on a line.
 export function lines(canvas, series, { xTitle, yTitle, logX = true, marker } = {}) {
   return make(canvas, {
     type: "scatter",
     data: { datasets: series.map((s, i) => ({
-      label: s.label, data: s.points, showLine: !s.points_only, pointRadius: s.points_only ? 4 : 0,
+      label: s.label, data: s.points, showLine: !s.points_only, pointRadius: s.radius ?? (s.points_only ? 4 : 0),
       borderColor: s.color || COLORS[i % COLORS.length], backgroundColor: s.color || COLORS[i % COLORS.length],
-      borderWidth: s.width || 1.5, borderDash: s.dash, pointStyle: s.pointStyle || "circle" })) },
+      borderWidth: s.width || 1.5, borderDash: s.dash, pointStyle: s.pointStyle || "circle", stopsAt: s.stopsAt })) },
     options: {
       plugins: { legend: { position: "bottom" }, vline: marker || {} },
       scales: { x: { type: logX ? "logarithmic" : "linear", title: { display: true, text: xTitle },

@@ -2,8 +2,10 @@
 import { api, followJob } from "./api.js";
 import { badge, errorBox, fmtDuration, fmtNum, fmtTime, h, json, kv, link, progressBar, section, setContent, table } from "./dom.js";
 import { buildForm } from "./form.js";
+import { kvTable, renderSummary } from "./summary.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const SELECTIONS = new Set(["random", "dsir", "color_filter"]);  // their summaries count by source
 
 function progressCell(job) {
   const p = job.progress || {};
@@ -52,7 +54,7 @@ function resultLinks(job) {
   const out = [];
   if (r.manifest_id) out.push(["manifest", link(`#/manifests/${r.manifest_id}`, r.manifest_id, { id: "result-manifest", class: "mono" })]);
   if (r.corpus_id) out.push(["corpus", link(`#/corpora/${r.corpus_id}`, r.corpus_id, { class: "mono" })]);
-  if (r.model_id) out.push(["model", link(`#/models`, r.model_id, { class: "mono" })]);
+  if (r.model_id) out.push(["model", link(`#/models/${r.model_id}`, r.model_id, { class: "mono" })]);
   if (r.curriculum_id) out.push(["curriculum run", link(`#/curricula/${r.curriculum_id}`, r.curriculum_id, { id: "result-curriculum", class: "mono" })]);
   if (job.kind === "projection" && job.state === "succeeded") {
     out.push(["projection", link(`#/projections/${job.id}`, "curves, purchase plan and mixture sliders", { id: "result-projection" })]);
@@ -60,20 +62,44 @@ function resultLinks(job) {
   return out;
 }
 
+// Seconds as "0.4 s" under ten seconds, else as fmtDuration does.
+const fmtSeconds = (s) => (Number.isFinite(s) && s < 10 ? `${s.toFixed(1)} s` : fmtDuration(s));
+
+// Every stage the job went through, from its record (progress.stages), each with its counts and
+// how long it took; the last one is running while the job is.
+function stageList(job) {
+  const p = job.progress || {};
+  const stages = p.stages && p.stages.length ? p.stages : (p.stage ? [{ stage: p.stage, done: p.done, total: p.total, unit: p.unit }] : []);
+  const running = !TERMINAL.has(job.state);
+  return h("ol", { class: "stages", id: "job-stages" }, stages.map((s, i) => {
+    const current = running && i === stages.length - 1;
+    const failed = !running && job.state !== "succeeded" && i === stages.length - 1;
+    return h("li", { class: current ? "current" : failed ? "stopped" : "done", "data-stage": s.stage },
+      h("span", { class: "stage-name" }, s.stage),
+      s.total ? h("span", { class: "muted" }, ` ${fmtNum(s.done)} / ${fmtNum(s.total)} ${s.unit || ""}`) : null,
+      Number.isFinite(s.seconds) ? h("span", { class: "stage-time" }, ` ${fmtSeconds(s.seconds)}`) : null,
+      current ? " (running)" : failed ? ` (${job.state})` : " ✓");
+  }));
+}
+
 export async function jobPage(el, jobId, { signal }) {
   let job = await api(`/v1/jobs/${jobId}`, { signal });
-  const stages = [];  // [{name, first_seen, last}] as the events showed them
   const head = h("div", { class: "page-head" });
   const live = h("section", { class: "card", id: "job-live" });
   const result = h("div", { id: "job-result" });
   const details = h("div");
   setContent(el, head, live, result, details);
+  // A selection's pool, for its per-source shares (fetched once, when the job has finished).
+  let pool;
+  const poolSources = async () => {
+    const id = job.result && job.result.corpus_id;
+    if (pool !== undefined || !id || job.state !== "succeeded" || !SELECTIONS.has(job.kind)) return;
+    pool = null;
+    try { pool = (await api(`/v1/corpora/${id}`, { signal })).sources || null; } catch { /* gone: shares only */ }
+  };
 
   const render = () => {
     const p = job.progress || {};
-    if (p.stage && (!stages.length || stages[stages.length - 1].name !== p.stage)) {
-      stages.push({ name: p.stage, since: new Date() });
-    }
     setContent(head, h("h1", {}, `${job.kind} job `, h("span", { class: "mono" }, job.id)), badge(job.state),
       !TERMINAL.has(job.state) ? h("button", { id: "cancel-job", class: "danger", onclick: cancel }, "Cancel") : null,
       link("#/jobs", "← all jobs"));
@@ -84,23 +110,22 @@ export async function jobPage(el, jobId, { signal }) {
       h("h2", {}, "Progress"),
       progressBar(done ? 1 : p.done, done ? 1 : p.total, { id: "job-progress", "data-fraction": frac.toFixed(4) }),
       kv([
-        ["stage", h("span", { id: "job-stage" }, p.stage || "—")],
-        ["done", p.total ? `${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""} (${(100 * frac).toFixed(1)}%)` : "—"],
-        ["rate", h("span", { id: "job-rate" }, p.rate_per_s ? `${fmtNum(p.rate_per_s, 3)} ${p.unit || "units"}/s` : "—")],
-        ["ETA", h("span", { id: "job-eta" }, TERMINAL.has(job.state) ? "—" : fmtDuration(p.eta_s))],
+        // The current stage's figures while it runs; once the job ends, the stages below say it all.
+        ...(TERMINAL.has(job.state) ? [] : [
+          ["stage", h("span", { id: "job-stage" }, p.stage || "—")],
+          ["done", p.total ? `${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""} (${(100 * frac).toFixed(1)}%)` : "—"],
+          ["rate", h("span", { id: "job-rate" }, p.rate_per_s ? `${fmtNum(p.rate_per_s, 3)} ${p.unit || "units"}/s` : "—")],
+          ["ETA", h("span", { id: "job-eta" }, fmtDuration(p.eta_s))]]),
         ["created", fmtTime(job.created_at)], ["started", fmtTime(job.started_at)], ["finished", fmtTime(job.finished_at)],
         ["elapsed", job.started_at ? fmtDuration(((job.finished_at ? new Date(job.finished_at) : new Date()) - new Date(job.started_at)) / 1000) : "—"],
       ]),
       h("h3", {}, "Stages"),
-      h("ol", { class: "stages", id: "job-stages" }, stages.map((s, i) => {
-        const current = i === stages.length - 1 && !TERMINAL.has(job.state);
-        return h("li", { class: current ? "current" : "done" }, s.name, current ? " (running)" : " ✓");
-      })),
+      stageList(job),
       job.error ? h("div", { class: "error", id: "job-error", role: "alert" }, `${job.error.code}: ${job.error.message}`) : null);
     const links = resultLinks(job);
-    setContent(result, links.length || job.result ? section("Result", kv(links),
-      job.result && Object.keys(job.result.summary || {}).length ? h("details", { open: true }, h("summary", {}, "summary"), json(job.result.summary)) : null) : null);
-    setContent(details, section("Spec", json(job.spec)));
+    setContent(result, links.length || job.result ? section("Result", kv(links), job.result ? renderSummary(job, { pool }) : null) : null);
+    setContent(details, section("Spec", kvTable(job.spec, { id: "job-spec" }),
+      h("details", { class: "raw" }, h("summary", {}, "raw JSON"), json(job.spec))));
   };
 
   async function cancel() {
@@ -112,12 +137,14 @@ export async function jobPage(el, jobId, { signal }) {
     }
   }
 
-  if (TERMINAL.has(job.state)) render();
-  else {
-    const show = (j) => {
+  if (TERMINAL.has(job.state)) {
+    await poolSources();
+    render();
+  } else {
+    const show = async (j) => {
       const changed = JSON.stringify(j) !== JSON.stringify(job);
       job = j;
-      if (changed) render();
+      if (changed) { await poolSources(); render(); }
     };
     render();
     followJob(jobId, show, signal)

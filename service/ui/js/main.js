@@ -22,9 +22,11 @@ const ROUTES = [
   [/^#\/corpora\/([\w-]+)$/, corpora.corpusPage, "corpora"],
   [/^#\/manifests$/, manifests.listPage, "manifests"],
   [/^#\/manifests\/([\w-]+)$/, manifests.manifestPage, "manifests"],
-  [/^#\/projections\/([\w-]+)$/, projections.projectionPage, "jobs"],
+  [/^#\/projections$/, projections.listPage, "projections"],
+  [/^#\/projections\/([\w-]+)$/, projections.projectionPage, "projections"],
   [/^#\/curricula\/([\w-]+)$/, curricula.curriculumPage, "jobs"],
   [/^#\/models$/, models.listPage, "models"],
+  [/^#\/models\/([\w-]+)$/, models.modelPage, "models"],
 ];
 
 let session = null;   // {tenant, auth} once signed in

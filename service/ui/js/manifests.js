@@ -1,5 +1,6 @@
-// Manifests: the list, and a manifest's page: per-source bars, the score histogram with the
-// threshold, CoLoR-Filter's loss scatter, top and bottom documents, downloads and a SQL box.
+// Manifests: the list, and a manifest's page: per-source bars, the score histogram (with the
+// threshold where the selection is a cut on score), CoLoR-Filter's loss scatter, top and bottom
+// documents, downloads and a SQL box.
 import { api, download, query } from "./api.js";
 import { bars, chartBox, histogram, scatter, COLORS } from "./charts.js";
 import { snippet } from "./corpora.js";
@@ -21,22 +22,51 @@ export async function listPage(el, { signal }) {
 }
 
 const sqlNum = (x) => (Number.isFinite(x) ? String(x) : "NULL");
+// The axis stops at Tukey's far fences, this many interquartile ranges beyond the quartiles: one
+// DSIR document at −5,000 would otherwise squeeze every other document into one bar.
+const FENCE = 3;
 
+// Bins of the scores over the axis [lo, hi] (the fences, where documents lie beyond them), the
+// documents left and right of it, and whether the selection is a cut on score (every selected
+// score at least every unselected one): only then is there a threshold to draw.
 async function histogramBins(id, hasSelected) {
   const t = { m: id };
-  const sel = hasSelected ? ", min(score) FILTER (WHERE selected)" : "";
-  const [[lo, hi, threshold = null]] = (await query(`SELECT min(score), max(score)${sel} FROM m WHERE isfinite(score)`, t)).rows;
-  if (lo === null) return { bins: [], threshold: null };
+  const sel = hasSelected ? ", min(score) FILTER (WHERE selected), max(score) FILTER (WHERE NOT selected)" : "";
+  const [[min, max, q1, q3, minSelected = null, maxUnselected = null]] = (await query(
+    `SELECT min(score), max(score), quantile_cont(score, 0.25), quantile_cont(score, 0.75)${sel} FROM m WHERE isfinite(score)`, t)).rows;
+  if (min === null) return { bins: [], threshold: null, cut: false, below: 0, above: 0 };
+  const iqr = q3 - q1;
+  const lo = iqr > 0 ? Math.max(min, q1 - FENCE * iqr) : min;
+  const hi = iqr > 0 ? Math.min(max, q3 + FENCE * iqr) : max;
   const width = hi > lo ? (hi - lo) / BINS : 1;
+  const [[below, above]] = (await query(
+    `SELECT count(*) FILTER (WHERE score < ${sqlNum(lo)}), count(*) FILTER (WHERE score > ${sqlNum(hi)}) FROM m WHERE isfinite(score)`, t)).rows;
   const counts = (await query(
     `SELECT least(greatest(floor((score - ${sqlNum(lo)}) / ${sqlNum(width)}), 0), ${BINS - 1})::INT AS b, count(*)` +
     (hasSelected ? ", count(*) FILTER (WHERE selected)" : "") +
-    ` FROM m WHERE isfinite(score) GROUP BY 1 ORDER BY 1`, t)).rows;
+    ` FROM m WHERE isfinite(score) AND score BETWEEN ${sqlNum(lo)} AND ${sqlNum(hi)} GROUP BY 1 ORDER BY 1`, t)).rows;
   const n = hi > lo ? BINS : 1;
   const bins = Array.from({ length: n }, (_, i) => ({ lo: lo + i * width, hi: lo + (i + 1) * width, pool: 0,
                                                      selected: hasSelected ? 0 : undefined }));
   for (const [b, c, s] of counts) { bins[b].pool = c; if (hasSelected) bins[b].selected = s; }
-  return { bins, threshold };
+  const cut = hasSelected && minSelected !== null && (maxUnselected === null || maxUnselected <= minSelected);
+  return { bins, threshold: cut ? minSelected : null, cut, below, above, lo, hi, min, max };
+}
+
+// Why the selected documents are no cut on score, in the words of the job that selected them.
+async function whyNoThreshold(jobId, signal) {
+  let spec = {}, kind = "";
+  try { ({ spec, kind } = await api(`/v1/jobs/${jobId}`, { signal })); } catch { /* the job is gone */ }
+  if (kind === "dsir" && spec.sampling === "gumbel") {
+    return "No threshold line: DSIR sampled its selection (sampling = gumbel, importance resampling: a document's " +
+           "chance grows with its score), so selected (blue) and unselected scores overlap. sampling = topk cuts at a score.";
+  }
+  if (kind === "color_filter" && spec.rank_by === "evidence") {
+    return "No threshold line: CoLoR-Filter ranked by evidence (the t-statistic of each document's loss reduction), " +
+           "not by this score, so selected and unselected scores overlap.";
+  }
+  if (spec.mode === "per_shard") return "No threshold line: each shard was selected on its own, with its own cut.";
+  return "No threshold line: the selected documents are not the highest scores (selected and unselected scores overlap).";
 }
 
 function docsTable(items, id) {
@@ -131,13 +161,21 @@ export async function manifestPage(el, id, { signal }) {
     box.dataset.sources = rows.length;
   }
   if (cols.has("score")) {
-    const { bins, threshold } = await histogramBins(id, hasSelected);
+    const hist = await histogramBins(id, hasSelected);
     const box = chartBox("chart-histogram", 300);
-    grid.append(section("Score histogram", box,
-      hasSelected && threshold !== null ? h("p", { class: "muted small", id: "threshold" },
-        `Dashed line: the lowest selected score (${fmtNum(threshold, 5)}).`) : null));
-    histogram(box.querySelector("canvas"), bins, { threshold: hasSelected ? threshold : null, thresholdLabel: "threshold" });
-    box.dataset.bins = bins.length;
+    const clipped = hist.below || hist.above ? h("p", { class: "muted small", id: "histogram-clipped" },
+      `Axis cut at ${FENCE} interquartile ranges beyond the quartiles (${fmtNum(hist.lo, 4)} to ${fmtNum(hist.hi, 4)}); not drawn: `,
+      [hist.below ? `${fmtNum(hist.below)} below, down to ${fmtNum(hist.min, 4)}` : null,
+       hist.above ? `${fmtNum(hist.above)} above, up to ${fmtNum(hist.max, 4)}` : null].filter(Boolean).join("; "), ".") : null;
+    let note = null;
+    if (hist.cut) {
+      note = h("p", { class: "muted small", id: "threshold" }, `Dashed line: the threshold, the lowest selected score (${fmtNum(hist.threshold, 5)}).`);
+    } else if (hasSelected && m.num_selected && m.job_id) {
+      note = h("p", { class: "muted small", id: "threshold" }, await whyNoThreshold(m.job_id, signal));
+    }
+    grid.append(section("Score histogram", box, clipped, note));
+    histogram(box.querySelector("canvas"), hist.bins, { threshold: hist.threshold, thresholdLabel: "threshold" });
+    Object.assign(box.dataset, { bins: hist.bins.length, below: hist.below, above: hist.above });
   }
   if (cols.has("prior_loss") && cols.has("cond_loss")) {
     const { rows } = await query("SELECT prior_loss, cond_loss, selected FROM m WHERE isfinite(prior_loss) AND isfinite(cond_loss) " +

@@ -1,0 +1,217 @@
+// A finished job's summary as tables a person reads: a view per kind (evaluate's gain with its
+// error, CoLoR-Filter's diagnostics, a selection's counts by source), every figure a view leaves
+// out in a generic key/value table, and the raw JSON behind a toggle.
+import { fmtNum, h, json, link } from "./dom.js";
+
+const PAGES = { cor: "corpora", man: "manifests", mdl: "models", job: "jobs", cur: "curricula" };
+const ID = /^(cor|man|mdl|job|cur)_[0-9a-f]{20}$/;
+
+const label = (key) => String(key).replace(/_/g, " ");
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const isPlain = (v) => v === null || v === undefined || typeof v !== "object";
+
+// A percentage of a fraction with a sign: 0.0312 -> "+3.12%".
+export const signedPct = (x, digits = 2) =>
+  (x === null || x === undefined || !Number.isFinite(x) ? "—" : `${x > 0 ? "+" : x < 0 ? "−" : ""}${Math.abs(100 * x).toFixed(digits)}%`);
+const pct = (x, digits = 1) => (x === null || x === undefined || !Number.isFinite(x) ? "—" : `${(100 * x).toFixed(digits)}%`);
+
+// One value: ids link to their page, nested objects become sub-tables, lists of rows a table.
+export function value(v, depth = 0) {
+  if (v === null || v === undefined) return h("span", { class: "muted" }, "—");
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "number") return fmtNum(v);
+  if (typeof v === "string") {
+    const m = v.match(ID);
+    return m ? link(`#/${PAGES[m[1]]}/${v}`, v, { class: "mono" }) : v;
+  }
+  if (Array.isArray(v)) {
+    if (!v.length) return h("span", { class: "muted" }, "none");
+    if (v.every(isPlain)) {
+      const shown = v.slice(0, 30).map((x) => (typeof x === "number" ? fmtNum(x) : x === null ? "—" : String(x)));
+      return `${shown.join(", ")}${v.length > 30 ? ` … (${fmtNum(v.length)} in all)` : ""}`;
+    }
+    if (v.every(isObject)) return rowsTable(v.map((r, i) => [String(i + 1), r]), "#", depth);
+  }
+  if (isObject(v)) {
+    const entries = Object.entries(v);
+    if (!entries.length) return h("span", { class: "muted" }, "none");
+    if (entries.length > 1 && entries.every(([, x]) => isObject(x))) return rowsTable(entries, "", depth);
+    if (depth < 4) return kvTable(v, { depth: depth + 1 });
+  }
+  return h("code", {}, JSON.stringify(v));
+}
+
+// A key/value table of an object (keys in `skip` left out).
+export function kvTable(obj, { id, skip = [], depth = 0 } = {}) {
+  const rows = Object.entries(obj || {}).filter(([k]) => !skip.includes(k));
+  return h("table", { class: depth ? "kvt nested" : "kvt", id },
+    h("tbody", {}, rows.map(([k, v]) => h("tr", { "data-key": k }, h("th", {}, label(k)), h("td", {}, value(v, depth))))));
+}
+
+// "0.25" -> "p25": the quantiles of a score distribution.
+const quantile = (k) => (/^0?\.\d+$/.test(k) ? `p${Math.round(100 * Number(k))}` : null);
+
+// Rows of objects (a per-source or per-model breakdown) as one table; nested objects of plain
+// values (quantiles) spread into columns.
+function rowsTable(entries, first, depth, attrs = {}) {
+  const flat = entries.map(([name, r]) => [name, Object.fromEntries(Object.entries(r).flatMap(([k, v]) =>
+    (isObject(v) && Object.values(v).every(isPlain) && Object.keys(v).length <= 8
+      ? Object.entries(v).map(([k2, v2]) => [quantile(k2) || `${k} ${k2}`, v2]) : [[k, v]])))]);
+  const cols = [...new Set(flat.flatMap(([, r]) => Object.keys(r)))];
+  const numeric = (c) => flat.every(([, r]) => r[c] === null || r[c] === undefined || typeof r[c] === "number");
+  return h("table", { class: "grid compact", ...attrs },
+    h("thead", {}, h("tr", {}, h("th", {}, first), cols.map((c) => h("th", { class: numeric(c) ? "num" : "" }, label(c))))),
+    h("tbody", {}, flat.map(([name, r]) => h("tr", { "data-row": name }, h("td", {}, value(name)),
+      cols.map((c) => h("td", { class: numeric(c) ? "num" : "" }, value(r[c], depth + 1)))))));
+}
+
+function block(title, ...children) {
+  return h("div", { class: "summary-block" }, h("h3", {}, title), ...children);
+}
+
+function warnings(s) {
+  const list = [].concat(s.warnings || [], s.warning ? [s.warning] : []);
+  return list.length ? h("ul", { class: "warnings", id: "summary-warnings" }, list.map((w) => h("li", {}, w))) : null;
+}
+
+// -- evaluate -------------------------------------------------------------------------------------
+
+function evaluateView(s) {
+  const g = s.relative_gain, se = s.relative_gain_se;
+  const repeats = s.repeats || 1;
+  const arms = Object.entries(s).filter(([, v]) => isObject(v) && "validation_loss" in v);
+  let verdict;
+  if (g === null || g === undefined) verdict = "No gain: a proxy's validation loss is not finite.";
+  else if (se === null || se === undefined) {
+    verdict = repeats > 1 ? "Too few finite repeats for an error bar."
+      : "One repeat, so no error bar: run with repeats ≥ 2 to see how much of the gain is noise.";
+  } else if (Math.abs(g) <= 2 * se) verdict = "Within two standard errors of zero: not distinguishable from noise at this many repeats.";
+  else verdict = g > 0 ? "The selection's proxy beat random by more than two standard errors."
+    : "The selection's proxy did worse than random, by more than two standard errors.";
+  const gains = s.relative_gains || [];
+  const perRepeat = gains.length ? block("Each repeat", h("table", { class: "grid compact", id: "eval-repeats" },
+    h("thead", {}, h("tr", {}, h("th", {}, "repeat"), arms.map(([a]) => h("th", { class: "num" }, `${a} loss`)), h("th", { class: "num" }, "gain"))),
+    h("tbody", {}, gains.map((x, i) => h("tr", {}, h("td", {}, String(i + 1)),
+      arms.map(([, arm]) => h("td", { class: "num" }, fmtNum((arm.validation_losses || [])[i], 5))),
+      h("td", { class: "num" }, signedPct(x))))))) : null;
+  const armKeys = [...new Set(arms.flatMap(([, a]) => Object.keys(a)))].filter((k) => !["validation_loss", "validation_losses"].includes(k));
+  return {
+    used: ["relative_gain", "relative_gain_se", "relative_gains", "repeats", "proxy", "token_budget", "match", ...arms.map(([a]) => a)],
+    nodes: [
+      h("div", { class: "headline" },
+        h("div", { class: "muted small" }, "relative gain over random (lower validation loss is better)"),
+        h("div", { class: "big-number", id: "eval-gain" }, signedPct(g),
+          se !== null && se !== undefined ? h("span", { class: "se" }, ` ± ${pct(se, 2)}`) : null),
+        h("div", { class: "small", id: "eval-verdict" }, verdict,
+          se !== null && se !== undefined ? ` (± one standard error of the mean over ${repeats} repeats)` : "")),
+      block("Proxies", h("table", { class: "grid compact", id: "eval-arms" },
+        h("thead", {}, h("tr", {}, h("th", {}, "trained on"), h("th", { class: "num" }, repeats > 1 ? "validation loss (mean)" : "validation loss"),
+          armKeys.map((k) => h("th", { class: "num" }, label(k))))),
+        h("tbody", {}, arms.map(([name, a]) => h("tr", { "data-arm": name }, h("td", {}, name),
+          h("td", { class: "num" }, h("strong", {}, fmtNum(a.validation_loss, 5))),
+          armKeys.map((k) => h("td", { class: "num" }, value(a[k], 1))))))),
+        repeats > 1 ? h("p", { class: "muted small" }, "Documents, tokens and training loss are the first repeat's.") : null),
+      perRepeat,
+      block("Setup", kvTable({ proxy: s.proxy, token_budget: s.token_budget, repeats, "random subset matched in": s.match })),
+    ],
+  };
+}
+
+// -- selections (random, dsir, score, color_filter) ----------------------------------------------
+
+// Selected documents per source against the pool's (from the corpus, or the scores by source).
+function bySource(s, pool) {
+  const sel = s.selected_by_source || {};
+  const names = [...new Set([...Object.keys(pool || {}), ...Object.keys(sel)])].sort();
+  if (!names.length) return null;
+  const total = s.num_selected || Object.values(sel).reduce((a, b) => a + b, 0);
+  return block("Selected by source", h("table", { class: "grid compact", id: "summary-by-source" },
+    h("thead", {}, h("tr", {}, h("th", {}, "source"), h("th", { class: "num" }, "selected"),
+      pool ? h("th", { class: "num" }, "in the pool") : null, pool ? h("th", { class: "num" }, "share of the source selected") : null,
+      h("th", { class: "num" }, "share of the selection"))),
+    h("tbody", {}, names.map((n) => h("tr", { "data-source": n }, h("td", {}, n || h("span", { class: "muted" }, "(no source)")),
+      h("td", { class: "num" }, fmtNum(sel[n] || 0)),
+      pool ? h("td", { class: "num" }, fmtNum(pool[n] ?? null)) : null,
+      pool ? h("td", { class: "num" }, pool[n] ? pct((sel[n] || 0) / pool[n]) : "—") : null,
+      h("td", { class: "num" }, total ? pct((sel[n] || 0) / total) : "—"))))));
+}
+
+function selectionView(s, { pool } = {}) {
+  const rows = s.num_rows, n = s.num_selected;
+  return {
+    used: ["num_rows", "num_selected", "selected_by_source", "warnings"],
+    nodes: [
+      h("div", { class: "headline" },
+        h("div", { class: "big-number", id: "selection-count" }, fmtNum(n),
+          h("span", { class: "se" }, ` of ${fmtNum(rows)} documents selected${rows ? ` (${pct(n / rows)})` : ""}`))),
+      bySource(s, pool),
+    ],
+  };
+}
+
+const HOLDOUT = [
+  ["holdout_docs", "held-out target documents"], ["prior_loss", "prior's loss on them"],
+  ["conditional_loss", "conditional's loss on them"], ["loss_reduction", "reduction (prior − conditional)"],
+  ["trained_tokens", "fine-tune tokens trained"], ["best_at_tokens", "best held-out loss reached at (tokens)"],
+  ["budget_tokens", "fine-tune budget (tokens)"], ["stopped_early", "stopped early"], ["lr", "learning rate"],
+];
+
+function colorFilterView(s, context) {
+  const held = s.target_holdout || {};
+  const known = new Set([...HOLDOUT.map(([k]) => k), "attempts", "warning", "note"]);
+  const rows = [...HOLDOUT.filter(([k]) => k in held),
+                ...Object.keys(held).filter((k) => !known.has(k)).map((k) => [k, label(k)])];
+  const tried = (held.attempts || []).map((a) => (isObject(a) ? a.lr : a)).filter((x) => x !== undefined);
+  if (tried.length) rows.push(["attempts", "learning rates tried"]);
+  const cell = (k) => {
+    if (k === "attempts") return tried.map((x) => fmtNum(x)).join(", ");
+    if (k === "loss_reduction" && Number.isFinite(held[k])) {
+      return h("strong", { class: held[k] > 0 ? "good" : "bad" }, `${held[k] > 0 ? "+" : ""}${fmtNum(held[k], 4)}`);
+    }
+    return value(held[k]);
+  };
+  const cmp = s.compare_with;
+  const sel = selectionView(s, context);
+  return {
+    used: [...sel.used, "target_holdout", "models", "scoring", "score_by_source", "compare_with",
+           "prior_model", "conditional_model", "rank_by"],
+    nodes: [
+      ...sel.nodes,
+      block("Did fine-tuning help? The held-out slice of the target",
+        held.warning ? h("div", { class: "error", role: "alert" }, held.warning) : null,
+        held.note ? h("p", { class: "muted small" }, held.note) : null,
+        h("table", { class: "kvt", id: "cf-diagnostics" }, h("tbody", {}, rows.map(([k, l]) =>
+          h("tr", { "data-key": k }, h("th", {}, l), h("td", {}, cell(k))))))),
+      cmp ? block(`Compared with ${cmp.method || "another method"}`, h("p", { id: "cf-compare" },
+        `${fmtNum(cmp.overlap)} of the ${fmtNum(cmp.selected)} selected documents are also in ${cmp.method || "its"}'s top ${fmtNum(cmp.selected)}`,
+        cmp.overlap_fraction !== null && cmp.overlap_fraction !== undefined ? ` (${pct(cmp.overlap_fraction)} overlap)` : "",
+        cmp.sampling ? `, ${cmp.method} ranked by its ${cmp.sampling} resampling key.` : "."),
+      kvTable(cmp, { skip: ["method", "overlap", "selected", "overlap_fraction", "sampling"] })) : null,
+      s.score_by_source ? block("Scores by source (score = prior loss − conditional loss)",
+        rowsTable(Object.entries(s.score_by_source), "source", 0, { id: "cf-score-by-source" })) : null,
+      s.models ? block("Models", rowsTable(Object.entries(s.models), "model", 0, { id: "cf-models" }),
+        kvTable({ prior_model: s.prior_model, conditional_model: s.conditional_model, rank_by: s.rank_by })) : null,
+      s.scoring ? block("Scoring", kvTable(s.scoring, { id: "cf-scoring" })) : null,
+    ],
+  };
+}
+
+const VIEWS = {
+  evaluate: evaluateView,
+  color_filter: colorFilterView,
+  dsir: selectionView,
+  random: selectionView,
+};
+
+// The summary of `job` (context: {pool: {source: documents}} when the pool corpus is known).
+export function renderSummary(job, context = {}) {
+  const s = (job.result && job.result.summary) || {};
+  if (!Object.keys(s).length) return null;
+  const view = VIEWS[job.kind] ? VIEWS[job.kind](s, context) : { used: [], nodes: [] };
+  const rest = Object.keys(s).filter((k) => !view.used.includes(k) && k !== "warnings" && k !== "warning");
+  return h("div", { class: "summary", id: "job-summary", "data-kind": job.kind },
+    warnings(s),
+    view.nodes,
+    rest.length ? block(view.nodes.length ? "Other figures" : "Figures", kvTable(s, { id: "summary-figures", skip: Object.keys(s).filter((k) => !rest.includes(k)) })) : null,
+    h("details", { class: "raw", id: "summary-raw" }, h("summary", {}, "raw JSON"), json(s)));
+}
