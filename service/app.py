@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = JobEngine(catalog, store, EngineConfig(
             max_inflight=settings.max_inflight, max_concurrent_jobs=settings.max_concurrent_jobs,
             task_retries=settings.task_retries, shard_size=settings.shard_size,
-            temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp), KINDS)
+            temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp, limits=settings.spec_limits,
+            max_attempts=settings.max_job_attempts), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,

@@ -45,7 +45,7 @@ async def register_model(body: RegisterModel, tenant: str = Tenant, s=Svc):
         raise ApiError(422, "not_a_checkpoint", f"{body.path} has no config.json: not a Hugging Face "
                        "checkpoint directory", {"field": "path"})
     try:
-        meta = await run_in_threadpool(inspect_hf_checkpoint, path)
+        meta = await run_in_threadpool(inspect_hf_checkpoint, path, s.engine.config.limits.max_model_params)
     except ValueError as e:
         raise ApiError(422, "bad_checkpoint", str(e), {"field": "path"}) from None
     return model_view(register_checkpoint(s.catalog, tenant, body.name, meta))
