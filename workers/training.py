@@ -21,7 +21,7 @@ from scoring.gpt import GPT, GPTConfig, config_from_preset, param_count
 from scoring.lm_loss import tokenize_documents
 from scoring.tokenizer import eos_id
 from scoring.train import EarlyStopping, TrainConfig, finetune, pretrain, validation_loss
-from workers.specs import MAX_COUNT, LimitExceeded, Seed, SpecLimits, StrictModel
+from workers.specs import LimitExceeded, Seed, SpecLimits, StrictModel
 
 Preset = Literal["tiny", "small", "base", "150m"]
 # Tokens in one optimizer step (batch_size × sequence length): activations grow with it, and eight
@@ -41,7 +41,7 @@ class TrainOptions(StrictModel):
     """Pretraining from scratch (defaults finish in about a minute on a laptop CPU)."""
     preset: Preset = "tiny"
     architecture: Architecture | None = None
-    tokens: int = Field(1_000_000, ge=1_000, le=MAX_COUNT, description=(
+    tokens: int = Field(1_000_000, ge=1_000, description=(
         "training budget in tokens (at most THRESHER_MAX_TRAIN_TOKENS)"))
     seq_len: int | None = Field(None, ge=8, le=8192, description="default: the model's context")
     lr: float = Field(1e-3, gt=0, le=1)
@@ -74,7 +74,7 @@ class FinetuneOptions(StrictModel):
     """Fine-tuning: a fresh optimizer, `epochs` passes over the documents (at most `max_tokens`),
     padding masked out; with `holdout_fraction` > 0, early stopping on the held-out documents."""
     epochs: int = Field(1, ge=1, le=100, description="passes over the documents (a maximum with early stopping)")
-    max_tokens: int | None = Field(None, ge=1000, le=MAX_COUNT, description=(
+    max_tokens: int | None = Field(None, ge=1000, description=(
         "budget in trained tokens (default and at most: THRESHER_MAX_TRAIN_TOKENS)"))
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_steps: int = Field(20, ge=1, le=10**9)

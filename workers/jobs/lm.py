@@ -52,7 +52,7 @@ AUTO_PRIOR_MIN_TOKENS, AUTO_PRIOR_MAX_TOKENS = 100_000, 1_000_000
 
 class PriorTrainOptions(TrainOptions):
     """TrainOptions whose `tokens` default to `pool_fraction` of the pool's tokens, within bounds."""
-    tokens: int | None = Field(None, ge=1_000, le=MAX_COUNT, description=(
+    tokens: int | None = Field(None, ge=1_000, description=(
         f"training budget in tokens; default: pool_fraction × the pool's tokens, within "
         f"[{AUTO_PRIOR_MIN_TOKENS:,}, {AUTO_PRIOR_MAX_TOKENS:,}]"))
     pool_fraction: float = Field(0.5, gt=0, le=100, description="the default budget as a fraction of the pool's tokens")
@@ -276,7 +276,7 @@ class ConditionalFinetune(FinetuneOptions):
     """The conditional model's fine-tune: up to `epochs` passes over the target (at most
     `max_tokens`), stopped early on a held-out tenth of it, best weights kept (docs/methods.md §1)."""
     epochs: int = Field(20, ge=1, le=100, description="at most this many passes over the target")
-    max_tokens: int | None = Field(2_000_000, ge=1000, le=MAX_COUNT, description="at most this many trained tokens")
+    max_tokens: int | None = Field(2_000_000, ge=1000, description="at most this many trained tokens (and at most THRESHER_MAX_TRAIN_TOKENS)")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="target documents held out for early stopping")
 
 

@@ -66,8 +66,8 @@ class Source(StrictModel):
 
 def simplex_problem(p: list[float]) -> str | None:
     """Why p is not a mixture (non-negative weights summing to 1), or None."""
-    if any(x < 0 for x in p):
-        return "mixture weights must be non-negative"
+    if not all(math.isfinite(x) and x >= 0 for x in p):
+        return "mixture weights must be finite and non-negative"
     if abs(sum(p) - 1.0) > 1e-6:
         return f"mixture must sum to 1, not {sum(p):.6g}"
     return None
@@ -117,7 +117,7 @@ class AutoPilots(StrictModel):
         "The grid has C(1/step + m − 1, m − 1) mixtures, at most THRESHER_MAX_PROJECTION_MIXTURES"))
     proxy: TrainOptions = TrainOptions(vocab_size=2048)
     epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents (when tokens is unset)")
-    tokens: int | None = Field(None, ge=1000, le=MAX_COUNT, description=(
+    tokens: int | None = Field(None, ge=1000, description=(
         "the same training budget (tokens) for every proxy, whatever its size: then a proxy's metric "
         "reflects its data, not how long it trained; give a few passes over the largest size predicted"))
     repeats: int = Field(1, ge=1, le=10, description="proxies per pilot (different data draws and seeds); "
