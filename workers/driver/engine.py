@@ -349,7 +349,7 @@ class JobEngine:
             if job["state"] == "running" and stops >= self.config.max_attempts:
                 log.error("job %s: the service stopped %d times while running it; failing it", job["id"], stops)
                 self._finish(JobContext(self, job, threading.Event()), "failed", error={
-                    "code": "job_crashed", "message": f"the service stopped {stops} times while running this job "
+                    "code": "job_crashed", "message": f"the service stopped {stops} time{'s' * (stops > 1)} while running this job "
                     f"(killed or crashed; at most {self.config.max_attempts}, THRESHER_MAX_JOB_ATTEMPTS): it is "
                     "not resumed again"})
                 continue
