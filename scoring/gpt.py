@@ -35,6 +35,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def param_count(cfg: GPTConfig) -> int:
+    """The parameters of GPT(cfg), in closed form (nothing allocated): token and position
+    embeddings (the head is tied to the former), per block two LayerNorms (2d each), qkv (3d²),
+    the attention's projection (d²) and the MLP (8d²), and the final LayerNorm."""
+    d = cfg.n_embd
+    return cfg.vocab_size * d + cfg.context * d + cfg.n_layer * (12 * d * d + 4 * d) + 2 * d
+
+
 def config_from_preset(preset: str, vocab_size: int, **overrides) -> GPTConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")

@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_inflight=settings.max_inflight, max_concurrent_jobs=settings.max_concurrent_jobs,
             task_retries=settings.task_retries, shard_size=settings.shard_size,
             temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp,
-            allowed_roots=tuple(settings.allowed_roots)), KINDS)
+            allowed_roots=tuple(settings.allowed_roots), limits=settings.spec_limits,
+            max_attempts=settings.max_job_attempts), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,

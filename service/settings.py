@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage.ingest.shards import SHARD_COMPRESSIONS
 from storage.query import parse_size
+from workers.specs import SpecLimits
 
 
 class Settings(BaseSettings):
@@ -50,6 +51,22 @@ class Settings(BaseSettings):
     """Shard tasks in flight per job stage; 0 = twice the cluster's CPUs."""
     max_concurrent_jobs: int = 2
     task_retries: int = 3
+    max_job_attempts: int = Field(3, ge=1)
+    """A job found running at start-up (its service was killed, or crashed, while it ran) this many
+    times is failed rather than resumed: a job that kills its process must not do it forever. An
+    orderly shutdown (SIGTERM) does not count."""
+    max_projection_mixtures: int = Field(256, ge=1)
+    """The most pilot mixtures a `projection` may ask for a pilot size: its grid of automatic pilots
+    (C(1/grid_step + m − 1, m − 1) for m sources; each trains 2 × repeats proxies) or its measured
+    pilots at one size."""
+    max_train_tokens: int = Field(1_000_000_000, ge=1000)
+    """The largest training budget (tokens) a spec may ask for, and the budget of fine-tunes given
+    none: about a day of the tiny preset on a CPU node (~10k tokens/s), or hours of the 150m preset
+    on one GPU."""
+    max_model_params: int = Field(200_000_000, ge=1)
+    """The most parameters of a model a job trains (counted from its architecture) or a registered
+    checkpoint declares (counted from its config.json before anything is loaded): training holds 16
+    bytes a parameter (3.2 GB at the default), loading 4."""
     query_timeout_s: float = 30.0
     query_memory: str = "1GB"
     """DuckDB's memory limit for one query (past it DuckDB spills, up to THRESHER_DUCKDB_MAX_TEMP)."""
@@ -95,6 +112,11 @@ class Settings(BaseSettings):
     def temp_dir(self) -> str:
         """DuckDB's spill files (one private directory per connection, removed when it closes)."""
         return os.path.join(os.path.abspath(self.home), "tmp")
+
+    @property
+    def spec_limits(self) -> SpecLimits:
+        return SpecLimits(max_projection_mixtures=self.max_projection_mixtures, max_train_tokens=self.max_train_tokens,
+                          max_model_params=self.max_model_params)
 
     @property
     def resolved_ray_address(self) -> str | None:

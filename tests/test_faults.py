@@ -154,3 +154,75 @@ def test_no_keys_refuses_public_bind(tmp_path):
 
 
 pytestmark = pytest.mark.timeout(400)
+
+
+def our_ray_tasks(name: str) -> list[psutil.Process]:
+    """Worker processes of this session's Ray now running task `name` (other Rays on the machine
+    are not ours to look at)."""
+    import ray
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    out = []
+    for p in raylet.children(recursive=True):
+        try:
+            if p.cmdline() and p.cmdline()[0].startswith(f"ray::{name}"):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_a_job_its_service_dies_under_is_failed_not_resumed_forever(tmp_path, ray_address):
+    """A job that kills its service would be resumed, and kill it, at every start (issue 32: a
+    projection grew the service by GBs at each start until the catalog was edited by hand). With
+    THRESHER_MAX_JOB_ATTEMPTS=1: an orderly stop (SIGTERM) does not count, a kill fails it."""
+    port, env = free_port(), {"THRESHER_MAX_JOB_ATTEMPTS": "1"}
+    proc = start_service_process(tmp_path, port, ray_address, **env)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE, timeout=30)
+    try:
+        pool = upload(client, corpus(100, seed=41), name="crash")
+        job = submit(client, "train_model", {"corpus": pool["id"], "tokens": 50_000_000, "vocab_size": 300})
+        for stop in (signal.SIGTERM, signal.SIGKILL):
+            assert wait(client, job["id"], timeout=60, states=("running", "failed"))["state"] == "running"
+            proc.send_signal(stop)
+            proc.wait(timeout=60)
+            proc = start_service_process(tmp_path, port, ray_address, **env)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["state"] == "failed", done
+        assert done["error"]["code"] == "job_crashed" and "stopped 1 time " in done["error"]["message"], done
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_cancelled_projection_stays_cancelled_and_its_tasks_stop(tmp_path, ray_address):
+    """A cancel is recorded when it is asked, not when the job's thread notices (issue 32: a
+    cancelled projection came back running after a restart); its pilot proxies stop."""
+    port = free_port()
+    proc = start_service(tmp_path, port, ray_address)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE, timeout=30)
+    try:
+        ids = [upload(client, corpus(40, seed=50 + i, domains=[d]), name=d)["id"]
+               for i, d in enumerate(["cooking", "finance", "astronomy"])]
+        spec = {"sources": [{"corpus": c, "price_per_doc": 1.0, "available_docs": 1000} for c in ids[:2]],
+                "validation": ids[2], "pilot_sizes": [20, 40], "target_sizes": [80],
+                "auto": {"grid_step": 0.5, "tokens": 50_000_000, "validation_docs": 10,
+                         "proxy": {"vocab_size": 300, "batch_size": 4, "seq_len": 16}}}
+        job = submit(client, "projection", spec)
+        deadline = time.monotonic() + 120
+        while not our_ray_tasks("pilot_task"):
+            assert time.monotonic() < deadline, client.get(f"/v1/jobs/{job['id']}").json()
+            time.sleep(0.2)
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
+        deadline = time.monotonic() + 30
+        while our_ray_tasks("pilot_task"):
+            assert time.monotonic() < deadline, "the cancelled job's proxies still train"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start_service(tmp_path, port, ray_address)
+        time.sleep(2)  # a resumed job would have started again by now
+        assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
+        assert not our_ray_tasks("pilot_task")
+    finally:
+        proc.kill()
+        proc.wait()

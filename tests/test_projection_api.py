@@ -66,6 +66,11 @@ def test_projection_with_measured_pilots(service, sources):
     assert preds[((0, 0, 1), 2000)] < preds[((1, 0, 0), 2000)]
     assert service.post(f"/v1/projections/{job['id']}/predict",
                         json={"mixtures": [[0.5, 0.6, 0]], "sizes": [10]}).status_code == 422
+    for bad, field in (({"mixtures": [[0, 0, 1]], "sizes": [1e30]}, "sizes.0"),   # issue 32: it answered 500
+                       ({"mixtures": [[0, 0, 1]], "sizes": [10**30]}, "sizes.0"),
+                       ({"mixtures": [[0, 0, 1]] * 257, "sizes": [10]}, "mixtures")):
+        r = service.post(f"/v1/projections/{job['id']}/predict", json=bad)
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == field, r.text
 
     png = service.get(f"/v1/jobs/{job['id']}/plot")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

@@ -33,6 +33,7 @@ from storage.inputs import Access
 from storage.manifests import score_part
 from workers.kind import REQUEST_TASK
 from workers.runtime import node_id, ray_get
+from workers.specs import LimitExceeded
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
 
@@ -83,6 +84,8 @@ def load_for_scoring(store: Store, record: dict, device=None):
     device = device or pick_device()
     if record["source"] == "huggingface":
         with checked_checkpoint(record["meta"]["path"], record["access"]) as folder:
+            # No larger than it was when registered (its config may have been replaced since).
+            check_hf_checkpoint_size(folder, record["meta"]["params"])
             model, tokenizer, _ = load_hf_causal_lm(folder, device=device)
         return model, tokenizer, None
     model, tokenizer, _ = load_model(local_checkpoint(store, record["id"]), device=device)
@@ -223,20 +226,56 @@ def checked_checkpoint(path: str, access: Access) -> Iterator[str]:
         yield private
 
 
+MAX_HF_LAYERS = 1024  # more than any causal LM has; bounds the modules made to count parameters
+
+
+def check_hf_checkpoint_size(path: str, max_params: int) -> int:
+    """The parameters a Hugging Face checkpoint's config.json declares, counted before any weight is
+    read; LimitExceeded past `max_params`. A rough count from the config's shape (embeddings and
+    12·hidden² a layer) refuses a huge model at once; below it the model is built on the `meta`
+    device (shapes without memory) and its parameters counted exactly."""
+    from transformers import AutoConfig, AutoModelForCausalLM  # heavy import, only when asked
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable config is the checkpoint's fault
+        raise ValueError(f"config.json: {e}") from None
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    rough = vocab * hidden + layers * 12 * hidden * hidden
+    if layers > MAX_HF_LAYERS or rough > 2 * max_params:
+        raise _too_large(f"config.json declares {layers:,} layers {hidden:,} wide with a vocabulary of {vocab:,}: "
+                         f"about {rough:,} parameters", max_params)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    if params > max_params:
+        raise _too_large(f"config.json declares {params:,} parameters ({4 * params / 2**30:.1f} GiB to load)",
+                         max_params)
+    return params
+
+
+def _too_large(message: str, max_params: int) -> LimitExceeded:
+    return LimitExceeded("path", message, max_params, "THRESHER_MAX_MODEL_PARAMS")
+
+
 @ray.remote(max_retries=0)
-def inspect_checkpoint(path: str, access: Access) -> dict:
-    """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration."""
+def inspect_checkpoint(path: str, access: Access, max_params: int) -> dict:
+    """Load a Hugging Face checkpoint directory once, to refuse a broken one at registration (a
+    too large one before loading it)."""
     with checked_checkpoint(path, access) as folder:
+        check_hf_checkpoint_size(folder, max_params)
         model, tokenizer, meta = load_hf_causal_lm(folder)
     return {**meta, "directory": path, "path": path, "context": model.context, "vocab_size": model.vocab_size,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def inspect_hf_checkpoint(path: str, access: Access, timeout_s: float = 300) -> dict:
-    """The checkpoint's metadata; DomainError if a file of it may not be read, ValueError saying
-    why it cannot be used otherwise."""
+def inspect_hf_checkpoint(path: str, access: Access, max_params: int, timeout_s: float = 300) -> dict:
+    """The checkpoint's metadata; DomainError if a file of it may not be read (LimitExceeded when it
+    is too large), ValueError saying why it cannot be used otherwise."""
     try:
-        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access),
+        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access, max_params),
                        "loading the checkpoint", timeout=timeout_s)
     except RuntimeError as e:
         raise ValueError(f"cannot load a causal LM from {path}: {e}") from None

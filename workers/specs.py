@@ -11,6 +11,8 @@ from typing import Annotated, Any, Iterator, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from storage.errors import DomainError
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -26,6 +28,27 @@ ManifestId = Annotated[str, Ref("manifests"), Field(min_length=1, description="a
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="random seed (a non-negative integer)")]
 MAX_COUNT = 10**12  # the most documents a `count` may ask for
 MAX_STR = 4096      # the longest string any spec field accepts (ids, field names, URIs)
+# A number of documents (a size to project to, the documents available): at most MAX_COUNT, so every
+# sum and product of them stays an exact int64 and a finite float.
+Docs = Annotated[int, Field(ge=1, le=MAX_COUNT, description=f"documents (1 to {MAX_COUNT:.0e})")]
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """Bounds of spec fields that depend on the server (its settings), checked when a job is
+    submitted (422, nothing queued) and again before it runs (the settings may have changed)."""
+    max_projection_mixtures: int = 256
+    max_train_tokens: int = 1_000_000_000
+    max_model_params: int = 200_000_000
+
+
+class LimitExceeded(DomainError):
+    """A spec asks for more than a server setting allows (HTTP 422)."""
+
+    def __init__(self, field: str, message: str, limit: int | float, setting: str | None = None):
+        where = f" ({setting})" if setting else ""
+        super().__init__("limit_exceeded", f"{field}: {message}; the limit is {limit:,}{where}",
+                         {"field": field, "limit": limit, **({"setting": setting} if setting else {})})
 
 
 class StrictModel(BaseModel):
@@ -80,19 +103,28 @@ def ref_of(info) -> Ref | None:
     return None
 
 
+def walk(value: Any, path: tuple = (), info=None) -> Iterator[tuple[Any, tuple, Any]]:
+    """Yield (value, path, its field's info or None) for a spec and everything in it, depth first."""
+    yield value, path, info
+    if isinstance(value, BaseModel):
+        for name, field_info in type(value).model_fields.items():
+            yield from walk(getattr(value, name), (*path, name), field_info)
+    elif isinstance(value, (list, tuple, dict)):
+        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+            yield from walk(v, (*path, k))
+
+
 def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
     """Yield (table, id, path) for every Ref-annotated field of a spec, nested models included."""
-    if isinstance(value, BaseModel):
-        for name, info in type(value).model_fields.items():
-            v = getattr(value, name)
-            ref = ref_of(info)
-            if ref and isinstance(v, str):
-                yield ref.table, v, (*path, name)
-            else:
-                yield from iter_refs(v, (*path, name))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from iter_refs(v, (*path, i))
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from iter_refs(v, (*path, k))
+    for v, at, info in walk(value, path):
+        ref = ref_of(info) if info is not None else None
+        if ref and isinstance(v, str):
+            yield ref.table, v, at
+
+
+def check_limits(spec: BaseModel, limits: SpecLimits) -> None:
+    """Raise LimitExceeded for the first part of `spec` over a server limit: every model in it may
+    define `check_limits(limits, field)`, `field` being its dotted path from `spec`."""
+    for v, at, _ in walk(spec, ("spec",)):
+        if isinstance(v, BaseModel) and hasattr(v, "check_limits"):
+            v.check_limits(limits, ".".join(map(str, at)))

@@ -14,7 +14,7 @@ from service.schemas import Job, JobList, JobRequest
 from storage.catalog import NotFound
 from workers.driver.engine import TERMINAL
 from workers.driver.lifecycle import submit_job
-from workers.specs import iter_refs
+from workers.specs import check_limits, iter_refs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -38,6 +38,7 @@ def check_refs(s, tenant: str, spec) -> None:
 def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
                idempotency_key: str | None = Header(None, description="same key + same body → same job")):
     check_refs(s, tenant, request.spec)
+    check_limits(request.spec, s.engine.config.limits)
     body = request.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     rec, new = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key or None,

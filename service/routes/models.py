@@ -14,7 +14,7 @@ from service.schemas import MAX_NAME, Model, ModelList, no_nul
 from storage.errors import DomainError
 from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
-from workers.specs import MAX_STR
+from workers.specs import MAX_STR, LimitExceeded
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -49,7 +49,10 @@ async def register_model(body: RegisterModel, tenant: str = Tenant, s=Svc):
     # Every file is resolved and checked by the worker that loads it, at that moment, and again by
     # each worker that loads the model later (a folder may change after its registration).
     try:
-        meta = await run_in_threadpool(inspect_hf_checkpoint, path, access)
+        meta = await run_in_threadpool(inspect_hf_checkpoint, path, access,
+                                        s.engine.config.limits.max_model_params)
+    except LimitExceeded:
+        raise
     except DomainError as e:    # a file of the folder leads out of the roots, or no config.json
         code = e.code if e.code == "not_a_checkpoint" else "bad_checkpoint"
         raise ApiError(422, code, e.message, {**e.details, "field": "path"}) from None

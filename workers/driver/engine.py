@@ -5,7 +5,9 @@ Runs inside the service process (the Ray driver), which also owns the catalog. A
 its heavy work through `ctx.run_tasks`, which submits one Ray task per item with bounded in-flight
 work, retries, progress and cancellation, with the resources its kind declares for the stage. Every task writes its output under a deterministic name in storage; a task whose
 output already exists is not run again. That is the whole resume story: after a restart, queued and
-running jobs are started again and recompute only the shards that were not finished.
+running jobs are started again and recompute only the shards that were not finished. A job that
+the service stopped while running `max_attempts` times (a job that kills its process would
+otherwise be resumed, and kill it, forever) is failed instead.
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ from storage.inputs import Access
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind
 from workers.runtime import cluster_cpus, ray_get
+from workers.specs import SpecLimits, check_limits
 
 log = logging.getLogger("thresher.engine")
 TERMINAL = ("succeeded", "failed", "cancelled")
+CANCELLED = {"code": "cancelled", "message": "cancelled by request"}
 
 
 class Cancelled(Exception):
@@ -63,6 +67,10 @@ class EngineConfig:
     max_temp_size: str | None = None
     allowed_roots: tuple[str, ...] = ()
     """THRESHER_ALLOWED_ROOTS: what a tenant's paths may reach, checked by each task that opens one."""
+    limits: SpecLimits = field(default_factory=SpecLimits)
+    max_attempts: int = 3
+    """Times a job may be running when the service stops (killed, crashed) before it is failed
+    rather than resumed; an orderly shutdown does not count."""
 
 
 def derived_id(prefix: str, job_id: str, role: str = "") -> str:
@@ -351,6 +359,14 @@ class JobEngine:
         # Resume: jobs that were queued or running when the last process stopped, oldest first.
         unfinished = [j for j in self.catalog.find("jobs") if j["state"] in ("queued", "running")]
         for job in sorted(unfinished, key=lambda j: j["created_at"]):
+            stops = job["attempts"] or 0
+            if job["state"] == "running" and stops >= self.config.max_attempts:
+                log.error("job %s: the service stopped %d times while running it; failing it", job["id"], stops)
+                self._finish(JobContext(self, job, threading.Event()), "failed", error={
+                    "code": "job_crashed", "message": f"the service stopped {stops} time{'s' * (stops > 1)} while running this job "
+                    f"(killed or crashed; at most {self.config.max_attempts}, THRESHER_MAX_JOB_ATTEMPTS): it is "
+                    "not resumed again"})
+                continue
             log.info("resuming job %s (%s)", job["id"], job["state"])
             self.catalog.update("jobs", job["id"], state="queued")
             self._enqueue(job["id"])
@@ -376,14 +392,16 @@ class JobEngine:
         self._enqueue(job_id)
 
     def cancel(self, job_id: str) -> dict:
+        """Cancel a job: recorded at once, so that the job stays cancelled whatever its thread is
+        doing (it may be deep in a stage) and if the service stops before the thread notices; the
+        thread stops its Ray work at its next check and only cleans up (the kind's on_end)."""
         job = self.catalog.get("jobs", job_id)
         if job["state"] in TERMINAL:
             return job
         ev = self.cancel_events.get(job_id)
         if ev:
             ev.set()
-        if job["state"] == "queued":
-            self.catalog.update("jobs", job_id, state="cancelled", finished_at=now())
+        self.catalog.update("jobs", job_id, state="cancelled", finished_at=now(), error=CANCELLED)
         return self.catalog.get("jobs", job_id)
 
     # -- internals -------------------------------------------------------------------------------
@@ -411,19 +429,24 @@ class JobEngine:
             return
         ev = self.cancel_events[job_id]
         if ev.is_set():
-            self.catalog.update("jobs", job_id, state="cancelled", finished_at=now())
+            self.catalog.update("jobs", job_id, state="cancelled", finished_at=now(), error=CANCELLED)
             return
         kind = self.kinds[job["kind"]]
-        self.catalog.update("jobs", job_id, state="running", started_at=job["started_at"] or now(),
-                            attempts=(job["attempts"] or 0) + 1)
+        # Counted when the job starts running, uncounted when it stops for an orderly shutdown:
+        # what is left counts the times its service died under it.
+        attempts = (job["attempts"] or 0) + 1
+        self.catalog.update("jobs", job_id, state="running", started_at=job["started_at"] or now(), attempts=attempts)
         ctx = JobContext(self, job, ev)
         try:
             spec = kind.spec.model_validate(job["spec"])
+            check_limits(spec, self.config.limits)  # the settings may have changed since it was submitted
             result = kind.run(ctx, spec)
         except Cancelled:
-            if self._stopping:
-                return  # the service is shutting down: leave the job running, to resume on start
-            self._finish(ctx, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+            if self._stopping and self.catalog.get("jobs", job_id)["state"] == "running":
+                # the service is shutting down: leave the job running, to resume on start
+                self.catalog.update("jobs", job_id, attempts=attempts - 1)
+                return
+            self._finish(ctx, "cancelled", error=CANCELLED)
         except DomainError as e:
             self._finish(ctx, "failed", error={"code": e.code, "message": e.message})
         except Exception as e:  # noqa: BLE001 - report, don't crash
@@ -436,6 +459,8 @@ class JobEngine:
             self.cancel_events.pop(job_id, None)
 
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
+        if self.catalog.get("jobs", ctx.job_id)["state"] == "cancelled":
+            state, result, error = "cancelled", None, CANCELLED  # a cancel wins over what came after it
         if state != "succeeded" and ctx.kind.on_end:
             ctx.kind.on_end(ctx, state, error)
         if error:

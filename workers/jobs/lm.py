@@ -32,13 +32,15 @@ from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection, exactly_one
+from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection,
+                           exactly_one)
 from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
 
 
 class ScoreOptions(StrictModel):
-    batch_tokens: int | None = Field(None, ge=64, description="tokens per forward batch; default: tuned per device")
-    max_tokens_per_doc: int | None = Field(None, ge=2, description="score only a document's first tokens")
+    # A batch materialises up to batch_tokens × vocabulary logits: 262,144 tokens is 4× a GPU's default.
+    batch_tokens: int | None = Field(None, ge=64, le=262_144, description="tokens per forward batch; default: tuned per device")
+    max_tokens_per_doc: int | None = Field(None, ge=2, le=MAX_COUNT, description="score only a document's first tokens")
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -154,6 +156,7 @@ def ensure_pretrained(ctx: JobContext, corpus: str, opts: TrainOptions, role: st
 
 
 def ensure_finetuned(ctx: JobContext, init: dict, corpus: str, opts: FinetuneOptions, role: str, stage: str) -> dict:
+    opts = opts.within(ctx.config.limits)
     estimate = opts.epochs * corpus_tokens_estimate(ctx, corpus) * (1 - opts.holdout_fraction)
     if opts.max_tokens:
         estimate = min(estimate, opts.max_tokens)
@@ -165,7 +168,7 @@ class TrainModelSpec(TrainOptions):
     corpus: CorpusId
     init_model: ModelId | None = Field(None, description="fine-tune this model instead of training from scratch")
     epochs: int = Field(1, ge=1, le=100, description="fine-tuning passes (with init_model)")
-    warmup_steps: int = Field(20, ge=1, description="fine-tuning warm-up (with init_model)")
+    warmup_steps: int = Field(20, ge=1, le=10**9, description="fine-tuning warm-up (with init_model)")
 
 
 def run_train_model(ctx: JobContext, spec: TrainModelSpec) -> dict:
@@ -276,7 +279,7 @@ class ConditionalFinetune(FinetuneOptions):
     """The conditional model's fine-tune: up to `epochs` passes over the target (at most
     `max_tokens`), stopped early on a held-out tenth of it, best weights kept (docs/methods.md §1)."""
     epochs: int = Field(20, ge=1, le=100, description="at most this many passes over the target")
-    max_tokens: int | None = Field(2_000_000, ge=1000, description="at most this many trained tokens")
+    max_tokens: int | None = Field(2_000_000, ge=1000, description="at most this many trained tokens (and at most THRESHER_MAX_TRAIN_TOKENS)")
     holdout_fraction: float = Field(0.1, ge=0, lt=1, description="target documents held out for early stopping")
 
 

@@ -11,8 +11,8 @@ a plot. Every stage's output is a file in the job's folder, so a restarted job r
 from __future__ import annotations
 
 import io
-import itertools
 import json
+import math
 from typing import Literal
 
 import numpy as np
@@ -35,20 +35,39 @@ from workers.driver.engine import JobContext, JobFailed, Task, derived_id, stop_
 from workers.jobs.lm import model_record
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
-from workers.specs import CorpusId, ModelId, Seed, StrictModel
-from workers.training import TrainOptions, train_from_scratch
+from workers.specs import MAX_COUNT, CorpusId, Docs, LimitExceeded, ModelId, Seed, SpecLimits, StrictModel
+from workers.training import MAX_TRAIN_DOCS, TrainOptions, check_train_tokens, train_from_scratch
+
+# Bounds of the spec, from what the method can use:
+# - The fit has 4·m + 1 coefficients for m sources: 64 sources need 257 pilots a size, past the
+#   default THRESHER_MAX_PROJECTION_MIXTURES.
+MAX_SOURCES = 64
+# - Every revealed point of every source is a row of the OT cost matrices (8·n² bytes each, a few
+#   alive at once in Sinkhorn): 10,000 points are 800 MB a matrix.
+MAX_OT_POINTS = 10_000
+# - Entropic regularisation, relative to the mean cost. Below 5e-3 Sinkhorn in float64 leaves the
+#   kernel's range (C/ε > 600 for embeddings whose costs spread to a few times their mean), falls
+#   back to the log domain and does not converge in its 10,000 iterations: on 900 points 5e-3
+#   converged in 0.9 s, 1e-3 had not converged after 2,000 iterations and 46 s, and 1e-300 ran for
+#   at least 26 minutes. Above 100 the divergence is its large-ε limit (measured: unchanged from 100 to 1e4).
+MIN_REG, MAX_REG = 5e-3, 100.0
+# - Target sizes: each is a projected-gradient optimisation of the mixture (up to 100 OT solves).
+MAX_TARGET_SIZES = 32
+# - A metric is a loss or an accuracy; the fits square it.
+MAX_METRIC = 1e6
+MAX_PRICE, MAX_BUDGET = 1e9, 1e21  # with at most 1e12 documents a source, every cost stays finite
 
 
 class Source(StrictModel):
     corpus: CorpusId
-    price_per_doc: float = Field(ge=0)
-    available_docs: int = Field(ge=1)
+    price_per_doc: float = Field(ge=0, le=MAX_PRICE)
+    available_docs: Docs
 
 
 def simplex_problem(p: list[float]) -> str | None:
     """Why p is not a mixture (non-negative weights summing to 1), or None."""
-    if any(x < 0 for x in p):
-        return "mixture weights must be non-negative"
+    if not all(math.isfinite(x) and x >= 0 for x in p):
+        return "mixture weights must be finite and non-negative"
     if abs(sum(p) - 1.0) > 1e-6:
         return f"mixture must sum to 1, not {sum(p):.6g}"
     return None
@@ -56,9 +75,9 @@ def simplex_problem(p: list[float]) -> str | None:
 
 class Pilot(StrictModel):
     """A measured pilot: the metric of a model trained on `size` documents mixed as `mixture`."""
-    size: int = Field(ge=1)
+    size: Docs
     mixture: list[float]
-    metric: float
+    metric: float = Field(ge=-MAX_METRIC, le=MAX_METRIC)
 
     @field_validator("mixture")
     @classmethod
@@ -86,15 +105,16 @@ class Embedding(StrictModel):
 class PilotEarlyStopping(StrictModel):
     """Evaluate each proxy on the validation set every `every_tokens` and stop it after `patience`
     evaluations without improvement; its metric is the best validation loss it reached."""
-    every_tokens: int = Field(100_000, ge=1000)
+    every_tokens: int = Field(100_000, ge=1000, le=MAX_COUNT)
     patience: int = Field(3, ge=1, le=100)
 
 
 class AutoPilots(StrictModel):
     """How `pilots: "auto"` measures them: proxy LMs trained from scratch on each mixture."""
-    grid_step: float = Field(0.25, gt=0, le=1, description=(
+    grid_step: float = Field(0.25, ge=1e-3, le=1, description=(
         "simplex grid spacing of the pilot mixtures; the fit has 4·m + 1 coefficients for m sources, so "
-        "for 3 sources a 1/6 grid (28 mixtures) fits better than 0.25 (15) with two repeats, at the same cost"))
+        "for 3 sources a 1/6 grid (28 mixtures) fits better than 0.25 (15) with two repeats, at the same cost. "
+        "The grid has C(1/step + m − 1, m − 1) mixtures, at most THRESHER_MAX_PROJECTION_MIXTURES"))
     proxy: TrainOptions = TrainOptions(vocab_size=2048)
     epochs: float = Field(2.0, gt=0, le=100, description="passes over each pilot's documents (when tokens is unset)")
     tokens: int | None = Field(None, ge=1000, description=(
@@ -102,23 +122,29 @@ class AutoPilots(StrictModel):
         "reflects its data, not how long it trained; give a few passes over the largest size predicted"))
     repeats: int = Field(1, ge=1, le=10, description="proxies per pilot (different data draws and seeds); "
                                                      "the pilot's metric is their median")
-    validation_docs: int = Field(300, ge=10)
+    validation_docs: int = Field(300, ge=10, le=100_000)
     early_stopping: PilotEarlyStopping | None = Field(None, description=(
         "stop each proxy when its validation loss stops improving (the budget is then a maximum): a "
         "proxy's metric is the best it reached on its data, neither undertrained nor overfitted"))
 
 
+    def check_limits(self, limits: SpecLimits, field: str) -> None:
+        check_train_tokens(self.tokens, limits, f"{field}.tokens")
+
+
 class ProjectionSpec(StrictModel):
-    sources: list[Source] = Field(min_length=2)
+    sources: list[Source] = Field(min_length=2, max_length=MAX_SOURCES)
     validation: CorpusId
-    pilot_sizes: list[int] = Field(description="the two pilot sizes N0 < N1 (documents)")
-    target_sizes: list[int] = Field(min_length=1)
+    pilot_sizes: list[Docs] = Field(description="the two pilot sizes N0 < N1 (documents)")
+    target_sizes: list[Docs] = Field(min_length=1, max_length=MAX_TARGET_SIZES)
     pilots: Literal["auto"] | list[Pilot] = "auto"
     metric: Literal["loss", "accuracy"] = "loss"
-    budget: float | None = Field(None, ge=0)
+    budget: float | None = Field(None, ge=0, le=MAX_BUDGET)
     embedding: Embedding = Embedding()
     auto: AutoPilots = AutoPilots()
-    reg: float = Field(1e-2, gt=0, description="entropic regularisation, relative to the mean cost")
+    reg: float = Field(1e-2, ge=MIN_REG, le=MAX_REG, description=(
+        f"entropic regularisation, relative to the mean cost ({MIN_REG:g} to {MAX_REG:g}: below, Sinkhorn "
+        "does not converge in float64)"))
     seed: Seed = 0
 
     @field_validator("pilot_sizes")
@@ -128,18 +154,19 @@ class ProjectionSpec(StrictModel):
             raise ValueError("give exactly two pilot sizes N0 < N1")
         return v
 
-    @field_validator("target_sizes")
-    @classmethod
-    def _positive(cls, v):
-        if any(n < 1 for n in v):
-            raise ValueError("target sizes must be positive")
-        return v
-
     @model_validator(mode="after")
     def _pilots_fit_sources(self):
+        points = len(self.sources) * self.embedding.max_points_per_source
+        if points > MAX_OT_POINTS:
+            raise ValueError(f"{len(self.sources)} sources × embedding.max_points_per_source "
+                             f"{self.embedding.max_points_per_source} is {points:,} points; the OT takes at most "
+                             f"{MAX_OT_POINTS:,}")
         if self.pilots == "auto":
             if self.metric != "loss":
                 raise ValueError("automatic pilots measure validation loss: use metric=loss, or give measured pilots")
+            if self.pilot_sizes[1] > MAX_TRAIN_DOCS:
+                raise ValueError(f"an automatic pilot trains on its documents in memory: pilot sizes of at most "
+                                 f"{MAX_TRAIN_DOCS:,} documents")
             return self
         for i, p in enumerate(self.pilots):
             if len(p.mixture) != len(self.sources):
@@ -151,10 +178,45 @@ class ProjectionSpec(StrictModel):
                 raise ValueError(f"pilot size {n} needs at least 2 measured pilots")
         return self
 
+    def check_limits(self, limits: SpecLimits, field: str) -> None:
+        m, most = len(self.sources), limits.max_projection_mixtures
+        if self.pilots == "auto":
+            n = grid_size(m, self.auto.grid_step)
+            if n > most:
+                raise LimitExceeded(f"{field}.auto.grid_step", f"a grid step of {self.auto.grid_step:g} over {m} "
+                                    f"sources makes {n:,} pilot mixtures", most, "THRESHER_MAX_PROJECTION_MIXTURES")
+            return
+        for size in self.pilot_sizes:
+            n = sum(p.size == size for p in self.pilots)
+            if n > most:
+                raise LimitExceeded(f"{field}.pilots", f"{n:,} measured pilots at size {size}", most,
+                                    "THRESHER_MAX_PROJECTION_MIXTURES")
+
+
+def grid_divisions(step: float) -> int:
+    return max(1, round(1 / step))
+
+
+def grid_size(m: int, step: float) -> int:
+    """The number of mixtures on the simplex grid, C(k + m − 1, m − 1) with k = 1/step, in closed
+    form: the spec is bounded by it before a single mixture is made."""
+    return math.comb(grid_divisions(step) + m - 1, m - 1)
+
 
 def simplex_grid(m: int, step: float) -> list[list[float]]:
-    k = max(1, round(1 / step))
-    return [[c / k for c in combo] for combo in itertools.product(range(k + 1), repeat=m) if sum(combo) == k]
+    """The mixtures c/k with c ≥ 0 integers summing to k, in lexicographic order of c (the order
+    pilots are numbered in, so a resumed job finds its own). Made directly, in time proportional
+    to their number (call it after bounding grid_size)."""
+    k = grid_divisions(step)
+
+    def parts(total: int, n: int):
+        if n == 1:
+            yield (total,)
+            return
+        for first in range(total + 1):
+            for rest in parts(total - first, n - 1):
+                yield (first, *rest)
+    return [[c / k for c in combo] for combo in parts(k, m)]
 
 
 # -- Ray tasks -----------------------------------------------------------------------------------
@@ -218,10 +280,11 @@ def pilot_documents(pools: list[list[str]], counts, seed: int) -> list[str]:
 
 @ray.remote(max_retries=2)
 def pilot_task(store_root: str, source_parts: list, validation_parts: list, tokenizer_file: tuple, size: int,
-               mixture: list[float], opts: dict, out: tuple, seed: int, lifeline=None) -> dict:
+               mixture: list[float], opts: dict, out: tuple, seed: int, lifeline=None,
+               max_tokens: int | None = None) -> dict:
     """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss.
-    `seed` fixes the draw (see pilot_documents) and the training randomness. Stops once the job's
-    `lifeline` is gone."""
+    `seed` fixes the draw (see pilot_documents) and the training randomness; a budget in passes
+    trains at most `max_tokens`. Stops once the job's `lifeline` is gone."""
     torch.set_num_threads(1)
     store = Store(store_root)
     o = AutoPilots.model_validate(opts)
@@ -236,7 +299,7 @@ def pilot_task(store_root: str, source_parts: list, validation_parts: list, toke
         if stop else None
     proxy = o.proxy.model_copy(update={"seed": seed, "tokens": o.tokens or o.proxy.tokens})
     model, stats = train_from_scratch(tokenizer, texts, proxy, epochs=None if o.tokens is not None else o.epochs,
-                                      early_stopping=rule, on_progress=stop_when_gone(lifeline))
+                                      max_tokens=max_tokens, early_stopping=rule, on_progress=stop_when_gone(lifeline))
     loss = stats["best_eval"] if rule else validation_loss(model, val)
     result = {"size": size, "mixture": list(mixture), "metric": loss, "train_tokens": stats["stream_tokens"],
               "seen_tokens": int(stats["tokens"])}
@@ -378,7 +441,8 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
             out = layout.pilot_result(ctx.job_id, k)
             tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, draw=draw: pilot_task.options(
                 **ctx.options("pilots")).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
-                                             spec.auto.model_dump(), out, draw, ctx.lifeline())))
+                                             spec.auto.model_dump(), out, draw, ctx.lifeline(),
+                                             ctx.config.limits.max_train_tokens)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
         proxies = proxy_report(measured) if spec.auto.early_stopping else None

@@ -138,7 +138,8 @@ def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets
     ratio = layout.job_file(into, "dsir_log_ratio")
     if not ctx.store.exists(*ratio):
         totals = {"pool": np.zeros(buckets), "target": np.zeros(buckets)}
-        for t in fit:
+        for t in fit:  # one file a shard, read here in the driver: stop at once when cancelled
+            ctx.check_cancelled()
             totals[t.key[0]] += load_array(ctx.store, *t.out)
         # Add-one smoothing keeps unseen buckets finite.
         logp = {k: np.log((v + 1.0) / (v.sum() + buckets)) for k, v in totals.items()}
