@@ -46,7 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task_retries=settings.task_retries, shard_size=settings.shard_size,
             temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp,
             allowed_roots=tuple(settings.allowed_roots), limits=settings.spec_limits,
-            max_attempts=settings.max_job_attempts), KINDS)
+            max_attempts=settings.max_job_attempts, light_concurrent_jobs=settings.light_concurrent_jobs,
+            light_max_docs=settings.light_max_docs, light_workers=settings.light_workers), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,

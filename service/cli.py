@@ -373,8 +373,28 @@ def corpora_delete(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(
 JOB_FIELDS = ("id", "kind", "name", "state", "created_at", "started_at", "finished_at")
 
 
+def plan_fields(progress: dict) -> dict:
+    """What the job's plan adds to its current stage: the stages still to come, the whole job's ETA
+    (or the stage's, when the rest is unknown), whether the stage's total is only a ceiling, and why
+    the job waits."""
+    plan = progress.get("plan") or []
+    running = next((p for p in plan if p.get("state") == "running"), {})
+    pending = [p["stage"] for p in plan if p.get("state") == "pending"]
+    eta = progress.get("eta_s")
+    if eta is not None:
+        eta_text = f"ETA {format_duration(eta)}"
+    elif running.get("eta_s") is not None:
+        eta_text = f"stage ETA {format_duration(running['eta_s'])}, job ETA unknown"
+    else:
+        eta_text = ""
+    return {"eta": eta_text, "next": f"then {', '.join(pending)}" if pending else "",
+            "ceiling": "(a ceiling: may stop early)" if running.get("up_to") else "",
+            "waiting": progress.get("waiting") or ""}
+
+
 class JobProgressView:
-    """A live bar on a terminal; otherwise one line per state/stage change or quarter of progress."""
+    """A live bar on a terminal; otherwise one line per state/stage change or quarter of progress,
+    and one whenever the reason the job waits changes."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -382,7 +402,8 @@ class JobProgressView:
         self.progress = Progress(
             TextColumn("{task.fields[state]}"), TextColumn("[bold]{task.description}"), BarColumn(),
             TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[eta]}"), TimeElapsedColumn(), console=console,
+            TextColumn("{task.fields[eta]}"), TimeElapsedColumn(), TextColumn("{task.fields[next]}"),
+            TextColumn("[yellow]{task.fields[waiting]}"), console=console,
             disable=not self.live)
         self.task = None
         self.last_line_key = None
@@ -398,10 +419,10 @@ class JobProgressView:
         progress = job.get("progress") or {}
         stage, done, total = progress.get("stage") or "", progress.get("done"), progress.get("total")
         unit = progress.get("unit")
-        eta = progress.get("eta_s")
-        fields = {"state": styled_state(job.get("state")), "count": format_count(done, total, unit),
-                  "rate": format_rate(progress.get("rate_per_s"), unit),
-                  "eta": f"ETA {format_duration(eta)}" if eta is not None else ""}
+        extra = plan_fields(progress)
+        fields = {"state": styled_state(job.get("state")),
+                  "count": " ".join(filter(None, (format_count(done, total, unit), extra.pop("ceiling")))),
+                  "rate": format_rate(progress.get("rate_per_s"), unit), **extra}
         if self.live:
             if self.task is None:
                 self.task = self.progress.add_task(stage, total=None, **fields)
@@ -409,11 +430,11 @@ class JobProgressView:
                                  completed=done or 0, **fields)
             return
         quarter = int(4 * done / total) if done is not None and total else None
-        line_key = (job.get("state"), stage, quarter)
+        line_key = (job.get("state"), stage, quarter, fields["waiting"])
         if line_key != self.last_line_key:
             self.last_line_key = line_key
-            self.console.print("  ".join(v for v in (fields["state"], stage, fields["count"],
-                                                      fields["rate"], fields["eta"]) if v))
+            self.console.print("  ".join(v for v in (fields["state"], stage, fields["count"], fields["rate"],
+                                                      fields["eta"], fields["next"], fields["waiting"]) if v))
 
 
 def watch_job(client: Client, job_id: str) -> None:

@@ -36,6 +36,21 @@ class StageRun(BaseModel):
     total: float = 0
     unit: str | None = None
     seconds: float | None = Field(None, description="how long the stage ran (so far, for the current one)")
+    up_to: float | None = Field(None, description="a ceiling: the stage may stop before it (a training with early "
+                                "stopping); `total` is the ceiling while it runs and what it used once done")
+
+
+class PlanStage(BaseModel):
+    stage: str
+    state: Literal["done", "running", "pending"]
+    done: float = 0
+    total: float | None = Field(None, description="unknown (null) for a stage not yet begun")
+    unit: str | None = None
+    up_to: float | None = Field(None, description="the ceiling of a stage that may stop early")
+    expected_total: float | None = Field(None, description="where a stage that may stop early is expected to "
+                                         "stop: where earlier runs of it stopped")
+    eta_s: float | None = Field(None, description="seconds left in this stage; null: unknown")
+    basis: str | None = Field(None, description="where eta_s comes from, or why it is unknown")
 
 
 class Progress(BaseModel):
@@ -44,10 +59,17 @@ class Progress(BaseModel):
     total: float = 0
     unit: str | None = None
     rate_per_s: float | None = None
-    eta_s: float | None = None
+    eta_s: float | None = Field(None, description="seconds left in the whole job: the running stage's from its "
+                                "measured rate, plus the stages to come (see `plan`); null when any is unknown")
     detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
     stages: list[StageRun] = Field(default_factory=list, description="the stages this run of the job went "
                                    "through, in order, the last one `stage`")
+    plan: list[PlanStage] = Field(default_factory=list, description="the whole job: the stages done, the "
+                                  "running one and those to come, each with its ETA")
+    waiting: str | None = Field(None, description="why the job does not run yet: every job slot of its lane is "
+                                "taken (queued), or the CPUs its tasks need are held by other jobs (running)")
+    input_docs: int | None = Field(None, description="documents in the corpora and manifests the spec names: "
+                                   "what the estimates of stages to come scale by")
 
 
 class JobError(BaseModel):

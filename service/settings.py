@@ -49,7 +49,16 @@ class Settings(BaseSettings):
     port: int = 8321
     max_inflight: int = 0
     """Shard tasks in flight per job stage; 0 = twice the cluster's CPUs."""
-    max_concurrent_jobs: int = 2
+    max_concurrent_jobs: int = Field(2, ge=0)
+    """Heavy jobs (trainings, scoring, large selections) run at once; more wait in `queued`."""
+    light_concurrent_jobs: int = Field(2, ge=1)
+    """Light jobs (exports, corpus filters, selections over at most THRESHER_LIGHT_MAX_DOCS
+    documents) run at once in a lane of their own, whatever the heavy jobs hold."""
+    light_max_docs: int = Field(10_000, ge=0)
+    """A selection (random, dsir) is light when the corpora it reads hold at most this many documents."""
+    light_workers: int = Field(2, ge=1)
+    """Warm worker processes (Ray actors reserving no CPU) that run the light lane's tasks: no
+    training can hold them up, and they take at most this many cores beside trainings."""
     task_retries: int = 3
     max_job_attempts: int = Field(3, ge=1)
     """A job found running at start-up (its service was killed, or crashed, while it ran) this many

@@ -225,3 +225,24 @@ def test_serve_reports_bad_configuration(monkeypatch):
     result = runner.invoke(cli.app, ["serve"])
     assert result.exit_code == 2
     assert "Invalid configuration" in result.stderr and "tenant:key" in result.stderr
+
+
+def test_watch_shows_the_stages_to_come_the_whole_job_eta_and_why_it_waits():
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    queued = {"id": "job_2", "state": "queued", "progress": {
+        "waiting": "waiting for a job slot: 2 jobs running (job_a, job_b; THRESHER_MAX_CONCURRENT_JOBS=2)"}}
+    plan = [{"stage": "train_prior", "state": "done", "eta_s": 0},
+            {"stage": "finetune", "state": "running", "up_to": 3000, "eta_s": 20},
+            {"stage": "score", "state": "pending", "eta_s": None}, {"stage": "select", "state": "pending", "eta_s": 1}]
+    running = {"id": "job_2", "state": "running", "progress": {
+        "stage": "finetune", "done": 300, "total": 3000, "unit": "tokens", "rate_per_s": 100.0, "eta_s": None,
+        "plan": plan}}
+    with cli.JobProgressView(console) as view:
+        view.update(queued)
+        view.update(running)
+        view.update({**running, "progress": {**running["progress"], "eta_s": 95.0}})
+    assert console.file.getvalue().splitlines() == [
+        "queued  waiting for a job slot: 2 jobs running (job_a, job_b; THRESHER_MAX_CONCURRENT_JOBS=2)",
+        "running  finetune  300/3,000 tokens (a ceiling: may stop early)  100 tokens/s  stage ETA 20s, job ETA "
+        "unknown  then score, select",
+    ]

@@ -272,12 +272,12 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
     corpus_id = manifest_corpus(ctx, spec.manifest)
     if corpus_id is None:
         raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
-    opts = ctx.options("export")
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
         out = layout.corpus_shard(spec.corpus_id, s)
-        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression)))
+        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: ctx.submit(
+            "export", export_shard, ctx.store.root, p, layout.manifest_part(spec.manifest, s), out,
+            spec.selected_only, spec.compression)))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -303,5 +303,5 @@ KINDS = [
     JobKind("ingest", IngestSpec, run_ingest, "register server-side data as a corpus",
             stages={"ingest": SHARD_TASK, "check_ids": SHARD_TASK}, internal=True, on_end=fail_corpus),
     JobKind("export", ExportSpec, run_export, "materialise a selection's documents as a corpus",
-            stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus),
+            stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus, light=True),
 ]

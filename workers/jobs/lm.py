@@ -29,7 +29,7 @@ from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
 from workers.jobs.ingest import manifest_corpus
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
-from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
+from workers.kind import BOOKKEEPING, HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
 from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection,
@@ -471,13 +471,17 @@ def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
 
 KINDS = [
     JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one",
-            stages={"train": TRAINING, "finetune": TRAINING}),
+            stages={"train": TRAINING, "finetune": TRAINING},
+            skip={"train": lambda s: s.init_model is not None, "finetune": lambda s: s.init_model is None}),
     JobKind("score", ScoreSpec, run_score, "per-document loss of a corpus under a model",
-            stages={"score": SCORER}),
+            stages={"score": SCORER, "select": BOOKKEEPING}),
     JobKind("color_filter", ColorFilterSpec, run_color_filter,
             "CoLoR-Filter: select by conditional loss reduction (prior − conditional)",
-            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER,
-                    "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK}),
+            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER, "select": BOOKKEEPING,
+                    "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK},
+            skip={"train_prior": lambda s: s.prior.model is not None, "finetune": lambda s: s.conditional.model is not None,
+                  "dsir_fit": lambda s: s.compare_with != "dsir", "dsir_score": lambda s: s.compare_with != "dsir"},
+            up_to=frozenset({"finetune"})),
     JobKind("evaluate", EvaluateSpec, run_evaluate,
             "what a selection is worth: proxies trained on it and on a random subset of equal size",
             stages={"train_proxies": HALF_TRAINING}),

@@ -518,4 +518,5 @@ def predict(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[
 KINDS = [JobKind("projection", ProjectionSpec, run_projection,
                  "Projektor: project the metric of data mixtures and plan a purchase under a budget",
                  # Pilot proxies are small: one core each, as many in parallel as the cluster has.
-                 stages={s: SHARD_TASK for s in ("embed", "tokenizer", "pilots", "ot", "fit")})]
+                 stages={s: SHARD_TASK for s in ("embed", "tokenizer", "pilots", "ot", "fit")},
+                 skip={s: (lambda spec: spec.pilots != "auto") for s in ("tokenizer", "pilots")})]

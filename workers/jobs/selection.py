@@ -15,7 +15,7 @@ from storage import layout
 from storage.fs import Store
 from storage.manifests import dataset, manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
-from workers.kind import SHARD_TASK, JobKind
+from workers.kind import BOOKKEEPING, SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId, Seed, Select, SelectMode, StrictModel, TargetedSelection
 
@@ -81,10 +81,9 @@ def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: i
 
 def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
     ctx.corpus(spec.pool)
-    opts = ctx.options("score")
     tasks = [Task(out=layout.score_part(ctx.job_id, s), key=s,
-                  submit=lambda s=s, p=p: random_scores.options(**opts).remote(
-                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), spec.seed))
+                  submit=lambda s=s, p=p: ctx.submit("score", random_scores,
+                                                     ctx.store.root, s, p, layout.score_part(ctx.job_id, s), spec.seed))
              for s, p in ctx.corpus_shards(spec.pool)]
     ctx.run_tasks("score", tasks)
     return finish_selection(ctx, "random", spec.pool, spec.select, spec.mode)
@@ -126,14 +125,13 @@ def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets
                      stages: tuple[str, str] = ("fit", "score")) -> None:
     """DSIR's fit and per-shard scores of `pool` toward `target`, written under job id `into` (the
     job's own, or a derived one when another kind compares itself with DSIR), resumable."""
-    opts = ctx.options(stages[0])
     fit = []
     for role, corpus in (("pool", pool), ("target", target)):
         for s, p in ctx.corpus_shards(corpus):
             out = layout.dsir_counts(into, role, s)
             fit.append(Task(out=out, key=(role, s),
-                            submit=lambda p=p, out=out: bucket_totals.options(**opts).remote(
-                                ctx.store.root, p, out, buckets)))
+                            submit=lambda p=p, out=out: ctx.submit(stages[0], bucket_totals,
+                                                                   ctx.store.root, p, out, buckets)))
     ctx.run_tasks(stages[0], fit)
     ratio = layout.job_file(into, "dsir_log_ratio")
     if not ctx.store.exists(*ratio):
@@ -144,10 +142,9 @@ def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets
         # Add-one smoothing keeps unseen buckets finite.
         logp = {k: np.log((v + 1.0) / (v.sum() + buckets)) for k, v in totals.items()}
         save_array(ctx.store, logp["target"] - logp["pool"], *ratio)
-    opts = ctx.options(stages[1])
     scoring = [Task(out=layout.score_part(into, s), key=s,
-                    submit=lambda s=s, p=p: dsir_scores.options(**opts).remote(
-                        ctx.store.root, s, p, layout.score_part(into, s), ratio, buckets, seed))
+                    submit=lambda s=s, p=p: ctx.submit(stages[1], dsir_scores, ctx.store.root, s, p,
+                                                       layout.score_part(into, s), ratio, buckets, seed))
                for s, p in ctx.corpus_shards(pool)]
     ctx.run_tasks(stages[1], scoring)
 
@@ -162,7 +159,7 @@ def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
 
 KINDS = [
     JobKind("random", RandomSpec, run_random, "uniform random selection (a baseline)",
-            stages={"score": SHARD_TASK}),
+            stages={"score": SHARD_TASK, "select": BOOKKEEPING}, light=small_inputs),
     JobKind("dsir", DsirSpec, run_dsir, "DSIR: hashed n-gram importance weights toward a target",
-            stages={"fit": SHARD_TASK, "score": SHARD_TASK}),
+            stages={"fit": SHARD_TASK, "score": SHARD_TASK, "select": BOOKKEEPING}, light=small_inputs),
 ]
