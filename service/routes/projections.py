@@ -10,11 +10,12 @@ from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
 from storage import layout
 from workers.jobs.projection import predict, simplex_problem
+from workers.specs import KnownFields
 
 router = APIRouter(tags=["projections"], responses=ERROR_RESPONSES)
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(KnownFields):
     mixtures: list[list[float]] = Field(min_length=1, max_length=10_000)
     sizes: list[int] = Field(min_length=1, max_length=1000)
 
