@@ -120,7 +120,8 @@ def test_unknown_kind_and_ids(service):
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "body"
 
 
-KINDS_LISTED = "kind is one of random, dsir, train_model, score, color_filter, evaluate, reweight, curriculum, projection"
+KINDS_LISTED = ("kind is one of random, dsir, train_model, score, color_filter, evaluate, reweight, curriculum, "
+                "projection")
 
 
 @pytest.mark.parametrize("path, body, field, message", [
@@ -137,9 +138,12 @@ KINDS_LISTED = "kind is one of random, dsir, train_model, score, color_filter, e
      "kind", f"missing field 'kind' in the body, which has 'type', 'spec' ({KINDS_LISTED})"),
     ("/v1/jobs", {"kind": "dsri", "spec": {}},
      "kind", f"unknown kind 'dsri' in the body; did you mean 'dsir'? ({KINDS_LISTED})"),
-    ("/v1/query", {"sql": "SELECT 1", "table": {}}, "table", "unknown field 'table' in the body; did you mean 'tables'?"),
-    ("/v1/corpora", {"name": "x", "url": "/data/x.jsonl"}, "url", "unknown field 'url' in the body; did you mean 'uri'?"),
-    ("/v1/jobs", {"kind": "random", "spec": {"select": {"count": 1}}}, "spec.pool", "spec.pool: required field missing"),
+    ("/v1/query", {"sql": "SELECT 1", "table": {}},
+     "table", "unknown field 'table' in the body; did you mean 'tables'?"),
+    ("/v1/corpora", {"name": "x", "url": "/data/x.jsonl"},
+     "url", "unknown field 'url' in the body; did you mean 'uri'?"),
+    ("/v1/jobs", {"kind": "random", "spec": {"select": {"count": 1}}},
+     "spec.pool", "spec.pool: required field missing"),
 ])
 def test_mistakes_are_named_in_plain_words(service, path, body, field, message):
     n_jobs = len(service.get("/v1/jobs", params={"limit": 1000}).json()["items"])
@@ -161,8 +165,8 @@ def test_a_name_where_an_id_is_expected(service):
     assert r.json()["resolved"] == [{"field": "spec.pool", "given": "only-one", "id": one["id"]}]
     assert service.get(f"/v1/jobs/{r.json()['id']}").json()["spec"]["pool"] == one["id"]
     ids = [upload(service, corpus(5, seed=i), name="two-of-them")["id"] for i in (4, 5)]
-    for r in (service.get("/v1/corpora/two-of-them"),
-              service.post("/v1/jobs", json={"kind": "random", "spec": {"pool": "two-of-them", "select": {"count": 1}}})):
+    ambiguous = {"kind": "random", "spec": {"pool": "two-of-them", "select": {"count": 1}}}
+    for r in (service.get("/v1/corpora/two-of-them"), service.post("/v1/jobs", json=ambiguous)):
         err = r.json()["error"]
         assert r.status_code == 404 and err["code"] == "ambiguous_name" and set(err["details"]["matches"]) == set(ids)
     r = service.get("/v1/corpora/only-one", headers={"Authorization": "Bearer key-bob"})

@@ -9,4 +9,5 @@
 from thresher.client import (Client, Corpus, Curriculum, EpochPlan, InvalidArgument, Job, Manifest, Model,
                              Page, ThresherError)
 
-__all__ = ["Client", "ThresherError", "InvalidArgument", "Corpus", "Job", "Manifest", "Model", "Curriculum", "EpochPlan", "Page"]
+__all__ = ["Client", "ThresherError", "InvalidArgument", "Corpus", "Job", "Manifest", "Model", "Curriculum",
+           "EpochPlan", "Page"]
