@@ -15,7 +15,7 @@ from service.lenient import JsonByDefault
 from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
                             query, ui)
 from service.routes.ops import JobStates
-from service.schemas import JOB_REQUESTS
+from service.schemas import JOB_REQUESTS, PUBLIC_KINDS
 from service.settings import Settings
 from service.state import ServiceState
 from storage.catalog import Catalog
@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.add_middleware(JsonByDefault)
     errors.install(app, kind_tags=set(KINDS) | {m.__name__ for m in JOB_REQUESTS},
-                   server_paths=(os.path.abspath(settings.home), settings.store_root))
+                   server_paths=(os.path.abspath(settings.home), settings.store_root),
+                   tags={"kind": [k for k in KINDS if k in PUBLIC_KINDS]})
     openapi.install(app)
 
     @app.middleware("http")

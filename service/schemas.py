@@ -7,7 +7,7 @@ from fastapi import Body
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from workers.registry import KINDS
-from workers.specs import MAX_STR
+from workers.specs import MAX_STR, KnownFields
 
 MAX_NAME = 200  # the longest name of a job, corpus or model
 
@@ -65,6 +65,12 @@ class JobResult(BaseModel):
                                                     "where the work ran")
 
 
+class Resolved(BaseModel):
+    field: str
+    given: str
+    id: str
+
+
 class Job(BaseModel):
     id: str
     kind: str
@@ -77,6 +83,9 @@ class Job(BaseModel):
     error: JobError | None = None
     result: JobResult | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
+    resolved: list[Resolved] | None = Field(None, description="only in the answer to a submission: the "
+                                            "spec fields given a name (a manifest: its job's id) instead of an id, "
+                                            "and the id each was resolved to")
 
 
 class Column(BaseModel):
@@ -135,7 +144,7 @@ class ShardList(BaseModel):
     items: list[ManifestShard]
 
 
-class RegisterCorpus(BaseModel):
+class RegisterCorpus(KnownFields):
     """Register data the server can read (a file under an allowed root, or an object-store URI)."""
     model_config = ConfigDict(str_max_length=MAX_STR)
     name: str = Field(min_length=1, max_length=MAX_NAME)
@@ -170,7 +179,7 @@ def distinct_fields(text_field: str | None, id_field: str) -> str:
     return id_field
 
 
-class QueryRequest(BaseModel):
+class QueryRequest(KnownFields):
     sql: str = Field(min_length=1, max_length=100_000)
     tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
     limit: int = Field(1000, ge=1, le=100_000)
@@ -182,7 +191,7 @@ class QueryResult(BaseModel):
     truncated: bool
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(KnownFields):
     selected_only: bool = True
     name: str | None = Field(None, max_length=MAX_NAME)
 
@@ -194,7 +203,7 @@ def _job_request_models():
             continue
         models.append(create_model(
             f"{kind.name.title().replace('_', '')}JobRequest",
-            __doc__=kind.description,
+            __doc__=kind.description, __base__=KnownFields,
             kind=(Literal[kind.name], ...), name=(str | None, Field(None, max_length=MAX_NAME)),
             spec=(kind.spec, ...)))
     return models

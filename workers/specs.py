@@ -6,10 +6,12 @@ resource are annotated with `Ref`, so the service can check they exist for the c
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from storage.errors import DomainError
 
@@ -51,7 +53,28 @@ class LimitExceeded(DomainError):
                          {"field": field, "limit": limit, **({"setting": setting} if setting else {})})
 
 
-class StrictModel(BaseModel):
+class KnownFields(BaseModel):
+    """A request object whose keys must all be fields: the first unknown key is the one error
+    reported for the object ("unknown_field", with the closest field as a suggestion), so that a
+    misspelt `selection` headlines as itself, not as the `select` it leaves missing."""
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = [f.alias or name for name, f in cls.model_fields.items()]
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                    raise PydanticCustomError(
+                        "unknown_field", "unknown field '{field}'{hint}",
+                        {"field": str(key), "hint": f"; did you mean {close[0]!r}?" if close else "",
+                         "suggestion": close[0] if close else None, "allowed": known})
+        return data
+
+
+class StrictModel(KnownFields):
     """Specs are validated strictly: unknown fields, "0.1" or true for a number, NaN/Infinity, and
     strings longer than MAX_STR are refused (422 naming the field), never coerced. JSON integers
     are still accepted for float fields."""

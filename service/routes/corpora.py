@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
-from service.routes.common import Limit, Svc, Tenant, owned, page
+from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
 from service.schemas import Corpus, CorpusList, RegisterCorpus, distinct_fields
 from storage import layout
 from storage.catalog import new_id
@@ -24,7 +24,7 @@ from workers.jobs.ingest import ListingLimits, ingest_upload, list_registered
 from workers.registry import KINDS
 from workers.specs import iter_refs
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 Format = Literal["jsonl", "parquet", "csv"]
 CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", "text/csv": "csv",
                  "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}

@@ -9,12 +9,12 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Svc, Tenant
+from service.routes.common import ResolveIds, Svc, Tenant
 from service.routes.corpora import _ready
 from storage import layout
 from storage.encode import MEDIA_TYPES
 
-router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 
 
 class CorpusShard(BaseModel):

@@ -15,6 +15,7 @@ from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Svc, Tenant, owned
 from storage.encode import MEDIA_TYPES
 from workers.driver.curriculum_runs import describe
+from workers.specs import KnownFields
 
 router = APIRouter(prefix="/v1/curricula", tags=["curricula"], responses=ERROR_RESPONSES)
 
@@ -45,7 +46,7 @@ class LossItem(BaseModel):
     loss: float
 
 
-class LossPost(BaseModel):
+class LossPost(KnownFields):
     epoch: int = Field(ge=0)
     losses: list[LossItem] = Field(min_length=1)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Limit, Svc, Tenant, owned, page
+from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
 from service.routes.jobs import job_view
 from service.schemas import ExportRequest, Job, Manifest, ManifestList, ManifestShard, ShardList
 from storage import layout
@@ -16,7 +16,7 @@ from storage.encode import MEDIA_TYPES, encode
 from storage.manifests import dataset, manifest_files
 from workers.driver.lifecycle import create_corpus_by_job
 
-router = APIRouter(prefix="/v1/manifests", tags=["manifests"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/manifests", tags=["manifests"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 Format = Literal["parquet", "csv", "jsonl"]
 DOWNLOAD = {200: {"content": {m: {} for m in MEDIA_TYPES.values()}}}
 

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Svc, Tenant, owned
+from service.routes.common import Svc, Tenant, resolve
 from service.schemas import QueryRequest, QueryResult
 from storage.manifests import dataset, manifest_files
 from storage.query import run_query
@@ -31,7 +31,7 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
         if not IDENT.match(name):
             raise ApiError(422, "validation_error", f"tables.{name}: table names must be SQL identifiers",
                            {"field": f"tables.{name}"})
-        owned(s, "manifests", manifest_id, tenant)
+        manifest_id = resolve(s, "manifests", manifest_id, tenant, f"tables.{name}")["id"]
         tables[name] = dataset(s.store, manifest_files(s.store, manifest_id))
     cfg = s.settings
     # The answer is the child's JSON as it came: the rows are never Python objects in the service.
