@@ -115,6 +115,7 @@ JOB_FILES = {
     "projection": ("projection.json",),                 # Projektor: the fitted projection (/predict)
     "plot": ("plot.png",),                              # Projektor: the projection's plot
     "inputs": ("inputs.json",),                         # ingest: the files a registration matched
+    "clusters": ("dedup", "clusters.json"),             # dedup: written last by the cluster stage
 }
 
 
@@ -134,6 +135,28 @@ def score_parts(store: Lister, job_id: str) -> list[Parts]:
 def dsir_counts(job_id: str, role: str, shard: int) -> Parts:
     """DSIR's hashed n-gram totals of one shard of the pool or target."""
     return (*job(job_id), "dsir", _numbered(f"{role}-", shard, ".npy"))
+
+
+def corpus_shard_part(job_id: str, what: str, corpus_index: int, shard: int) -> Parts:
+    """A job's per-shard file `what` (signatures, ngrams) of shard `shard` of the job's
+    `corpus_index`-th corpus (0 the pool, then the corpora it is compared against)."""
+    return (*job(job_id), what, f"c{corpus_index:03d}-{shard:05d}{PARQUET}")
+
+
+def corpus_shard_parts(store: Lister, job_id: str, what: str) -> list[Parts]:
+    """Every file `corpus_shard_part(job_id, what, …)` wrote, in (corpus, shard) order."""
+    folder = (*job(job_id), what)
+    found = sorted(n for n in store.list(*folder, suffix=PARQUET) if n.startswith("c") and not n.startswith("."))
+    return [(*folder, n) for n in found]
+
+
+def band_part(job_id: str, band: int) -> Parts:
+    """Dedup: the candidate pairs of one LSH band (or, band -1, of equal text hashes)."""
+    return (*job(job_id), "bands", f"band-{band + 1:05d}{PARQUET}")
+
+
+def band_parts(store: Lister, job_id: str) -> list[Parts]:
+    return [p for _, p in _listed(store, (*job(job_id), "bands"), "band-")]
 
 
 def ingested_unit(job_id: str, unit: tuple[int, int]) -> Parts:

@@ -83,30 +83,46 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_i
                    (score IS NOT NULL AND s_rank <= q_n) AS selected {extra_sql}
             FROM ranked JOIN quota ON shard = q_shard
             ORDER BY shard, row"""
-        reader = con.sql(sql, params=[corpus_id]).to_arrow_reader(65_536)
-        num_rows = num_selected = 0
-        shards_written = []
-        writer, cur = None, None
-        schema = reader.schema
-        for batch in reader:
-            shard_col = batch.column("shard").to_numpy()
-            bounds = [0, *(np.flatnonzero(np.diff(shard_col)) + 1), len(shard_col)]
-            for start, end in zip(bounds[:-1], bounds[1:]):
-                s = int(shard_col[start])
-                if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
-                    if writer:
-                        writer.close()
-                    writer, cur = store.parquet_writer(schema, *layout.manifest_part(manifest_id, s)), s
-                    shards_written.append(s)
-                piece = batch.slice(start, end - start)
-                writer.write(piece)
-                num_rows += piece.num_rows
-                num_selected += int(pc.sum(piece.column("selected")).as_py() or 0)
-        if writer:
-            writer.close()
-        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
-        return {"num_rows": num_rows, "num_selected": num_selected,
-                "num_shards": len(shards_written), "columns": columns}
+        return write_parts(store, con.sql(sql, params=[corpus_id]).to_arrow_reader(65_536), manifest_id)
+
+
+def write_parts(store: Store, reader: pa.RecordBatchReader, manifest_id: str) -> dict:
+    """Write rows sorted by `shard` as the manifest's parts, one per shard.
+    Returns {num_rows, num_selected, num_shards, columns}."""
+    num_rows = num_selected = 0
+    shards_written = []
+    writer, cur = None, None
+    schema = reader.schema
+    for batch in reader:
+        shard_col = batch.column("shard").to_numpy()
+        bounds = [0, *(np.flatnonzero(np.diff(shard_col)) + 1), len(shard_col)]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            s = int(shard_col[start])
+            if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
+                if writer:
+                    writer.close()
+                writer, cur = store.parquet_writer(schema, *layout.manifest_part(manifest_id, s)), s
+                shards_written.append(s)
+            piece = batch.slice(start, end - start)
+            writer.write(piece)
+            num_rows += piece.num_rows
+            num_selected += int(pc.sum(piece.column("selected")).as_py() or 0)
+    if writer:
+        writer.close()
+    return {"num_rows": num_rows, "num_selected": num_selected, "num_shards": len(shards_written),
+            "columns": columns_of(schema)}
+
+
+def columns_of(schema: pa.Schema) -> list[dict]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def parts_info(store: Store, manifest_id: str) -> dict:
+    """{num_rows, num_selected, num_shards, columns} of a manifest whose parts tasks wrote one by one."""
+    data = dataset(store, manifest_files(store, manifest_id))
+    selected = data.to_table(columns=["selected"]).column("selected")
+    return {"num_rows": data.count_rows(), "num_selected": int(pc.sum(selected).as_py() or 0),
+            "num_shards": len(data.files), "columns": columns_of(data.schema)}
 
 
 def duckdb_ident(name: str) -> str:
@@ -118,7 +134,7 @@ def write_table_manifest(store: Store, table: pa.Table, manifest_id: str) -> dic
     store.write_parquet(table, *layout.manifest_part(manifest_id, 0))
     sel = pc.sum(table.column("selected")).as_py() or 0 if "selected" in table.column_names else 0
     return {"num_rows": table.num_rows, "num_selected": int(sel), "num_shards": 1,
-            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema]}
+            "columns": columns_of(table.schema)}
 
 
 def score_part(ids: pa.Array, shard: int, sources: pa.Array, n_tokens, score, **extra) -> pa.Table:
