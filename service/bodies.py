@@ -8,6 +8,8 @@
   event loop, holding no thread, up to `THRESHER_PARSE_WAIT_S`, then answers 503 with Retry-After:
   its body is already in storage, so waiting costs a connection, and a bounded wait keeps a burst
   from becoming a queue that never drains.
+- A download reads its files in batches of about 2 MB (storage.encode.bounded_batches), and Arrow
+  allocates from jemalloc in the service (service/__init__.py says why).
 - A download names its file in `Content-Disposition` as RFC 6266 says (`attachment`).
 """
 from __future__ import annotations
@@ -99,3 +101,4 @@ def attachment(filename: str) -> str:
     name = "".join("_" if unsafe(c) else c for c in filename)
     fallback = "".join(c if " " <= c <= "~" else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
