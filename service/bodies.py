@@ -101,4 +101,3 @@ def attachment(filename: str) -> str:
     name = "".join("_" if unsafe(c) else c for c in filename)
     fallback = "".join(c if " " <= c <= "~" else "_" for c in name)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
