@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     """What a compressed upload may inflate to (a decompression bomb answers 413)."""
     max_doc_bytes: int = 64 * 1024**2
     """The longest document (and line) accepted, uploaded or registered (413 past it)."""
+    max_parse_tasks: int = Field(4, ge=1)
+    """Uploads (and Parquet or JSON loss bodies) parsed at once, each by a Ray worker process; more
+    wait for a slot (without holding a thread) up to `parse_wait_s`, then answer 503 with Retry-After."""
+    parse_wait_s: float = Field(30.0, ge=0)
+    """How long a body waits for a parse slot before the 503."""
     split_bytes: int = 256 * 1024**2
     """Registered uncompressed JSONL files larger than this are ingested in byte ranges of this size."""
     shard_size: int = 10_000
