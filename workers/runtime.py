@@ -10,6 +10,7 @@ import psutil
 import ray
 
 from storage.errors import DomainError
+from storage.fs import storage_error
 
 log = logging.getLogger("thresher.ray")
 NAMESPACE = "thresher"
@@ -113,11 +114,15 @@ def ray_reachable() -> bool:
 
 def ray_get(ref, what: str, timeout: float | None = None):
     """The result of a Ray task or actor call. A domain error raised inside it (JobFailed, a bad
-    checkpoint) comes back as itself; any other failure as RuntimeError naming `what`."""
+    checkpoint) comes back as itself, a failure of the storage as its domain error (a full disk,
+    an object store that does not answer); any other failure as RuntimeError naming `what`."""
     try:
         return ray.get(ref, timeout=timeout)
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) else e
         if isinstance(cause, DomainError):
             raise cause from None
+        failed = storage_error(cause)
+        if failed is not None:
+            raise failed from None
         raise RuntimeError(f"{what} failed: {cause}") from None
