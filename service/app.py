@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         started = time.time()
         os.makedirs(settings.home, exist_ok=True)
-        init_ray(settings.resolved_ray_address)
+        init_ray(settings.resolved_ray_address, home=settings.home)
         catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
         store = Store(settings.store_root, timeout_s=settings.storage_timeout_s)
         janitor.sweep(catalog, store, spool_dir=os.path.join(settings.home, "uploads"),

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 import psutil
 import pytest
 
-from tests.conftest import ALICE, make_settings
+from tests.conftest import ALICE, KEYS, make_settings
 from tests.corpus_gen import corpus, jsonl
 from tests.helpers import upload, wait
 from tests.net import free_port, wait_for_port
@@ -237,3 +239,67 @@ def test_a_worker_dying_while_loading_a_checkpoint_is_422(service):
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["code"] == "bad_checkpoint" and "worker loading it died" in err["message"], err
+
+
+# -- item 15: the Ray a SIGKILLed service leaves behind ------------------------------------------
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_the_next_start_stops_the_ray_of_a_killed_service(tmp_path, ray_address):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "THRESHER_RAY_ADDRESS")}
+    env.update(THRESHER_API_KEYS=",".join(KEYS))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree: list[psutil.Process] = []
+    reader = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"service exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "service did not become ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)  # the agents start a little after the raylet
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        sessions = {m.group(0) for p in tree for a in p.cmdline()
+                    for m in [re.search(r"[^\s=]*/session_\d{4}-\d\d-\d\d_[\d_-]+", a)] if m}
+        assert len(sessions) == 1, sessions
+        proc.kill()
+        proc.wait(10)
+        time.sleep(3)  # what shares the service's fate is gone by now
+        left = [p for p in tree if alive(p)]
+        assert left, "nothing outlived the killed service: this test no longer shows anything"
+        names = " ".join(p.cmdline()[0] for p in left)
+        session = sessions.pop()
+        # Someone reading that session's logs is not part of it.
+        reader = subprocess.Popen(["tail", "-f", f"{session}/logs/raylet.out"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        # The next start with this home (here joining another Ray) stops them, and only them.
+        with app_client(make_settings(home, ray_address)) as client:
+            assert client.get("/readyz").status_code == 200  # this session's Ray is untouched
+            survivors = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in left if alive(p)]
+            assert not survivors, (names, survivors)
+            assert not (home / "ray-session.json").exists()
+        assert reader.poll() is None
+        others = [p.pid for p in psutil.process_iter(["cmdline"])
+                  if any(session in a for a in (p.info["cmdline"] or [])) and alive(p) and p.pid != reader.pid]
+        assert not others, others
+    finally:
+        for child in (proc, reader):
+            if child is not None and child.poll() is None:
+                child.kill()
+        for p in tree:  # never leave them behind for the rest of the suite
+            if alive(p):
+                p.kill()
