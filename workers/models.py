@@ -273,9 +273,16 @@ def inspect_checkpoint(path: str, access: Access, max_params: int) -> dict:
 
 def inspect_hf_checkpoint(path: str, access: Access, max_params: int, timeout_s: float = 300) -> dict:
     """The checkpoint's metadata; DomainError if a file of it may not be read (LimitExceeded when it
-    is too large), ValueError saying why it cannot be used otherwise."""
+    is too large), ValueError saying why it cannot be used otherwise. A worker that dies loading it
+    (out of memory, killed) or a load past `timeout_s` is the checkpoint's failure too."""
+    ref = inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access, max_params)
     try:
-        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access, max_params),
-                       "loading the checkpoint", timeout=timeout_s)
+        return ray_get(ref, "loading the checkpoint", timeout=timeout_s)
     except RuntimeError as e:
         raise ValueError(f"cannot load a causal LM from {path}: {e}") from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as e:
+        raise ValueError(f"cannot load a causal LM from {path}: the worker loading it died "
+                         f"({type(e).__name__}; a model too large for a worker's memory does this)") from None
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ValueError(f"cannot load a causal LM from {path}: loading took longer than {timeout_s:g} s") from None
