@@ -110,6 +110,28 @@ def test_a_frozen_object_store_answers_503_within_seconds(tmp_path, ray_address,
         assert [c["name"] for c in client.get("/v1/corpora").json()["items"]] == ["before"]
 
 
+def test_a_tenants_bucket_that_freezes_fails_its_listing_within_seconds(own_moto, monkeypatch):
+    """A tenant's object-store URI is read with the store's time limit too: listing a prefix of a
+    frozen server fails in seconds instead of holding the worker for pyarrow's 99 s a call."""
+    from storage.inputs import Access, list_inputs
+    proc, options = own_moto
+    admin = s3_admin(options, "theirs")
+    admin.create_dir("theirs")
+    with admin.open_output_stream("theirs/data/a.jsonl") as f:
+        f.write(b'{"text": "x"}\n')
+    monkeypatch.setenv("THRESHER_STORAGE_TIMEOUT_S", "1")
+    access = Access(roots=(f"s3://theirs/data?{options}",))
+    assert [f.name for f in list_inputs("s3://theirs/data/*.jsonl", access)] == ["a.jsonl"]
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            list_inputs("s3://theirs/data/*.jsonl", access)
+        assert time.monotonic() - t0 < 15
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 # -- item 16: a missing bucket -------------------------------------------------------------------
 
 def test_a_missing_bucket_answers_503_and_readyz_names_it(tmp_path, ray_address, s3_server):
