@@ -172,14 +172,18 @@ class LossScorer:
         return {**self._info(table), "table": table}
 
 
-def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int) -> list[str]:
-    """Up to max_docs non-empty texts, drawn uniformly at random (seeded) from the given shards."""
+def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int,
+               source: str | None = None) -> list[str]:
+    """Up to max_docs non-empty texts, drawn uniformly at random (seeded) from the given shards;
+    with `source`, only from the documents whose `source` is that value."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(shard_parts))
     texts: list[str] = []
     for i in order:
-        col = store.read_parquet(*shard_parts[i], columns=["text"])["text"]
-        texts += [x for x in col.to_pylist() if x and x.strip()]
+        docs = store.read_parquet(*shard_parts[i], columns=["text"] if source is None else ["text", "source"])
+        if source is not None:
+            docs = docs.filter(pa.compute.equal(docs["source"], source))
+        texts += [x for x in docs["text"].to_pylist() if x and x.strip()]
         if max_docs and len(texts) >= 4 * max_docs:
             break
     if max_docs and len(texts) > max_docs:
