@@ -4,7 +4,9 @@ Each epoch the loop fetches its sample list, trains on those documents, and post
 losses it saw; the service plans the next epoch from them. The model is a bag-of-words classifier
 of each document's source, small enough to run in seconds on a laptop.
 
-    thresher serve &                                  # or any running service
+From the checkout's root, after `make install`:
+
+    .venv/bin/thresher serve &                        # or any running service
     .venv/bin/python examples/curriculum_over_http.py [--url http://127.0.0.1:8321] [--key KEY]
 """
 from __future__ import annotations

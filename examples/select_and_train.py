@@ -5,7 +5,9 @@ target (one domain), runs a small CoLoR-Filter, streams the selected documents i
 DataLoader with `SelectionDataset`, and takes a few training steps of a small byte-level
 language model. A couple of minutes on a laptop CPU.
 
-    thresher serve &                                   # or any running service
+From the checkout's root, after `make install`:
+
+    .venv/bin/thresher serve &                         # or any running service
     .venv/bin/python examples/select_and_train.py      # $THRESHER_URL / $THRESHER_KEY if not local
 """
 from __future__ import annotations

@@ -4,6 +4,8 @@ SeTa plans each epoch's samples from the latest per-sample losses; ReweightedLos
 reweights each mini-batch. IndexedDataset + EpochSampler carry the sample indices; no DataLoader
 monkey-patching.
 
+From the checkout's root, after `make install`:
+
     .venv/bin/python examples/train_with_library.py
 """
 import json

@@ -23,13 +23,14 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from service.auth import is_loopback
-from thresher.client import DEFAULT_URL, Client, ThresherError
+from thresher.client import (DEFAULT_URL, Client, InvalidArgument, ThresherError, download_format,
+                             file_format)
 
 STATE_STYLES = {"queued": "yellow", "ingesting": "yellow", "running": "cyan", "ready": "green",
                 "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 # The public job kinds (tests check this against the service's list).
 KIND_NAMES = ("random", "dsir", "train_model", "score", "color_filter", "evaluate", "reweight",
-              "curriculum", "projection")
+              "curriculum", "projection", "dedup", "decontaminate", "quality", "filter")
 WIDE = 100_000   # the width of output that is not a terminal: nothing is ever cut
 
 out = Console(width=None if sys.stdout.isatty() else WIDE)
@@ -147,20 +148,24 @@ def parse_table_bindings(bindings: Iterable[str]) -> dict[str, str]:
     return tables
 
 
-COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
-FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-                   ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-
-
 def infer_format(path: Path) -> str:
     """The format named by the file's suffix, looking past a .gz/.zst compression suffix."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
-        suffixes.pop()
-    if suffixes and suffixes[-1] in FORMAT_SUFFIXES:
-        return FORMAT_SUFFIXES[suffixes[-1]]
-    raise typer.BadParameter(f"cannot tell the format of {path.name!r} from its name; pass --format",
-                             param_hint="'--format'")
+    try:
+        fmt, _ = file_format(path)
+    except InvalidArgument:
+        fmt = None
+    if fmt is None:
+        raise typer.BadParameter(f"cannot tell the format of {path.name!r} from its name; pass --format",
+                                 param_hint="'--format'")
+    return fmt
+
+
+def download_format_of(output: Path, format: Optional[Enum]) -> tuple[str, Optional[str]]:
+    """A download's (format, compression): --format, else the output file's name, else Parquet."""
+    try:
+        return download_format(output, format.value if format else None)
+    except InvalidArgument as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--format'") from None
 
 
 def parse_floats(value: str, what: str) -> list[float]:
@@ -353,11 +358,14 @@ def corpora_sample(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(
 def corpora_download(
     ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(help="Corpus id.")],
     output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="File to write.")],
-    format: Annotated[CorpusFormat, typer.Option(help="File format.")] = CorpusFormat.parquet,
+    format: Annotated[Optional[CorpusFormat], typer.Option(
+        help="File format; default: from the file name (.jsonl, .csv, .parquet; .gz/.zst compress), "
+             "else parquet.", show_default=False)] = None,
 ):
     """Download a corpus (id, text, source), streamed to disk."""
-    path = client_of(ctx).corpora.download(corpus_id, output, format.value)
-    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {format.value})")
+    fmt, compression = download_format_of(output, format)
+    path = client_of(ctx).corpora.download(corpus_id, output, fmt)
+    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {fmt}{f', {compression}' if compression else ''})")
 
 
 @corpora_app.command("delete")
@@ -522,6 +530,8 @@ def _make_submit(kind: str) -> None:
     ):
         client = client_of(ctx)
         job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **parse_spec(spec))
+        for r in job.raw.get("resolved") or []:     # names given for ids: say which ids they meant
+            err.print(f"{r['field']}: {r['given']!r} is {r['id']}", markup=False, highlight=False)
         if quiet:
             typer.echo(job.id)
         elif as_json:
@@ -637,12 +647,15 @@ def manifests_download(
     ctx: typer.Context,
     manifest_id: Annotated[str, typer.Argument(help="Manifest id.")],
     output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="File to write.")],
-    format: Annotated[ManifestFormat, typer.Option(help="File format.")] = ManifestFormat.parquet,
+    format: Annotated[Optional[ManifestFormat], typer.Option(
+        help="File format; default: from the file name (.parquet, .csv, .jsonl; .gz/.zst compress), "
+             "else parquet.", show_default=False)] = None,
     selected_only: Annotated[bool, typer.Option("--selected-only", help="Only the selected rows.")] = False,
 ):
     """Download a manifest, streamed to disk."""
-    path = client_of(ctx).manifests.download(manifest_id, output, format.value, selected_only)
-    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {format.value}"
+    fmt, compression = download_format_of(output, format)
+    path = client_of(ctx).manifests.download(manifest_id, output, fmt, selected_only)
+    out.print(f"Wrote {path} ({path.stat().st_size:,} bytes, {fmt}{f', {compression}' if compression else ''}"
               f"{', selected rows only' if selected_only else ''})")
 
 

@@ -1,7 +1,7 @@
 """The one error format of the API: {"error": {"code", "message", "details"}}. Never a 500 for bad input."""
 from __future__ import annotations
 
-import errno
+import difflib
 import logging
 
 from fastapi import FastAPI, Request
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from storage.errors import DomainError, redact
+from storage.fs import storage_error
 
 log = logging.getLogger("thresher.api")
 
@@ -36,6 +37,7 @@ STATUS_BY_CODE = {
     "too_many_sources": 422, "validation_error": 422, "limit_exceeded": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
     "bad_uri": 422, "bad_glob": 422, "uri_option_not_allowed": 422, "too_many_files": 422, "listing_timeout": 422,
     "not_a_file": 422,
+    "storage_unavailable": 503, "insufficient_storage": 507,
 }
 
 
@@ -45,9 +47,58 @@ def from_domain(e: DomainError) -> ApiError:
 
 def invalid_body(e) -> ApiError:
     """A pydantic ValidationError of a body parsed by hand (non-JSON alternatives) as a 422."""
-    err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
-    return ApiError(422, "validation_error", f"{field}: {err['msg']}", {"field": field})
+    first = headline([describe(err, list(err["loc"])) for err in e.errors()])
+    return ApiError(422, "validation_error", first["text"], {"field": first["field"]})
+
+
+def describe(err: dict, loc: list, body=None, tags: dict | None = None) -> dict:
+    """One pydantic error in plain words: {"field", "message", "type", "text"} where `text` is
+    the sentence to headline ("spec.select: required field missing", "unknown field 'selection'
+    in spec; did you mean 'select'?"). `body` ({"body": the request body}) shows the keys of an
+    object whose discriminator is missing; `tags` lists a discriminator's values by its name."""
+    kind, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"]
+    parent = field_path(loc)
+    where = parent or "the body"
+    if kind == "unknown_field":
+        field = f"{parent}.{ctx['field']}" if parent else ctx["field"]
+        text = f"unknown field {ctx['field']!r} in {where}{ctx['hint']}"
+        return {"field": field, "message": text, "type": kind, "text": text}
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        name = ctx.get("discriminator", "").strip("'") or "kind"
+        field = f"{parent}.{name}" if parent else name
+        allowed = [t.strip().strip("'") for t in ctx.get("expected_tags", "").split(",") if t.strip()]
+        allowed = (tags or {}).get(name) or allowed
+        if kind == "union_tag_invalid":
+            msg = f"unknown {name} {ctx.get('tag')!r} in {where}"
+            close = difflib.get_close_matches(str(ctx.get("tag")), allowed, n=1, cutoff=0.6)
+            msg += f"; did you mean {close[0]!r}?" if close else ""
+        else:
+            msg = f"missing field {name!r} in {where}"
+            obj = _at(body, loc)
+            if isinstance(obj, dict) and obj:
+                msg += f", which has {', '.join(repr(str(k)) for k in obj)}"
+        if allowed:
+            msg += f" ({name} is one of {', '.join(allowed)})"
+        return {"field": field, "message": msg, "type": kind, "text": msg}
+    msg = {"missing": "required field missing", "extra_forbidden": "unknown field"}.get(kind, msg)
+    return {"field": parent, "message": msg, "type": kind, "text": f"{parent}: {msg}" if parent else msg}
+
+
+def _at(value, loc: list):
+    """The value at pydantic's `loc` inside `value`, or None."""
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def headline(errors: list[dict]) -> dict:
+    """The error to headline: an unknown field before anything else (a misspelt field also leaves a
+    required one missing); then, as pydantic reports one error per alternative of a union, the
+    deepest path."""
+    return max(errors, key=lambda e: (e["type"] == "unknown_field", len(e["field"].split("."))))
 
 
 def not_found(kind: str, id_: str) -> ApiError:
@@ -65,8 +116,9 @@ class ErrorResponse(BaseModel):
 
 
 # Every API operation may answer these (403: a path or statement not allowed, 408: a query's time
-# limit, 413: an upload or result over its limit, 507: the server's storage is full).
-ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 507)}
+# limit, 413: an upload or result over its limit, 503: the server's storage does not answer or has
+# no bucket, 507: the server's storage is full).
+ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 503, 507)}
 
 
 def _body(code: str, message: str, details: dict) -> dict:
@@ -83,8 +135,10 @@ def field_path(loc) -> str:
     return ".".join(parts)
 
 
-def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple[str, ...] = ()) -> None:
-    """The error handlers; `server_paths` (home, store) never appear in a message or its details."""
+def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple[str, ...] = (),
+            tags: dict[str, list[str]] | None = None) -> None:
+    """The error handlers; `server_paths` (home, store) never appear in a message or its details;
+    `tags` lists the values of each discriminator (`{"kind": [...]}`) for a request that lacks one."""
     def hide(value):
         return redact(value, server_paths) if isinstance(value, str) else value
 
@@ -107,15 +161,11 @@ def install(app: FastAPI, kind_tags: set[str] = frozenset(), server_paths: tuple
                 return JSONResponse(_body("malformed_json", f"the request body is not valid JSON (character "
                                           f"{pos}: {reason})", {"field": "body", "position": pos}), status_code=422)
             loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and p in kind_tags)]
-            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                loc.append(e.get("ctx", {}).get("discriminator", "").strip("'") or "kind")
-            errors.append({"field": field_path(loc), "message": e["msg"], "type": e["type"]})
-        # With unions pydantic reports one error per alternative: the deepest path is the one meant.
-        first = max(errors, key=lambda e: len(e["field"].split("."))) if errors else \
-            {"field": "", "message": "invalid request"}
-        where = f"{first['field']}: " if first["field"] else ""
-        return JSONResponse(_body("validation_error", f"{where}{first['message']}",
-                                  {"field": first["field"], "errors": errors}), status_code=422)
+            errors.append(describe(e, loc, {"body": exc.body}, tags))
+        first = headline(errors) if errors else {"field": "", "text": "invalid request"}
+        details = [{k: e[k] for k in ("field", "message", "type")} for e in errors]
+        return JSONResponse(_body("validation_error", first["text"], {"field": first["field"], "errors": details}),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -138,11 +188,12 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def unhandled(exc: BaseException) -> JSONResponse:
-    """The answer to an exception nothing else handled: a full disk is 507, anything else a 500."""
-    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
-        log.error("storage is full: %s", exc)
-        return JSONResponse(_body("insufficient_storage", "the server's storage is full; nothing was stored, "
-                                  "try again later", {}), status_code=507)
+    """The answer to an exception nothing else handled: a failure of the server's storage is 507
+    (full) or 503 (not answering, no bucket), anything else a 500."""
+    failed = storage_error(exc)
+    if failed is not None:
+        log.error("storage failed: %s", exc)
+        return JSONResponse(_body(failed.code, failed.message, failed.details), status_code=STATUS_BY_CODE[failed.code])
     log.error("unhandled error", exc_info=exc)
     return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
                         status_code=500)

@@ -1,15 +1,28 @@
 """Response and request models of the HTTP API (they are the OpenAPI document's schemas)."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Body
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from workers.registry import KINDS
-from workers.specs import MAX_STR
+from workers.specs import MAX_STR, KnownFields
 
 MAX_NAME = 200  # the longest name of a job, corpus or model
+
+
+def printable_name(name: str) -> str:
+    """A name becomes a download's file name and a line of logs and tables: no control characters
+    (CR, LF, NUL, tab, …) and no line or paragraph separators."""
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
+    return name
+
+
+Name = Annotated[str, Field(max_length=MAX_NAME), AfterValidator(printable_name)]
 
 
 class Corpus(BaseModel):
@@ -87,6 +100,12 @@ class JobResult(BaseModel):
                                                     "where the work ran")
 
 
+class Resolved(BaseModel):
+    field: str
+    given: str
+    id: str
+
+
 class Job(BaseModel):
     id: str
     kind: str
@@ -99,6 +118,9 @@ class Job(BaseModel):
     error: JobError | None = None
     result: JobResult | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
+    resolved: list[Resolved] | None = Field(None, description="only in the answer to a submission: the "
+                                            "spec fields given a name (a manifest: its job's id) instead of an id, "
+                                            "and the id each was resolved to")
 
 
 class Column(BaseModel):
@@ -157,10 +179,10 @@ class ShardList(BaseModel):
     items: list[ManifestShard]
 
 
-class RegisterCorpus(BaseModel):
+class RegisterCorpus(KnownFields):
     """Register data the server can read (a file under an allowed root, or an object-store URI)."""
     model_config = ConfigDict(str_max_length=MAX_STR)
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name = Field(min_length=1)
     uri: str = Field(min_length=1)
     format: Literal["jsonl", "parquet", "csv"] | None = None
     text_field: str = "text"
@@ -192,7 +214,7 @@ def distinct_fields(text_field: str | None, id_field: str) -> str:
     return id_field
 
 
-class QueryRequest(BaseModel):
+class QueryRequest(KnownFields):
     sql: str = Field(min_length=1, max_length=100_000)
     tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
     limit: int = Field(1000, ge=1, le=100_000)
@@ -204,9 +226,9 @@ class QueryResult(BaseModel):
     truncated: bool
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(KnownFields):
     selected_only: bool = True
-    name: str | None = Field(None, max_length=MAX_NAME)
+    name: Name | None = None
 
 
 def _job_request_models():
@@ -216,8 +238,8 @@ def _job_request_models():
             continue
         models.append(create_model(
             f"{kind.name.title().replace('_', '')}JobRequest",
-            __doc__=kind.description,
-            kind=(Literal[kind.name], ...), name=(str | None, Field(None, max_length=MAX_NAME)),
+            __doc__=kind.description, __base__=KnownFields,
+            kind=(Literal[kind.name], ...), name=(Name | None, None),
             spec=(kind.spec, ...)))
     return models
 

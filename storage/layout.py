@@ -8,6 +8,7 @@ layout holds on a local directory and under an object-store prefix:
                                             the documents: scoring again never rewrites a corpus)
     jobs/<job>/…                            a job's other intermediate files (named below)
     manifests/<man>/part-NNNNN.parquet      a manifest: one part per corpus shard NNNNN
+    cache/random-arms/<key>.json            evaluate's random-arm proxies, reused by later evaluations
     models/<mdl>/…                          a trained model's checkpoint (meta.json written last)
     curricula/<cur>/…                       a curriculum run: doc ids, state, one plan per epoch
     uploads/<token>                         an upload's body, until a worker has ingested it
@@ -115,6 +116,7 @@ JOB_FILES = {
     "projection": ("projection.json",),                 # Projektor: the fitted projection (/predict)
     "plot": ("plot.png",),                              # Projektor: the projection's plot
     "inputs": ("inputs.json",),                         # ingest: the files a registration matched
+    "clusters": ("dedup", "clusters.json"),             # dedup: written last by the cluster stage
 }
 
 
@@ -136,6 +138,28 @@ def dsir_counts(job_id: str, role: str, shard: int) -> Parts:
     return (*job(job_id), "dsir", _numbered(f"{role}-", shard, ".npy"))
 
 
+def corpus_shard_part(job_id: str, what: str, corpus_index: int, shard: int) -> Parts:
+    """A job's per-shard file `what` (signatures, ngrams) of shard `shard` of the job's
+    `corpus_index`-th corpus (0 the pool, then the corpora it is compared against)."""
+    return (*job(job_id), what, f"c{corpus_index:03d}-{shard:05d}{PARQUET}")
+
+
+def corpus_shard_parts(store: Lister, job_id: str, what: str) -> list[Parts]:
+    """Every file `corpus_shard_part(job_id, what, …)` wrote, in (corpus, shard) order."""
+    folder = (*job(job_id), what)
+    found = sorted(n for n in store.list(*folder, suffix=PARQUET) if n.startswith("c") and not n.startswith("."))
+    return [(*folder, n) for n in found]
+
+
+def band_part(job_id: str, band: int) -> Parts:
+    """Dedup: the candidate pairs of one LSH band (or, band -1, of equal text hashes)."""
+    return (*job(job_id), "bands", f"band-{band + 1:05d}{PARQUET}")
+
+
+def band_parts(store: Lister, job_id: str) -> list[Parts]:
+    return [p for _, p in _listed(store, (*job(job_id), "bands"), "band-")]
+
+
 def ingested_unit(job_id: str, unit: tuple[int, int]) -> Parts:
     """Written last by an ingestion unit (its statistics): the unit is done."""
     return (*job(job_id), "units", f"unit-{unit[0]:05d}-{unit[1]:05d}.json")
@@ -143,6 +167,17 @@ def ingested_unit(job_id: str, unit: tuple[int, int]) -> Parts:
 
 def pilot_result(job_id: str, index: int) -> Parts:
     return (*job(job_id), "pilots", f"pilot-{index:04d}.json")
+
+
+def filter_mask(job_id: str, shard: int) -> Parts:
+    """A filter's rows to keep of corpus shard NNNNN: column `selected`, one value per row."""
+    return (*job(job_id), "filter", _numbered("mask-", shard))
+
+
+def random_arm(key: str) -> Parts:
+    """An evaluate's random-arm proxy (its figures and the job that trained it), found again by
+    later evaluations of the same pool, validation set, size, seed and proxy (`key`, their digest)."""
+    return ("cache", "random-arms", f"{key}.json")
 
 
 # -- manifests -----------------------------------------------------------------------------------

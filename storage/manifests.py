@@ -31,6 +31,14 @@ def manifest_files(store: Store, manifest_id: str) -> list[tuple[str, ...]]:
     return [p for _, p in layout.manifest_parts(store, manifest_id)]
 
 
+def manifest_corpus(store: Store, manifest_id: str) -> str | None:
+    """The corpus a selection manifest's rows come from (None when it has no rows)."""
+    parts = layout.manifest_parts(store, manifest_id)
+    if not parts:
+        return None
+    return store.read_parquet(*parts[0][1], columns=["corpus_id"])["corpus_id"][0].as_py()
+
+
 def selection_size(select: dict, eligible: int) -> int:
     """How many of `eligible` documents a `select` spec keeps."""
     if "count" in select:
@@ -83,30 +91,46 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_i
                    (score IS NOT NULL AND s_rank <= q_n) AS selected {extra_sql}
             FROM ranked JOIN quota ON shard = q_shard
             ORDER BY shard, row"""
-        reader = con.sql(sql, params=[corpus_id]).to_arrow_reader(65_536)
-        num_rows = num_selected = 0
-        shards_written = []
-        writer, cur = None, None
-        schema = reader.schema
-        for batch in reader:
-            shard_col = batch.column("shard").to_numpy()
-            bounds = [0, *(np.flatnonzero(np.diff(shard_col)) + 1), len(shard_col)]
-            for start, end in zip(bounds[:-1], bounds[1:]):
-                s = int(shard_col[start])
-                if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
-                    if writer:
-                        writer.close()
-                    writer, cur = store.parquet_writer(schema, *layout.manifest_part(manifest_id, s)), s
-                    shards_written.append(s)
-                piece = batch.slice(start, end - start)
-                writer.write(piece)
-                num_rows += piece.num_rows
-                num_selected += int(pc.sum(piece.column("selected")).as_py() or 0)
-        if writer:
-            writer.close()
-        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
-        return {"num_rows": num_rows, "num_selected": num_selected,
-                "num_shards": len(shards_written), "columns": columns}
+        return write_parts(store, con.sql(sql, params=[corpus_id]).to_arrow_reader(65_536), manifest_id)
+
+
+def write_parts(store: Store, reader: pa.RecordBatchReader, manifest_id: str) -> dict:
+    """Write rows sorted by `shard` as the manifest's parts, one per shard.
+    Returns {num_rows, num_selected, num_shards, columns}."""
+    num_rows = num_selected = 0
+    shards_written = []
+    writer, cur = None, None
+    schema = reader.schema
+    for batch in reader:
+        shard_col = batch.column("shard").to_numpy()
+        bounds = [0, *(np.flatnonzero(np.diff(shard_col)) + 1), len(shard_col)]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            s = int(shard_col[start])
+            if s != cur:  # rows arrive sorted by shard: a new shard starts a new part
+                if writer:
+                    writer.close()
+                writer, cur = store.parquet_writer(schema, *layout.manifest_part(manifest_id, s)), s
+                shards_written.append(s)
+            piece = batch.slice(start, end - start)
+            writer.write(piece)
+            num_rows += piece.num_rows
+            num_selected += int(pc.sum(piece.column("selected")).as_py() or 0)
+    if writer:
+        writer.close()
+    return {"num_rows": num_rows, "num_selected": num_selected, "num_shards": len(shards_written),
+            "columns": columns_of(schema)}
+
+
+def columns_of(schema: pa.Schema) -> list[dict]:
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+
+def parts_info(store: Store, manifest_id: str) -> dict:
+    """{num_rows, num_selected, num_shards, columns} of a manifest whose parts tasks wrote one by one."""
+    data = dataset(store, manifest_files(store, manifest_id))
+    selected = data.to_table(columns=["selected"]).column("selected")
+    return {"num_rows": data.count_rows(), "num_selected": int(pc.sum(selected).as_py() or 0),
+            "num_shards": len(data.files), "columns": columns_of(data.schema)}
 
 
 def duckdb_ident(name: str) -> str:
@@ -118,7 +142,7 @@ def write_table_manifest(store: Store, table: pa.Table, manifest_id: str) -> dic
     store.write_parquet(table, *layout.manifest_part(manifest_id, 0))
     sel = pc.sum(table.column("selected")).as_py() or 0 if "selected" in table.column_names else 0
     return {"num_rows": table.num_rows, "num_selected": int(sel), "num_shards": 1,
-            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema]}
+            "columns": columns_of(table.schema)}
 
 
 def score_part(ids: pa.Array, shard: int, sources: pa.Array, n_tokens, score, **extra) -> pa.Table:
@@ -168,3 +192,24 @@ def overlap_with_top(store: Store, manifest_parts: list[tuple[str, ...]], score_
         both = con.execute("SELECT count(*) FROM m JOIN top USING (doc_id) WHERE m.selected").fetchone()[0]
         by_source = con.execute("SELECT coalesce(source, ''), count(*) FROM top GROUP BY 1 ORDER BY 2 DESC").fetchall()
     return {"overlap": int(both), "selected_by_source": {s: int(c) for s, c in by_source}}
+
+
+def selection_overlap(store: Store, parts_a: list[tuple[str, ...]], parts_b: list[tuple[str, ...]]) -> dict:
+    """How two selections overlap: documents (corpus, doc_id) selected by each, by both, their
+    Jaccard index |A∩B| / |A∪B|, and the same per source."""
+    with connection() as con:
+        con.register("ma", dataset(store, parts_a))
+        con.register("mb", dataset(store, parts_b))
+        rows = con.execute("""
+            WITH a AS (SELECT DISTINCT corpus_id, doc_id, coalesce(source, '') AS source FROM ma WHERE selected),
+                 b AS (SELECT DISTINCT corpus_id, doc_id, coalesce(source, '') AS source FROM mb WHERE selected)
+            SELECT coalesce(a.source, b.source), count(a.doc_id), count(b.doc_id),
+                   count(*) FILTER (WHERE a.doc_id IS NOT NULL AND b.doc_id IS NOT NULL), count(*)
+            FROM a FULL OUTER JOIN b ON a.corpus_id = b.corpus_id AND a.doc_id = b.doc_id
+            GROUP BY 1 ORDER BY 5 DESC, 1""").fetchall()
+
+    def counts(a: int, b: int, both: int, union: int) -> dict:
+        return {"selection": int(a), "against": int(b), "both": int(both),
+                "jaccard": both / union if union else None}
+    total = counts(*(sum(r[i] for r in rows) for i in range(1, 5)))
+    return {**total, "by_source": {r[0]: counts(*r[1:]) for r in rows}}

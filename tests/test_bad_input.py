@@ -118,3 +118,63 @@ def test_unknown_kind_and_ids(service):
     assert service.post("/v1/jobs/job_nope/cancel").status_code == 404
     r = service.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "body"
+
+
+def _kinds_listed() -> str:
+    from workers.registry import KINDS
+    return "kind is one of " + ", ".join(k.name for k in KINDS.values() if not k.internal)
+
+
+KINDS_LISTED = _kinds_listed()
+
+
+@pytest.mark.parametrize("path, body, field, message", [
+    ("/v1/jobs", {"kind": "dsir", "spec": {"pool": "p", "target": "t", "selection": {"fraction": 0.1}}},
+     "spec.selection", "unknown field 'selection' in spec; did you mean 'select'?"),
+    ("/v1/jobs", {"kind": "random", "spec": {"pool": "p", "select": {"fracton": 0.1}}},
+     "spec.select.fracton", "unknown field 'fracton' in spec.select; did you mean 'fraction'?"),
+    ("/v1/jobs", {"kind": "color_filter", "spec": {"pool": "p", "target": "t", "select": {"count": 1},
+                                                   "prior": {"modle": "m"}}},
+     "spec.prior.modle", "unknown field 'modle' in spec.prior; did you mean 'model'?"),
+    ("/v1/jobs", {"kind": "random", "sepc": {"pool": "p", "select": {"count": 1}}},
+     "sepc", "unknown field 'sepc' in the body; did you mean 'spec'?"),
+    ("/v1/jobs", {"type": "dsir", "spec": {}},
+     "kind", f"missing field 'kind' in the body, which has 'type', 'spec' ({KINDS_LISTED})"),
+    ("/v1/jobs", {"kind": "dsri", "spec": {}},
+     "kind", f"unknown kind 'dsri' in the body; did you mean 'dsir'? ({KINDS_LISTED})"),
+    ("/v1/query", {"sql": "SELECT 1", "table": {}},
+     "table", "unknown field 'table' in the body; did you mean 'tables'?"),
+    ("/v1/corpora", {"name": "x", "url": "/data/x.jsonl"},
+     "url", "unknown field 'url' in the body; did you mean 'uri'?"),
+    ("/v1/jobs", {"kind": "random", "spec": {"select": {"count": 1}}},
+     "spec.pool", "spec.pool: required field missing"),
+])
+def test_mistakes_are_named_in_plain_words(service, path, body, field, message):
+    n_jobs = len(service.get("/v1/jobs", params={"limit": 1000}).json()["items"])
+    r = service.post(path, json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert (err["details"]["field"], err["message"]) == (field, message)
+    assert len(service.get("/v1/jobs", params={"limit": 1000}).json()["items"]) == n_jobs
+
+
+def test_a_name_where_an_id_is_expected(service):
+    """A unique name of the caller's resolves (paths and specs, saying so in a submission's
+    answer); an ambiguous one, or another tenant's, is a 404 that says what it found."""
+    one = upload(service, corpus(10, seed=3), name="only-one")
+    assert service.get("/v1/corpora/only-one").json()["id"] == one["id"]
+    assert service.get("/v1/corpora/only-one/shards").status_code == 200
+    r = service.post("/v1/jobs", json={"kind": "random", "spec": {"pool": "only-one", "select": {"count": 2}}})
+    assert r.status_code == 202 and r.json()["spec"]["pool"] == one["id"], r.text
+    assert r.json()["resolved"] == [{"field": "spec.pool", "given": "only-one", "id": one["id"]}]
+    assert service.get(f"/v1/jobs/{r.json()['id']}").json()["spec"]["pool"] == one["id"]
+    ids = [upload(service, corpus(5, seed=i), name="two-of-them")["id"] for i in (4, 5)]
+    ambiguous = {"kind": "random", "spec": {"pool": "two-of-them", "select": {"count": 1}}}
+    for r in (service.get("/v1/corpora/two-of-them"), service.post("/v1/jobs", json=ambiguous)):
+        err = r.json()["error"]
+        assert r.status_code == 404 and err["code"] == "ambiguous_name" and set(err["details"]["matches"]) == set(ids)
+    r = service.get("/v1/corpora/only-one", headers={"Authorization": "Bearer key-bob"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no corpus has the id or the name 'only-one'"
+    r = service.post("/v1/jobs", json={"kind": "random", "spec": {"pool": "nothing-such", "select": {"count": 1}}})
+    assert r.status_code == 404 and r.json()["error"]["message"] == \
+        "spec.pool: no corpus has the id or the name 'nothing-such'"

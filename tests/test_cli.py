@@ -1,6 +1,7 @@
 """The CLI's parsing, rendering and error handling, without a running service."""
 import io
 import json
+import re
 import socket
 
 import httpx
@@ -164,6 +165,23 @@ def test_format_is_inferred_past_compression(name, expected, tmp_path):
 def test_unknown_suffix_asks_for_format(tmp_path):
     with pytest.raises(typer.BadParameter, match="--format"):
         cli.infer_format(tmp_path / "pool.txt.gz")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sel.csv", ("csv", None)), ("sel.jsonl.gz", ("jsonl", "gzip")), ("pool.ndjson.zst", ("jsonl", "zstd")),
+    ("m.parquet", ("parquet", None)), ("m", ("parquet", None)), ("m.gz", ("parquet", "gzip"))])
+def test_download_format_comes_from_the_output_name(name, expected, tmp_path):
+    assert cli.download_format_of(tmp_path / name, None) == expected
+
+
+@pytest.mark.parametrize("command", [["corpora", "download", "cor_x"], ["manifests", "download", "man_x"]])
+@pytest.mark.parametrize("name, fmt, fragment", [
+    ("x.csv", "jsonl", "contradicts the file name 'x.csv'"), ("x.txt", None, "cannot tell the format of 'x.txt'")])
+def test_download_refuses_a_format_the_name_contradicts(command, name, fmt, fragment, tmp_path):
+    args = ["--url", closed_port_url(), *command, "-o", str(tmp_path / name), *(["--format", fmt] if fmt else [])]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2 and fragment in re.sub(r"[\s│]+", " ", result.output), result.output  # no request
+    assert not (tmp_path / name).exists()
 
 
 def test_loopback_detection():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.corpus_gen import corpus, jsonl
-from thresher import Client, Corpus, Job, Manifest, ThresherError
+from thresher import Client, Corpus, InvalidArgument, Job, Manifest, ThresherError
 
 TINY = {"preset": "tiny", "tokens": 30_000, "vocab_size": 300, "batch_size": 8, "seq_len": 32}
 FAST_FT = {"epochs": 1, "warmup_steps": 2, "batch_size": 8}
@@ -308,3 +308,60 @@ def test_wait_with_a_timeout(client, pool):
     with pytest.raises(TimeoutError):
         job.wait(timeout=1)
     assert job.cancel().state == "cancelled"
+
+
+def test_downloads_take_the_format_from_the_file_name(client, pool, selection, tmp_path):
+    import csv as csvmod
+
+    import zstandard
+    man = selection.manifest()
+    rows = [json.loads(line) for line in pool.download(tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 300 and {"id", "text"} <= set(rows[0])
+    with gzip.open(pool.download(tmp_path / "p.jsonl.gz"), "rt") as f:    # compressed here, as named
+        assert [json.loads(line) for line in f] == rows
+    raw = zstandard.ZstdDecompressor().stream_reader(open(pool.download(tmp_path / "p.csv.zst"), "rb")).read()
+    assert next(csvmod.reader(io.StringIO(raw.decode())))[:2] == ["id", "text"]
+    header, *lines = man.download(tmp_path / "m.csv", selected_only=True).read_text().splitlines()
+    assert "doc_id" in header and len(lines) == 30
+    assert len(client.manifests.download(man.id, tmp_path / "m.ndjson").read_text().splitlines()) == 300
+    assert pq.read_table(man.download(tmp_path / "m.parquet")).num_rows == 300
+    assert pq.read_table(man.download(tmp_path / "m")).num_rows == 300               # no suffix: Parquet
+    assert [json.loads(x)["doc_id"] for x in man.download(tmp_path / "m.txt", format="jsonl").read_text().splitlines()]
+    for path, fmt in (("c.csv", "jsonl"), ("c.jsonl.gz", "parquet"), ("c.txt", None)):
+        with pytest.raises(InvalidArgument) as e:
+            man.download(tmp_path / path, format=fmt)
+        assert isinstance(e.value, ThresherError) and e.value.details["field"] == "format"
+        assert path in e.value.message and not (tmp_path / path).exists()
+
+
+def test_misspelt_keyword_arguments_raise_thresher_error_with_a_suggestion(client, pool, target):
+    with pytest.raises(InvalidArgument, match="unknown keyword argument 'fracton'; did you mean 'fraction'"):
+        client.random(pool, fracton=0.1)
+    with pytest.raises(ThresherError) as e:      # other spec fields: the server names them
+        client.dsir(pool, target, fraction=0.1, sead=3)
+    assert e.value.status == 422 and e.value.details["field"] == "spec.sead"
+    assert e.value.message == "unknown field 'sead' in spec; did you mean 'seed'?"
+
+
+def test_names_and_job_ids_resolve_where_ids_are_expected(client, selection, live_service, tmp_path):
+    from tests.test_cli_live import hf_checkpoint
+    uniq = client.corpora.upload(corpus(20, seed=11), name="by-name")
+    job = client.random("by-name", count=5)
+    assert job.spec["pool"] == uniq.id
+    assert job.resolved == [{"field": "spec.pool", "given": "by-name", "id": uniq.id}]
+    assert client.corpora.get("by-name").id == uniq.id and len(client.corpora.sample("by-name", 3)) == 3
+    job.wait()
+    # a manifest by the id of the job that wrote it, in paths and in queries
+    assert client.manifests.get(selection.id).id == selection.manifest_id
+    assert client.query("SELECT count(*) AS n FROM m", {"m": selection.id})["n"].to_pylist() == [300]
+    ckpt = hf_checkpoint(live_service.allowed_root / "named-ckpt", ["a b c d"] * 20)
+    model = client.models.register("named-ckpt", str(ckpt))
+    assert client.models.get("named-ckpt").id == model.id
+    twice = [client.corpora.upload(corpus(5, seed=i), name="twice").id for i in (1, 2)]
+    with pytest.raises(ThresherError) as e:
+        client.random("twice", count=1)
+    assert e.value.status == 404 and e.value.code == "ambiguous_name" and e.value.details["field"] == "spec.pool"
+    assert set(e.value.details["matches"]) == set(twice) and all(i in e.value.message for i in twice)
+    with pytest.raises(ThresherError) as e:
+        client.corpora.get("no-such-corpus")
+    assert e.value.status == 404 and e.value.message == "no corpus has the id or the name 'no-such-corpus'"

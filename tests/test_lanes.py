@@ -68,6 +68,14 @@ def test_a_small_dsir_finishes_at_once_while_a_training_holds_every_cpu(service,
     assert job["progress"]["eta_s"] == 0
 
 
+def test_a_corpus_filter_finishes_at_once_while_a_training_holds_every_cpu(service, busy):
+    job, seconds = timed(service, submit(service, "filter", {"manifest": busy["manifest"], "where": "selected"})["id"])
+    assert job["state"] == "succeeded", job
+    assert service.get(f"/v1/corpora/{job['result']['corpus_id']}").json()["num_docs"] == 250
+    assert seconds < LIGHT_WITHIN_S, f"the filter took {seconds:.1f}s beside the training"
+    assert [p["stage"] for p in job["progress"]["plan"]] == ["where", "export"]
+
+
 def test_jobs_that_wait_say_why(service, busy):
     """A heavy job beside the training waits for its CPUs and names the job holding them; with
     both heavy slots taken, the next heavy job waits in `queued` and names the jobs running."""

@@ -11,6 +11,9 @@ serialised whole in memory; downloads are written to disk chunk by chunk.
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
+import gzip
 import io
 import json
 import os
@@ -22,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from storage.encode import ByteSink
 
@@ -48,6 +52,64 @@ class ThresherError(Exception):
                        r.status_code)
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls(f"http_{r.status_code}", (r.text or r.reason_phrase).strip()[:500], {}, r.status_code)
+
+
+class InvalidArgument(ThresherError, ValueError):
+    """A call the client refuses before sending anything (`code` "invalid_argument", `status`
+    None): an unknown keyword argument, a format that contradicts the file name."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__("invalid_argument", message, details)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest of `choices`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ------------------------------------------------------------------------------------ file names
+
+# What a file's name says about its content: the format, then an optional compression suffix.
+FORMAT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+                   ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+
+
+def file_format(name: str | os.PathLike, strict: bool = True) -> tuple[str | None, str | None]:
+    """(format, compression) that a file name says: `x.jsonl.gz` → ("jsonl", "gzip"), `x.csv` →
+    ("csv", None); None for what the name does not say. A suffix that names no format (`x.txt`)
+    raises InvalidArgument when `strict` (nothing is written under a misleading name)."""
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    compression = COMPRESSION_SUFFIXES.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes.pop()
+    if suffixes and suffixes[-1] in FORMAT_SUFFIXES:
+        return FORMAT_SUFFIXES[suffixes[-1]], compression
+    if suffixes and strict:
+        raise InvalidArgument(f"cannot tell the format of {Path(name).name!r} from its name: name it .parquet, "
+                              ".jsonl or .csv (optionally .gz or .zst), or give the format", {"field": "format"})
+    return None, compression
+
+
+def download_format(path: str | os.PathLike | None, format: str | None) -> tuple[str, str | None]:
+    """The (format, compression) a download to `path` is written in: `format` if given, else the
+    one the file name says, else (a name without suffix, or no file) Parquet. A `format` that
+    contradicts the name is refused."""
+    named, compression = file_format(path, strict=not format) if path is not None else (None, None)
+    if format and named and format != named:
+        raise InvalidArgument(f"the format {format!r} contradicts the file name {Path(path).name!r} ({named}): "
+                              "drop the format or rename the file", {"field": "format", "format": format})
+    return format or named or "parquet", compression
+
+
+def _compressed(f, compression: str | None):
+    """A writer that compresses into the open binary file `f` (closing it does not close `f`)."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=f, mode="wb")
+    if compression == "zstd":
+        return zstandard.ZstdCompressor().stream_writer(f, closefd=False)
+    return contextlib.nullcontext(f)
 
 
 # ---------------------------------------------------------------------------------------- records
@@ -114,7 +176,7 @@ class Corpus(Record):
     def sample(self, n: int = 5) -> list[dict]:
         return self.client.corpora.sample(self.id, n)
 
-    def download(self, path: str | os.PathLike, format: str = "parquet") -> Path:
+    def download(self, path: str | os.PathLike, format: str | None = None) -> Path:
         return self.client.corpora.download(self.id, path, format)
 
     def delete(self) -> None:
@@ -161,6 +223,8 @@ class Job(Record):
     corpus_id = property(lambda self: (self.result or {}).get("corpus_id"))
     curriculum_id = property(lambda self: (self.result or {}).get("curriculum_id"))
     summary = property(lambda self: (self.result or {}).get("summary") or {})
+    # in the answer to a submission: spec fields given by name, [{field, given, id}]
+    resolved = property(lambda self: self.raw.get("resolved") or [])
     done = property(lambda self: self.state in TERMINAL)
 
     def refresh(self) -> "Job":
@@ -206,7 +270,7 @@ class Manifest(Record):
     def to_duckdb(self, con, name: str | None = None, selected_only: bool = False):
         return self.client.manifests.to_duckdb(self.id, con, name, selected_only)
 
-    def download(self, path: str | os.PathLike, format: str = "parquet", selected_only: bool = False) -> Path:
+    def download(self, path: str | os.PathLike, format: str | None = None, selected_only: bool = False) -> Path:
         return self.client.manifests.download(self.id, path, format, selected_only)
 
     def shards(self) -> list[dict]:
@@ -410,8 +474,10 @@ class Client:
     def _json(self, method: str, path: str, **kw) -> Any:
         return self._send(method, path, **kw).json()
 
-    def _download(self, path: str, dest: str | os.PathLike | None, params: dict) -> Path | bytes:
-        """Stream a GET to `dest` (written beside it, renamed at the end) or return the bytes."""
+    def _download(self, path: str, dest: str | os.PathLike | None, params: dict,
+                  compression: str | None = None) -> Path | bytes:
+        """Stream a GET to `dest` (written beside it, renamed at the end; gzip or zstd compressed
+        on the way when `compression` says so) or return the bytes."""
         r = self._send("GET", path, params=params, stream=True, timeout=httpx.Timeout(60.0, read=600.0))
         try:
             if dest is None:
@@ -419,9 +485,9 @@ class Client:
             dest = Path(dest)
             part = dest.with_name(dest.name + ".part")
             try:
-                with part.open("wb") as f:
+                with part.open("wb") as f, _compressed(f, compression) as out:
                     for chunk in r.iter_bytes(CHUNK):
-                        f.write(chunk)
+                        out.write(chunk)
                 os.replace(part, dest)
             finally:
                 part.unlink(missing_ok=True)
@@ -478,8 +544,21 @@ class Client:
     def score(self, corpus, model, **spec) -> Job:
         return self.submit("score", corpus=_id(corpus), model=_id(model), **spec)
 
-    def evaluate(self, selection, validation, **spec) -> Job:
+    def evaluate(self, selection, validation, *, against=None, **spec) -> Job:
+        """Proxies trained on `selection` and on a random subset of its pool as large, or with
+        `against` (another selection) on that one, head to head: the gain, and their overlap."""
+        if against is not None:
+            spec["against"] = _id(against)
         return self.submit("evaluate", selection=_id(selection), validation=_id(validation), **spec)
+
+    def filter(self, corpus=None, *, sources: list[str] | None = None, manifest=None, where: str | None = None,
+               **spec) -> Job:
+        """A new corpus (`job.corpus_id`) of `corpus`'s documents whose source is one of `sources`
+        and/or of the rows of `manifest` where the SQL predicate `where` holds."""
+        given = {"corpus": corpus, "sources": sources, "manifest": manifest, "where": where}
+        refs = {"corpus", "manifest"}
+        return self.submit("filter", **{k: _id(v) if k in refs else v for k, v in given.items() if v is not None},
+                           **spec)
 
     def reweight(self, corpus, **spec) -> Job:
         for k in ("model", "losses"):
@@ -500,7 +579,12 @@ def _select(fraction, count, tau, spec: dict) -> dict:
         return spec.pop("select")
     given = {k: v for k, v in (("fraction", fraction), ("count", count), ("tau", tau)) if v is not None}
     if len(given) != 1:
-        raise ValueError("give exactly one of fraction, count or tau")
+        # A misspelt fraction=/count=/tau= lands in **spec: name it rather than say none was given.
+        for k in spec:
+            if hint := did_you_mean(k, ("fraction", "count", "tau")):
+                raise InvalidArgument(f"unknown keyword argument {k!r}{hint}", {"field": k})
+        raise InvalidArgument(f"give exactly one of fraction, count or tau (got {', '.join(given) or 'none'})",
+                              {"field": "select"})
     return given
 
 
@@ -616,9 +700,12 @@ class Corpora(_Api):
     def sample(self, corpus_id, n: int = 5) -> list[dict]:
         return self.c._json("GET", f"/v1/corpora/{_id(corpus_id)}/sample", params={"n": n})["items"]
 
-    def download(self, corpus_id, path: str | os.PathLike | None = None, format: str = "parquet") -> Path | bytes:
-        """Stream the corpus to `path` (parquet, jsonl or csv); without a path, return the bytes."""
-        return self.c._download(f"/v1/corpora/{_id(corpus_id)}/download", path, {"format": format})
+    def download(self, corpus_id, path: str | os.PathLike | None = None, format: str | None = None) -> Path | bytes:
+        """Stream the corpus to `path`; without a path, return the bytes. The format (parquet,
+        jsonl or csv) is `format`, else the one the file name says (`x.jsonl.gz`: JSONL, gzipped
+        here), else Parquet."""
+        fmt, compression = download_format(path, format)
+        return self.c._download(f"/v1/corpora/{_id(corpus_id)}/download", path, {"format": fmt}, compression)
 
     def to_arrow(self, corpus_id) -> pa.Table:
         return pq.read_table(pa.BufferReader(self.download(corpus_id)))
@@ -778,11 +865,13 @@ class Manifests(_Api):
     def get(self, manifest_id) -> Manifest:
         return Manifest.of(self.c._json("GET", f"/v1/manifests/{_id(manifest_id)}"), self.c)
 
-    def download(self, manifest_id, path: str | os.PathLike | None = None, format: str = "parquet",
+    def download(self, manifest_id, path: str | os.PathLike | None = None, format: str | None = None,
                  selected_only: bool = False) -> Path | bytes:
-        """Stream the manifest to `path` (parquet, csv or jsonl); without a path, return the bytes."""
+        """Stream the manifest to `path`; without a path, return the bytes. The format (parquet,
+        csv or jsonl) is `format`, else the one the file name says, else Parquet."""
+        fmt, compression = download_format(path, format)
         return self.c._download(f"/v1/manifests/{_id(manifest_id)}/download", path,
-                                {"format": format, "selected_only": str(selected_only).lower()})
+                                {"format": fmt, "selected_only": str(selected_only).lower()}, compression)
 
     def to_arrow(self, manifest_id, selected_only: bool = False) -> pa.Table:
         return pq.read_table(pa.BufferReader(self.download(manifest_id, None, "parquet", selected_only)))

@@ -56,6 +56,7 @@ TRAINING = Resources(gpus=1, cpu_share=1.0)          # one model: a GPU, or the 
 HALF_TRAINING = Resources(gpus=1, cpu_share=0.5)     # two models trained side by side
 SCORER = Resources(gpus=1, cpus=1)  # a LossScorer actor: one per GPU, or one single-threaded per core
 BOOKKEEPING = Resources(cpus=0)                      # progress boards and other tiny actors
+SQL_PASS = Resources(cpu_share=0.5, max_threads=8)   # one DuckDB pass over a whole job's parts (its threads)
 # Work an HTTP request waits on (parsing an upload, checking a checkpoint) runs at once, beside the
 # jobs' reservations: a training holding a node's cores must not hold up a user's upload.
 REQUEST_TASK = Resources(cpus=0)

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Svc, Tenant, owned
+from service.routes.common import ResolveIds, Svc, Tenant, owned
 from storage import layout
 from storage.manifests import dataset, manifest_files
 from storage.query import run_query
@@ -19,7 +19,7 @@ from workers.driver.curriculum_runs import planned_counts
 from workers.registry import KINDS
 from workers.specs import ref_of
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 
 
 class KindInfo(BaseModel):

@@ -5,24 +5,24 @@ import os
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Limit, Svc, Tenant, owned, page
+from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
 from service.routes.corpora import tenant_access
-from service.schemas import MAX_NAME, Model, ModelList, no_nul
+from service.schemas import Model, ModelList, Name, no_nul
 from storage.errors import DomainError
 from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
-from workers.specs import MAX_STR, LimitExceeded
+from workers.specs import MAX_STR, KnownFields, LimitExceeded
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 
 
-class RegisterModel(BaseModel):
+class RegisterModel(KnownFields):
     """A local Hugging Face causal-LM checkpoint directory (weights + tokenizer) that every Ray
     worker can read, under an allowed root. Loaded with `local_files_only`: nothing is downloaded."""
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name = Field(min_length=1)
     path: str = Field(min_length=1, max_length=MAX_STR)
 
     @field_validator("path")

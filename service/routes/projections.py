@@ -10,12 +10,12 @@ from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
 from storage import layout
 from workers.jobs.projection import predict, simplex_problem
-from workers.specs import Docs
+from workers.specs import Docs, KnownFields
 
 router = APIRouter(tags=["projections"], responses=ERROR_RESPONSES)
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(KnownFields):
     # Each mixture is an OT solve on a Ray worker while the request waits (about a second on a
     # thousand revealed points): a few hundred at most. Sizes cost nothing once a mixture is solved.
     mixtures: list[list[float]] = Field(min_length=1, max_length=256)

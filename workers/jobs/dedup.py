@@ -1,0 +1,284 @@
+"""`dedup`: exact and fuzzy (MinHash-LSH) deduplication of a pool, within itself and against corpora
+already ingested (docs/methods.md, "Deduplication").
+
+Three stages, each resumable from its files:
+1. signatures: one task per shard of the pool and of every `against` corpus writes, per document,
+   its position (uid), the hash of its normalised text and its LSH band keys (with a `threshold`,
+   also its whole MinHash signature): jobs/<job>/signatures/cCCC-NNNNN.parquet.
+2. bands: one task per band (exact: one, over the text hashes). DuckDB groups every signature part
+   by the band's key (a hash aggregate that spills, so memory does not grow with the pool) and pairs
+   each member of a bucket with the bucket's smallest uid: a star of k−1 pairs, not k².
+3. cluster: one task. With a `threshold`, each pair is kept only if the Jaccard similarity estimated
+   from the two full signatures reaches it. Connected components by min-label propagation in DuckDB,
+   each round followed by pointer jumping (label ← label of label), until no label changes: no
+   single process ever holds the edges. Then the keep rule, and the manifest's parts.
+"""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import ray
+from pydantic import Field
+
+from scoring.minhash import (DEFAULT_BANDS, DEFAULT_NGRAM, DEFAULT_ROWS, band_keys, detection_probability,
+                             document_signatures, implied_threshold)
+from scoring.ngrams import text_hashes, word_hashes
+from storage import layout
+from storage.duck import connection
+from storage.fs import Store
+from storage.manifests import dataset, duckdb_ident, manifest_files, write_parts
+from workers.driver.engine import JobContext, JobFailed, Task
+from workers.jobs.cleaning import (CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, commit_cleaning, corpus_of_uid_sql,
+                                   doc_columns, manifest_id, non_empty, uids)
+from workers.jobs.ingest import manifest_corpus
+from workers.kind import SHARD_TASK, SQL_PASS, JobKind
+from workers.runtime import node_id
+from workers.specs import CorpusId, ManifestId, StrictModel
+
+BAND_MEMORY = "512MB"      # DuckDB's memory in a bands task (it spills past it)
+CLUSTER_MEMORY = "1GB"     # and in the cluster task
+MAX_ROUNDS = 10_000        # label propagation converges in far fewer; a bound, not a tuning knob
+EXACT = -1                 # the "band" of equal normalised texts
+
+
+class KeepByScore(StrictModel):
+    """Keep the member with the highest `column` of another manifest over the same pool."""
+    by: Literal["score"]
+    manifest: ManifestId
+    column: str = Field("score", min_length=1, description="a column of that manifest (higher is kept)")
+
+
+class DedupSpec(PoolAgainst):
+    against: list[CorpusId] = Field(default_factory=list, max_length=MAX_CORPORA,
+                                    description="corpora already ingested: pool documents that duplicate one "
+                                                "of theirs are dropped and name it")
+    method: Literal["fuzzy", "exact"] = Field(
+        "fuzzy", description="fuzzy: MinHash-LSH (it finds exact duplicates too); exact: equal normalised text")
+    ngram: int = Field(DEFAULT_NGRAM, ge=1, le=32, description="words per shingle")
+    bands: int = Field(DEFAULT_BANDS, ge=1, le=64)
+    rows: int = Field(DEFAULT_ROWS, ge=1, le=32, description="hash functions per band")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="verify each candidate pair: its Jaccard similarity, estimated from the "
+                                      "whole signatures, must reach this; null: every band collision is a pair")
+    keep: Literal["first", "longest"] | KeepByScore = Field(
+        "first", description="which member of a cluster is kept: the first in corpus order, the longest, or "
+                             "the highest score of another manifest")
+
+
+# -- 1. signatures -------------------------------------------------------------------------------
+
+def band_column(band: int) -> str:
+    return "text_hash" if band == EXACT else f"b{band:02d}"
+
+
+@ray.remote
+def signature_task(store_root: str, corpus_index: int, shard: int, parts: tuple, out: tuple,
+                   fuzzy: bool, ngram: int, bands: int, rows: int, full: bool) -> dict:
+    store = Store(store_root)
+    docs = store.read_parquet(*parts, columns=["id", "text", "source"])
+    h, offsets = word_hashes(docs["text"])
+    n_words = np.diff(offsets)
+    blank = ~non_empty(docs) | (n_words == 0)
+    cols = {"uid": pa.array(uids(corpus_index, shard, docs.num_rows)), **doc_columns(docs, None, shard, n_words),
+            "text_hash": pa.array(text_hashes(h, offsets).view(np.int64), mask=blank)}
+    if fuzzy:
+        sig = document_signatures(h, offsets, ngram, bands * rows)
+        keys = band_keys(sig, bands, rows)
+        for j in range(bands):
+            cols[band_column(j)] = pa.array(keys[:, j], mask=blank)
+        if full:
+            cols["minhash"] = pa.FixedSizeListArray.from_arrays(pa.array(sig.view(np.int64).ravel()), bands * rows)
+    store.write_parquet(pa.table(cols), *out)
+    return {"rows": docs.num_rows, "node": node_id()}
+
+
+# -- 2. candidate pairs per band -----------------------------------------------------------------
+
+@ray.remote
+def band_task(store_root: str, sig_parts: list, band: int, out: tuple) -> dict:
+    """Pairs (a, b) of one band: every member a of a bucket with its smallest member b. Buckets
+    without a pool document are left out (they pair nothing the manifest shows)."""
+    store = Store(store_root)
+    key = duckdb_ident(band_column(band))
+    with connection(memory_limit=BAND_MEMORY, threads=1) as con:
+        con.register("sig", dataset(store, sig_parts))
+        reader = con.sql(f"""
+            WITH buckets AS (
+              SELECT {key} AS k, min(uid) AS anchor FROM sig WHERE {key} IS NOT NULL
+              GROUP BY {key} HAVING count(*) > 1 AND min(uid) < {1 << CORPUS_SHIFT})
+            SELECT s.uid AS a, buckets.anchor AS b
+            FROM sig s JOIN buckets ON s.{key} = buckets.k WHERE s.uid <> buckets.anchor""").to_arrow_reader(65_536)
+        with store.parquet_writer(reader.schema, *out) as writer:
+            for batch in reader:
+                writer.write(batch)
+        pairs = writer.rows
+    return {"pairs": pairs, "node": node_id()}
+
+
+# -- 3. clusters, the keep rule, the manifest ----------------------------------------------------
+
+def keep_order(keep) -> str:
+    """ORDER BY of a cluster's pool members: the first of them is kept."""
+    if keep == "first":
+        return "uid"
+    if keep == "longest":
+        return "n_chars DESC, uid"
+    return "keep_score DESC NULLS LAST, uid"
+
+
+def components(con, threshold: float | None) -> dict:
+    """Label every document that has a pair with its component's smallest uid: table `lab(node, label)`."""
+    con.execute("CREATE TABLE e AS SELECT DISTINCT a, b FROM pairs")
+    candidates = con.execute("SELECT count(*) FROM e").fetchone()[0]
+    if threshold is not None:
+        con.execute("""
+            CREATE OR REPLACE TABLE e AS SELECT e.a, e.b FROM e
+            JOIN sig s1 ON s1.uid = e.a JOIN sig s2 ON s2.uid = e.b
+            WHERE len(list_filter(range(1, len(s1.minhash) + 1), lambda i: s1.minhash[i] = s2.minhash[i]))
+                  >= ? * len(s1.minhash)""", [threshold])
+    verified = con.execute("SELECT count(*) FROM e").fetchone()[0]
+    con.execute("CREATE TABLE g AS SELECT a AS x, b AS y FROM e UNION SELECT b, a FROM e")
+    con.execute("CREATE TABLE lab AS SELECT x AS node, least(x, min(y)) AS label FROM g GROUP BY x")
+    rounds = 0
+    for rounds in range(1, MAX_ROUNDS + 1):
+        con.execute("""
+            CREATE OR REPLACE TABLE nxt AS
+            WITH m AS (SELECT g.x AS node, min(l.label) AS nl FROM g JOIN lab l ON l.node = g.y GROUP BY g.x),
+                 c AS (SELECT lab.node, least(lab.label, m.nl) AS label FROM lab JOIN m USING (node))
+            SELECT c.node, least(c.label, j.label) AS label FROM c JOIN c AS j ON j.node = c.label""")
+        changed = con.execute("SELECT count(*) FROM nxt JOIN lab USING (node) WHERE nxt.label <> lab.label").fetchone()[0]
+        con.execute("CREATE OR REPLACE TABLE lab AS SELECT * FROM nxt")
+        if not changed:
+            break
+    else:
+        raise RuntimeError(f"connected components did not converge in {MAX_ROUNDS} rounds")
+    return {"candidate_pairs": int(candidates), "verified_pairs": int(verified), "rounds": rounds}
+
+
+@ray.remote
+def cluster_task(store_root: str, sig_parts: list, pair_parts: list, corpora: list, man_id: str,
+                 keep, keep_parts: list, threshold: float | None, out: tuple, threads: int) -> dict:
+    store = Store(store_root)
+    with connection(memory_limit=CLUSTER_MEMORY, threads=threads) as con:
+        con.register("sig", dataset(store, sig_parts))
+        if pair_parts:
+            con.register("pairs", dataset(store, pair_parts))
+        else:
+            con.execute("CREATE VIEW pairs AS SELECT NULL::BIGINT AS a, NULL::BIGINT AS b WHERE false")
+        stats = components(con, threshold)
+        con.register("names", pa.table({"idx": pa.array(range(len(corpora)), pa.int64()), "corpus": corpora}))
+        scores = "(SELECT NULL::VARCHAR AS doc_id, NULL::DOUBLE AS v WHERE false)"
+        if keep_parts:
+            con.register("ks", dataset(store, keep_parts))
+            scores = f"(SELECT doc_id, {duckdb_ident(keep['column'])} AS v FROM ks)"
+        con.execute(f"""
+            CREATE TABLE mem AS
+            SELECT l.node AS uid, l.label AS cluster, s.doc_id, {corpus_of_uid_sql('s.uid')} AS ci, s.n_chars,
+                   CASE WHEN {corpus_of_uid_sql('s.uid')} = 0 THEN ks.v END AS keep_score
+            FROM lab l JOIN sig s ON s.uid = l.node LEFT JOIN {scores} ks ON ks.doc_id = s.doc_id""")
+        order = keep_order(keep)
+        con.execute(f"""
+            CREATE TABLE cl AS
+            SELECT cluster, count(*) FILTER (WHERE ci = 0) AS size,
+                   first(uid ORDER BY uid) FILTER (WHERE ci > 0) AS matched_uid,
+                   first(doc_id ORDER BY uid) FILTER (WHERE ci > 0) AS matched_doc,
+                   first(uid ORDER BY {order}) FILTER (WHERE ci = 0) AS keep_uid,
+                   first(doc_id ORDER BY {order}) FILTER (WHERE ci = 0) AS keep_doc
+            FROM mem GROUP BY cluster""")
+        reader = con.sql(f"""
+            WITH d AS (
+              SELECT s.*, m.cluster, c.size, c.keep_uid, c.keep_doc, c.matched_uid, c.matched_doc
+              FROM sig s LEFT JOIN mem m USING (uid) LEFT JOIN cl c USING (cluster)
+              WHERE {corpus_of_uid_sql('s.uid')} = 0),
+            k AS (
+              SELECT *, CASE WHEN text_hash IS NULL THEN false
+                             WHEN cluster IS NULL THEN true
+                             ELSE matched_uid IS NULL AND uid = keep_uid END AS kept FROM d)
+            SELECT k.doc_id, ? AS corpus_id, k.shard::INTEGER AS shard, k.row::BIGINT AS row, k.source,
+                   k.n_tokens::BIGINT AS n_tokens, k.n_chars::BIGINT AS n_chars,
+                   CASE WHEN k.text_hash IS NULL THEN NULL ELSE coalesce(k.cluster, k.uid) END::BIGINT AS cluster_id,
+                   CASE WHEN k.text_hash IS NULL THEN 0 ELSE coalesce(k.size, 1) END::BIGINT AS cluster_size,
+                   k.kept,
+                   CASE WHEN NOT k.kept AND k.matched_uid IS NULL THEN k.keep_doc END AS duplicate_of,
+                   names.corpus AS matched_corpus, k.matched_doc,
+                   k.kept AS selected
+            FROM k LEFT JOIN names ON names.idx = {corpus_of_uid_sql('k.matched_uid')}
+            ORDER BY k.shard, k.row""", params=[corpora[0]]).to_arrow_reader(65_536)
+        info = write_parts(store, reader, man_id)
+        counts = con.execute(f"""
+            SELECT count(*) FILTER (WHERE text_hash IS NULL),
+                   count(text_hash) - count(DISTINCT text_hash)
+            FROM sig WHERE {corpus_of_uid_sql('uid')} = 0""").fetchone()
+        clusters = con.execute("SELECT count(*), coalesce(max(size), 0) FROM cl WHERE size > 1").fetchone()
+        matched = con.execute("""SELECT names.corpus, count(*) FROM mem JOIN cl USING (cluster)
+                                 JOIN names ON names.idx = (cl.matched_uid >> ?)
+                                 WHERE mem.ci = 0 GROUP BY 1""", [CORPUS_SHIFT]).fetchall()
+    summary = {**stats, "num_empty": int(counts[0]), "exact_duplicates": int(counts[1]),
+               "clusters": int(clusters[0]), "largest_cluster": int(clusters[1]),
+               "matched_against": {c: int(n) for c, n in matched}}
+    store.write_bytes(json.dumps({"manifest": info, "summary": summary}).encode(), *out)
+    return {"node": node_id()}
+
+
+def keep_parts_of(ctx: JobContext, spec: DedupSpec) -> list:
+    """The parts of the manifest whose scores choose what is kept (checked: same pool, has the column)."""
+    if not isinstance(spec.keep, KeepByScore):
+        return []
+    man = ctx.catalog.get("manifests", spec.keep.manifest, ctx.tenant)
+    names = [c["name"] for c in man["columns"]]
+    if spec.keep.column not in names or "doc_id" not in names:
+        raise JobFailed("bad_keep", f"keep.column: manifest {spec.keep.manifest} has no column "
+                        f"{spec.keep.column!r} (it has {', '.join(names)})")
+    if manifest_corpus(ctx, spec.keep.manifest) != spec.pool:
+        raise JobFailed("bad_keep", f"keep.manifest: manifest {spec.keep.manifest} is not over the pool {spec.pool}")
+    return manifest_files(ctx.store, spec.keep.manifest)
+
+
+def run_dedup(ctx: JobContext, spec: DedupSpec) -> dict:
+    corpora = [spec.pool, *spec.against]
+    for c in corpora:
+        ctx.corpus(c)
+    keep_parts = keep_parts_of(ctx, spec)
+    fuzzy = spec.method == "fuzzy"
+    opts = ctx.options("signatures")
+    sig_tasks = []
+    for i, corpus in enumerate(corpora):
+        for s, p in ctx.corpus_shards(corpus):
+            out = layout.corpus_shard_part(ctx.job_id, "signatures", i, s)
+            sig_tasks.append(Task(out=out, key=(i, s), submit=lambda i=i, s=s, p=p, out=out: signature_task.options(
+                **opts).remote(ctx.store.root, i, s, p, out, fuzzy, spec.ngram, spec.bands, spec.rows,
+                               spec.threshold is not None)))
+    ctx.run_tasks("signatures", sig_tasks)
+    sig_parts = [t.out for t in sig_tasks]
+
+    opts = ctx.options("bands")
+    band_tasks = [Task(out=layout.band_part(ctx.job_id, b), key=b,
+                       submit=lambda b=b: band_task.options(**opts).remote(
+                           ctx.store.root, sig_parts, b, layout.band_part(ctx.job_id, b)))
+                  for b in (range(spec.bands) if fuzzy else [EXACT])]
+    ctx.run_tasks("bands", band_tasks, unit="bands")
+
+    out = layout.job_file(ctx.job_id, "clusters")
+    opts = ctx.options("cluster")
+    keep = spec.keep.model_dump() if isinstance(spec.keep, KeepByScore) else spec.keep
+    ctx.run_tasks("cluster", [Task(out=out, key="cluster", submit=lambda: cluster_task.options(**opts).remote(
+        ctx.store.root, sig_parts, [t.out for t in band_tasks], corpora, manifest_id(ctx), keep, keep_parts,
+        spec.threshold, out, ctx.threads("cluster")))], unit="steps")
+    done = json.loads(ctx.store.read_bytes(*out))
+    summary = {**done["summary"], "method": spec.method}
+    if fuzzy:
+        summary["lsh"] = {"bands": spec.bands, "rows": spec.rows, "ngram": spec.ngram,
+                          "implied_threshold": round(implied_threshold(spec.bands, spec.rows), 4),
+                          "detection_probability_at_0.8": round(detection_probability(0.8, spec.bands, spec.rows), 4)}
+    return commit_cleaning(ctx, "dedup", spec.pool, summary, {"against": spec.against, "method": spec.method},
+                           info=done["manifest"])
+
+
+KINDS = [
+    JobKind("dedup", DedupSpec, run_dedup,
+            "exact and MinHash-LSH deduplication: every document with its cluster and whether it is kept",
+            stages={"signatures": SHARD_TASK, "bands": SHARD_TASK, "cluster": SQL_PASS}),
+]
