@@ -666,12 +666,38 @@ class Corpora(_Api):
                 opened.close()
         return Corpus.of(raw, self.c)
 
+    def upload_dir(self, path: str | os.PathLike, name: str, *, split: str = "file",
+                   source_from: str | None = None, suffixes: tuple[str, ...] = (".txt", ".md", ".text")) -> Corpus:
+        """Upload a local directory of plain-text files (those ending in `suffixes`, at any depth) as
+        one corpus, sent as JSONL: cut as the server cuts registered text (`split` "file", "line"
+        or "paragraph"), ids from the paths relative to `path` (`a/b.txt`, `a/b.txt#7` for line 7),
+        the source from the first directory with `source_from="dir"`."""
+        from storage.ingest.common import Fields
+        from storage.ingest.source import Source
+        from storage.ingest.text_reader import TextReader
+        root = Path(path)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        if not files:
+            raise InvalidArgument(f"{root} holds no file ending in {', '.join(suffixes)}")
+
+        def docs():
+            for f in files:
+                reader = TextReader(Source(str(f)), Fields("text", None, None), 1 << 20,
+                                    name=f.relative_to(root).as_posix(), split=split, source_from=source_from)
+                for rows in reader:
+                    for doc_id, text, source in zip(rows.ids.to_pylist(), rows.text.to_pylist(),
+                                                    rows.source.to_pylist()):
+                        yield {"id": doc_id, "text": text, **({"source": source} if source else {})}
+        return self.upload(docs(), name)
+
     def register(self, uri: str, name: str, *, format: str | None = None, text_field: str = "text",
-                 id_field: str = "id", source_field: str = "source") -> Corpus:
+                 id_field: str = "id", source_field: str = "source", split: str = "file",
+                 source_from: str | None = None) -> Corpus:
         """Register server-side data (a file under an allowed root, or an object-store URI); the
-        corpus is `ingesting` until its job ends (`.wait()`)."""
+        corpus is `ingesting` until its job ends (`.wait()`). Plain text (format "text", or files
+        named .txt/.md): `split` and `source_from` as in `upload_dir`."""
         body = {"name": name, "uri": uri, "format": format, "text_field": text_field, "id_field": id_field,
-                "source_field": source_field}
+                "source_field": source_field, "split": split, "source_from": source_from}
         return Corpus.of(self.c._json("POST", "/v1/corpora", json=body), self.c)
 
     def list(self, limit: int = 50, cursor: str | None = None) -> Page:
