@@ -83,6 +83,18 @@ def extras_of(docs: list[dict], fields: Fields) -> pa.Table | None:
 JSON_META = {b"thresher": b"json"}    # field metadata: the column holds each value's JSON text
 
 
+def lines_at(numbered, rows: list[int], offset: int) -> list[int]:
+    """The 1-based input line of each 0-based document row, from (row, line) pairs in order (read
+    only as far as needed); `row + offset` for a row never met."""
+    wanted, found = set(rows), {}
+    for row, line in numbered:
+        if row in wanted:
+            found[row] = line
+            if len(found) == len(wanted):
+                break
+    return [found.get(r, r + offset) for r in rows]
+
+
 def valid_utf8(column) -> bool:
     try:
         for chunk in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]):

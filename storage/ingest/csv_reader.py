@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from storage.ingest.common import Fields, IngestError, Rows, extra_columns
+from storage.ingest.common import Fields, IngestError, Rows, extra_columns, lines_at
 from storage.ingest.source import Source
 
 _BREAKS = re.compile(rb"[\r\n]{2,}")   # a line's end and maybe blank lines after it
@@ -146,10 +146,5 @@ class CsvReader:
                           "quotes in the file)", {})
 
     def lines_of(self, rows: list[int]) -> list[int]:
-        wanted, found = set(rows), {}
-        for row, (line, _) in enumerate(self._records(), -1):   # row -1 is the header
-            if row in wanted:
-                found[row] = line
-                if len(found) == len(wanted):
-                    break
-        return [found.get(r, r + 2) for r in rows]
+        # row -1 is the header
+        return lines_at(((row, line) for row, (line, _) in enumerate(self._records(), -1)), rows, 2)

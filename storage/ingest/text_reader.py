@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from storage.ingest.common import BOM, Fields, IngestError, Rows
+from storage.ingest.common import BOM, Fields, IngestError, Rows, lines_at
 from storage.ingest.source import Source
 
 SPLITS = ("file", "line", "paragraph")
@@ -132,10 +132,4 @@ class TextReader:
         return Rows(pa.array(texts, pa.string()), pa.array(ids, pa.string()), source)
 
     def lines_of(self, rows: list[int]) -> list[int]:
-        wanted, found = set(rows), {}
-        for row, (line, _) in enumerate(self._docs()):
-            if row in wanted:
-                found[row] = line
-                if len(found) == len(wanted):
-                    break
-        return [found.get(r, r + 1) for r in rows]
+        return lines_at(((row, line) for row, (line, _) in enumerate(self._docs())), rows, 1)
