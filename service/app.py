@@ -14,7 +14,7 @@ from service.docs import install_docs
 from service.lenient import JsonByDefault
 from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
                             query, ui)
-from service.routes.ops import JobStates
+from service.routes.ops import JobStates, Readiness
 from service.schemas import JOB_REQUESTS, PUBLIC_KINDS
 from service.settings import Settings
 from service.state import ServiceState
@@ -36,9 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         started = time.time()
         os.makedirs(settings.home, exist_ok=True)
-        init_ray(settings.resolved_ray_address)
+        init_ray(settings.resolved_ray_address, home=settings.home)
         catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
-        store = Store(settings.store_root)
+        store = Store(settings.store_root, timeout_s=settings.storage_timeout_s)
         janitor.sweep(catalog, store, spool_dir=os.path.join(settings.home, "uploads"),
                       scratch_dir=settings.temp_dir, started=started)
         engine = JobEngine(catalog, store, EngineConfig(
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Counter("thresher_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
             Histogram("thresher_http_request_seconds", "HTTP request latency", ["route"], registry=registry))
         registry.register(JobStates(catalog))
+        app.state.readiness = Readiness(store)
         app.state.keys = settings.keys_by_token()
         engine.start()
         try:

@@ -30,7 +30,7 @@ STATE_STYLES = {"queued": "yellow", "ingesting": "yellow", "running": "cyan", "r
                 "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 # The public job kinds (tests check this against the service's list).
 KIND_NAMES = ("random", "dsir", "train_model", "score", "color_filter", "evaluate", "reweight",
-              "curriculum", "projection", "dedup", "decontaminate", "quality")
+              "curriculum", "projection", "dedup", "decontaminate", "quality", "filter")
 WIDE = 100_000   # the width of output that is not a terminal: nothing is ever cut
 
 out = Console(width=None if sys.stdout.isatty() else WIDE)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.fs import DEFAULT_TIMEOUT_S
 from storage.ingest.shards import SHARD_COMPRESSIONS
 from storage.query import parse_size
 from workers.specs import SpecLimits
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
     storage_uri: str | None = None
     """Where corpora, manifests and models live: a directory or an object-store URI (s3://…, gs://…).
     Default: <home>/store."""
+    storage_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    """How long a request to an object store may go without progress before it fails (it is tried
+    3 times): a store that stops answering fails a call within about three times this,
+    answered 503 `storage_unavailable`. Ray workers read it from their own environment, like the
+    store's credentials."""
     ray_address: str | None = None
     """Ray cluster to join; default: RAY_ADDRESS if set, else start a local Ray."""
     api_keys: Annotated[list[str], NoDecode] = []

@@ -544,8 +544,21 @@ class Client:
     def score(self, corpus, model, **spec) -> Job:
         return self.submit("score", corpus=_id(corpus), model=_id(model), **spec)
 
-    def evaluate(self, selection, validation, **spec) -> Job:
+    def evaluate(self, selection, validation, *, against=None, **spec) -> Job:
+        """Proxies trained on `selection` and on a random subset of its pool as large, or with
+        `against` (another selection) on that one, head to head: the gain, and their overlap."""
+        if against is not None:
+            spec["against"] = _id(against)
         return self.submit("evaluate", selection=_id(selection), validation=_id(validation), **spec)
+
+    def filter(self, corpus=None, *, sources: list[str] | None = None, manifest=None, where: str | None = None,
+               **spec) -> Job:
+        """A new corpus (`job.corpus_id`) of `corpus`'s documents whose source is one of `sources`
+        and/or of the rows of `manifest` where the SQL predicate `where` holds."""
+        given = {"corpus": corpus, "sources": sources, "manifest": manifest, "where": where}
+        refs = {"corpus", "manifest"}
+        return self.submit("filter", **{k: _id(v) if k in refs else v for k, v in given.items() if v is not None},
+                           **spec)
 
     def reweight(self, corpus, **spec) -> Job:
         for k in ("model", "losses"):

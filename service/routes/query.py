@@ -45,11 +45,14 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
             raise ApiError(422, "validation_error", f"tables.{name}: table names must be SQL identifiers",
                            {"field": f"tables.{name}"})
         tables[name] = table_data(s, manifest_id, tenant, f"tables.{name}")
-    cfg = s.settings
     # The answer is the child's JSON as it came: the rows are never Python objects in the service.
-    answer = await run_in_threadpool(
-        run_query, body.sql, tables, limit=body.limit, timeout_s=cfg.query_timeout_s,
-        memory_limit=cfg.query_memory, process_memory=cfg.query_process_memory, max_bytes=cfg.query_max_bytes,
-        temp_root=cfg.temp_dir, max_temp_size=cfg.duckdb_max_temp,
-        server_paths=(os.path.abspath(cfg.home), cfg.store_root))
+    answer = await run_in_threadpool(sandboxed, s, body.sql, tables, body.limit)
     return Response(answer, media_type="application/json")
+
+
+def sandboxed(s, sql: str, tables: dict, limit: int) -> bytes:
+    """run_query under the server's query settings (also for the predicates job specs carry)."""
+    cfg = s.settings
+    return run_query(sql, tables, limit=limit, timeout_s=cfg.query_timeout_s, memory_limit=cfg.query_memory,
+                     process_memory=cfg.query_process_memory, max_bytes=cfg.query_max_bytes, temp_root=cfg.temp_dir,
+                     max_temp_size=cfg.duckdb_max_temp, server_paths=(os.path.abspath(cfg.home), cfg.store_root))

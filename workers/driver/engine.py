@@ -26,7 +26,7 @@ import ray
 from storage import layout
 from storage.catalog import Catalog, NotFound, now
 from storage.errors import DomainError, redact
-from storage.fs import Store
+from storage.fs import Store, storage_error
 from storage.inputs import Access
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind
@@ -451,7 +451,9 @@ class JobEngine:
             self._finish(ctx, "failed", error={"code": e.code, "message": e.message})
         except Exception as e:  # noqa: BLE001 - report, don't crash
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            self._finish(ctx, "failed", error={"code": "job_error", "message": f"{type(e).__name__}: {e}"})
+            failed = storage_error(e)  # the storage full or not answering: say so, not its raw error
+            self._finish(ctx, "failed", error={"code": failed.code, "message": failed.message} if failed else
+                         {"code": "job_error", "message": f"{type(e).__name__}: {e}"})
         else:
             self._finish(ctx, "succeeded", result=result)
         finally:

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Annotated, Literal
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
@@ -26,6 +27,7 @@ from storage.fs import Store
 from storage.ingest import COMPRESSED_SUFFIXES, SPLITS, IngestError, detect_format, ingest
 from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, field_types, shard_options, unify_shards
 from storage.inputs import Access, InputFile, fixed_prefix, list_inputs, open_input, split_uri
+from storage.manifests import manifest_corpus
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
@@ -274,12 +276,16 @@ class ExportSpec(StrictModel):
 
 
 @ray.remote
-def export_shard(store_root: str, corpus_part: tuple, manifest_part: tuple, out: tuple,
-                 selected_only: bool, compression: str) -> int:
+def export_shard(store_root: str, corpus_part: tuple, out: tuple, compression: str, mask_part: tuple | None = None,
+                 sources: list[str] | None = None) -> dict:
+    """One shard of a corpus written as a shard of another: the rows `mask_part`'s `selected`
+    marks (a manifest part, or a filter's mask), whose `source` is one of `sources`; all if neither."""
     store = Store(store_root)
     docs = store.read_parquet(*corpus_part)      # every column: the extra fields travel with the text
-    if selected_only:
-        docs = docs.filter(store.read_parquet(*manifest_part, columns=["selected"])["selected"])
+    if mask_part is not None:
+        docs = docs.filter(store.read_parquet(*mask_part, columns=["selected"])["selected"])
+    if sources is not None:
+        docs = docs.filter(pc.is_in(docs["source"], pa.array(sources, pa.string())))
     store.write_parquet(docs, *out, **shard_options(compression))  # written like an ingested shard
     return {"rows": docs.num_rows, "node": node_id()}
 
@@ -292,16 +298,16 @@ def shard_stats(docs) -> dict:
             "num_empty": int(empty.sum()), "sources": {d["values"]: d["counts"] for d in sources}}
 
 
-def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
-    corpus_id = manifest_corpus(ctx, spec.manifest)
-    if corpus_id is None:
-        raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
+def export_documents(ctx: JobContext, corpus_id: str, new_corpus_id: str, compression: str,
+                     masks: dict[int, tuple] | None = None, sources: list[str] | None = None) -> dict:
+    """Write the documents of `corpus_id` that `masks` (per shard) and `sources` keep as the shards
+    of `new_corpus_id` (stage `export`, a task a shard, resumable); its statistics."""
     opts = ctx.options("export")
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
-        out = layout.corpus_shard(spec.corpus_id, s)
-        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression)))
+        out, mask = layout.corpus_shard(new_corpus_id, s), masks[s] if masks is not None else None
+        tasks.append(Task(out=out, key=s, submit=lambda p=p, out=out, mask=mask: export_shard.options(**opts).remote(
+            ctx.store.root, p, out, compression, mask, sources)))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -313,16 +319,18 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
             stats["sources"][src] = stats["sources"].get(src, 0) + n
     source = ctx.catalog.get("corpora", corpus_id).get("meta") or {}
     stats["fields"], stats["json_fields"] = source.get("fields", {}), source.get("json_fields", [])
+    return stats
+
+
+def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
+    corpus_id = manifest_corpus(ctx.store, spec.manifest)
+    if corpus_id is None:
+        raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
+    masks = {s: layout.manifest_part(spec.manifest, s) for s, _ in ctx.corpus_shards(corpus_id)} \
+        if spec.selected_only else None
+    stats = export_documents(ctx, corpus_id, spec.corpus_id, spec.compression, masks)
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
     return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": stats}
-
-
-def manifest_corpus(ctx: JobContext, manifest_id: str) -> str | None:
-    """The corpus a manifest's rows come from (None when it has no rows)."""
-    parts = layout.manifest_parts(ctx.store, manifest_id)
-    if not parts:
-        return None
-    return ctx.store.read_parquet(*parts[0][1], columns=["corpus_id"])["corpus_id"][0].as_py()
 
 
 KINDS = [
