@@ -33,11 +33,16 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
                            {"field": f"tables.{name}"})
         manifest_id = resolve(s, "manifests", manifest_id, tenant, f"tables.{name}")["id"]
         tables[name] = dataset(s.store, manifest_files(s.store, manifest_id))
-    cfg = s.settings
     # The answer is the child's JSON as it came: the rows are never Python objects in the service.
-    answer = await run_in_threadpool(
-        run_query, body.sql, tables, limit=body.limit, timeout_s=cfg.query_timeout_s,
+    return Response(await sandboxed(s, body.sql, tables, body.limit), media_type="application/json")
+
+
+async def sandboxed(s, sql: str, tables: dict, limit: int) -> bytes:
+    """The JSON answer of `sql` run in the query sandbox under the server's bounds (time, memory,
+    result bytes, spill), for this path and the others that read manifests with SQL."""
+    cfg = s.settings
+    return await run_in_threadpool(
+        run_query, sql, tables, limit=limit, timeout_s=cfg.query_timeout_s,
         memory_limit=cfg.query_memory, process_memory=cfg.query_process_memory, max_bytes=cfg.query_max_bytes,
         temp_root=cfg.temp_dir, max_temp_size=cfg.duckdb_max_temp,
         server_paths=(os.path.abspath(cfg.home), cfg.store_root))
-    return Response(answer, media_type="application/json")
