@@ -291,6 +291,8 @@ def test_every_kind_has_a_form_from_its_spec(browser, live):
         for area in browser.find_elements("css selector", f"#form-{kind['name']} textarea"):
             assert area.get_attribute("placeholder") or area.get_attribute("value"), (kind["name"], area.get_attribute("id"))
     assert browser.get_log("browser") == []
+    go(browser, live, "#/jobs/new/projection")     # not the last kind listed any more
+    until(browser, lambda d: d.find_elements("id", "form-projection"), what="the projection form")
     assert css(browser, "#f-sources").get_attribute("placeholder").startswith('[{"corpus": …, "price_per_doc": …')
     go(browser, live, "#/jobs/new/dsir")
     until(browser, lambda d: d.find_elements("id", "form-dsir"), what="the dsir form")
