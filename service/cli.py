@@ -461,6 +461,7 @@ class KindCommand(TyperCommand):
     def format_help(self, ctx, formatter) -> None:
         try:
             kind = kind_of(ctx, self.name)
+            self.help = f"Submit a {self.name} job: {kind.description}."
             text = "\n".join([f"Spec fields of {self.name} (the --spec JSON object):",
                               *(f"  {line}" for line in kind.describe())])
         except ThresherError as exc:     # the options still help without the service

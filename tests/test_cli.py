@@ -69,6 +69,7 @@ def test_submit_help_lists_the_kinds_spec_fields_with_types_and_defaults(live_se
     dedup = cli_at(live_service, "jobs", "submit", "dedup", "--help").output
     assert 'keep: "first"|"longest" | KeepByScore (default "first")' in dedup
     assert "    manifest: str (required) — a manifest id (man_…)" in dedup
+    assert "Submit a dedup job: exact and MinHash-LSH deduplication" in re.sub(r"[\s│]+", " ", dedup)
 
 
 def test_submit_help_without_the_service_says_where_the_fields_come_from():
