@@ -51,7 +51,9 @@ async def query(body: QueryRequest, tenant: str = Tenant, s=Svc):
 
 
 def sandboxed(s, sql: str, tables: dict, limit: int) -> bytes:
-    """run_query under the server's query settings (also for the predicates job specs carry)."""
+    """The JSON answer of `sql` run in the query sandbox under the server's bounds (time, memory,
+    result bytes, spill), for this path and the others that read manifests with SQL (a document
+    listing, the predicates job specs carry)."""
     cfg = s.settings
     return run_query(sql, tables, limit=limit, timeout_s=cfg.query_timeout_s, memory_limit=cfg.query_memory,
                      process_memory=cfg.query_process_memory, max_bytes=cfg.query_max_bytes, temp_root=cfg.temp_dir,
