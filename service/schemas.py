@@ -37,6 +37,10 @@ class Corpus(BaseModel):
     sources: dict[str, int] = Field(default_factory=dict)
     ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
                                        "Thresher numbered them from 0000000000 in file order")
+    fields: dict[str, str] = Field(default_factory=dict, description="the input's fields beyond id, text "
+                                   "and source, stored as columns: name -> Arrow type")
+    json_fields: list[str] = Field(default_factory=list, description="fields whose values disagreed in "
+                                   "type across documents: stored as each value's JSON text")
     created_at: str
     job_id: str | None = None
     error: dict | None = None
@@ -179,15 +183,22 @@ class ShardList(BaseModel):
     items: list[ManifestShard]
 
 
+Split = Literal["file", "line", "paragraph"]
+
+
 class RegisterCorpus(KnownFields):
     """Register data the server can read (a file under an allowed root, or an object-store URI)."""
     model_config = ConfigDict(str_max_length=MAX_STR)
     name: Name = Field(min_length=1)
     uri: str = Field(min_length=1)
-    format: Literal["jsonl", "parquet", "csv"] | None = None
+    format: Literal["jsonl", "parquet", "csv", "text"] | None = None
     text_field: str = "text"
     id_field: str = "id"
     source_field: str = "source"
+    split: Split = Field("file", description="plain text: a document per file, per non-empty line, or "
+                         "per blank-line-separated paragraph")
+    source_from: Literal["dir"] | None = Field(None, description="plain text: the source is the file's "
+                                               "first directory under the registered one")
 
     @field_validator("uri")
     @classmethod
@@ -216,7 +227,8 @@ def distinct_fields(text_field: str | None, id_field: str) -> str:
 
 class QueryRequest(KnownFields):
     sql: str = Field(min_length=1, max_length=100_000)
-    tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
+    tables: dict[str, str] = Field(description="table name in the SQL -> manifest id, or corpus id "
+                                   "(its documents: id, text, source and the extra fields)")
     limit: int = Field(1000, ge=1, le=100_000)
 
 

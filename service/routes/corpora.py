@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from service.bodies import TooLarge, attachment, check_declared, limited, parse_slot, spool, too_large
 from service.errors import ERROR_RESPONSES, ApiError, invalid_body
 from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
-from service.schemas import Corpus, CorpusList, RegisterCorpus, distinct_fields, printable_name
+from service.schemas import Corpus, CorpusList, RegisterCorpus, Split, distinct_fields, printable_name
 from storage import layout
 from storage.catalog import new_id
 from storage.encode import MEDIA_TYPES, bounded_batches, encode
@@ -26,7 +26,8 @@ from workers.registry import KINDS
 from workers.specs import iter_refs
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
-Format = Literal["jsonl", "parquet", "csv"]
+Format = Literal["jsonl", "parquet", "csv", "text"]
+KNOWN_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".txt", ".text", ".md")
 CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", "text/csv": "csv",
                  "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet"}
 
@@ -34,7 +35,8 @@ CONTENT_TYPES = {"application/x-ndjson": "jsonl", "application/jsonl": "jsonl", 
 def corpus_view(rec: dict) -> Corpus:
     meta = rec.get("meta") or {}
     return Corpus(**{k: v for k, v in rec.items() if k in Corpus.model_fields and v is not None},
-                  empty_doc_ids=meta.get("empty_ids", []), ids_generated=meta.get("ids_generated"))
+                  empty_doc_ids=meta.get("empty_ids", []), ids_generated=meta.get("ids_generated"),
+                  fields=meta.get("fields") or {}, json_fields=meta.get("json_fields") or [])
 
 
 @router.post("", status_code=201, response_model=Corpus, summary="Upload or register a corpus",
@@ -48,7 +50,9 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
                         name: str | None = Query(None, description="required (query or form field)"),
                         format: Format | None = Query(None, description="default: from the file name"),
                         text_field: str = "text", id_field: str = "id", source_field: str = "source",
-                        filename: str | None = Query(None, description="the file's name, for format and compression")):
+                        filename: str | None = Query(None, description="the file's name, for format and compression"),
+                        split: Split = Query("paragraph", description="plain text: a document per file, "
+                                             "per non-empty line or per blank-line-separated paragraph")):
     """Upload a file as the request body or as multipart field `file` (→ 201, ingested), or send JSON
     `{"name", "uri", …}` to register server-side data (→ 202, ingested by a job)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -59,7 +63,7 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
     if name is not None:
         check_name(name, "name")
     fields = {"name": name, "format": format, "text_field": text_field, "id_field": id_field,
-              "source_field": source_field, "filename": filename}
+              "source_field": source_field, "filename": filename, "split": split}
     # The body goes into storage first: a Ray worker parses it, so that no input can crash or
     # bloat the API process, and no worker needs to read this machine's disk.
     upload = layout.upload(uuid.uuid4().hex)
@@ -74,12 +78,12 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         check_name(fields["name"], "name")
         fmt = fields["format"] or CONTENT_TYPES.get(ctype)
         fname = fields["filename"] or fields["name"]
-        if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
+        if fmt is None and not any(ext in fname.lower() for ext in KNOWN_EXTENSIONS):
             with s.store.open_input(*upload) as head:  # neither a content type nor a name says it
                 fmt = sniff_format(head.read(1 << 16))
-        if fmt is None and not any(ext in fname.lower() for ext in (".jsonl", ".json", ".ndjson", ".csv", ".parquet")):
+        if fmt is None and not any(ext in fname.lower() for ext in KNOWN_EXTENSIONS):
             raise ApiError(415, "unknown_format", "cannot tell the file's format from its content type, name or first bytes: "
-                           "pass format=jsonl|csv|parquet or a filename with an extension", {"field": "format"})
+                           "pass format=jsonl|csv|parquet|text or a filename with an extension", {"field": "format"})
         try:
             distinct_fields(fields["text_field"], fields["id_field"])
         except ValueError as e:
@@ -88,7 +92,7 @@ async def create_corpus(request: Request, tenant: str = Tenant, s=Svc,
         options = {"text_field": fields["text_field"], "id_field": fields["id_field"],
                    "source_field": fields["source_field"], "shard_size": s.settings.shard_size,
                    "compression": s.settings.shard_compression, "max_doc_bytes": s.settings.max_doc_bytes,
-                   "max_decompressed_bytes": s.settings.max_decompressed_bytes}
+                   "max_decompressed_bytes": s.settings.max_decompressed_bytes, "split": fields["split"]}
         async with parse_slot(s):
             stats = await run_in_threadpool(ingest_upload, s.store, upload, cid, fname, fmt, options)
         rec = lifecycle.create_uploaded_corpus(s.catalog, cid, tenant, fields["name"], stats,
@@ -114,7 +118,7 @@ async def _spool_multipart(request: Request, store, upload: tuple, limit: int, f
                 raise ApiError(422, "missing_field", "multipart upload needs a file field named 'file'",
                                {"field": "file"})
             for k in fields:
-                if fields[k] in (None, "text", "id", "source") and isinstance(form.get(k), str):
+                if fields[k] in (None, "text", "id", "source", "paragraph") and isinstance(form.get(k), str):
                     fields[k] = form[k]
             fields["filename"] = fields["filename"] or part.filename
             while chunk := await part.read(1 << 20):
@@ -148,7 +152,8 @@ async def _register(request: Request, tenant: str, s) -> JSONResponse:
     if not files:
         raise ApiError(404, "not_found", f"{body.uri} matches no file", {"field": "uri", "pattern": body.uri})
     spec = {"uri": uri, "format": body.format, "text_field": body.text_field, "id_field": body.id_field,
-            "source_field": body.source_field, "shard_size": s.settings.shard_size,
+            "source_field": body.source_field, "split": body.split, "source_from": body.source_from,
+            "shard_size": s.settings.shard_size,
             "split_bytes": s.settings.split_bytes, "compression": s.settings.shard_compression,
             "limits": {"max_doc_bytes": s.settings.max_doc_bytes}, "listing": listing.model_dump()}
     rec, _ = lifecycle.create_corpus_by_job(s.engine, tenant, body.name, "ingest", f"ingest {body.name}", spec)

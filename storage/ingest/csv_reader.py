@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from storage.ingest.common import Fields, IngestError, Rows
+from storage.ingest.common import Fields, IngestError, Rows, extra_columns, lines_at
 from storage.ingest.source import Source
 
 _BREAKS = re.compile(rb"[\r\n]{2,}")   # a line's end and maybe blank lines after it
@@ -95,8 +95,8 @@ class CsvReader:
                               f"{header[:20]}", {"line": 1, "field": f.text})
         self.columns = [c for c in f if c and c in header]
         self.ids_given = bool(f.id and f.id in header)
-        options = pacsv.ConvertOptions(include_columns=self.columns,
-                                       column_types={c: pa.string() for c in self.columns})
+        # Every column is kept, as the string it is (CSV does not say types).
+        options = pacsv.ConvertOptions(column_types={c: pa.string() for c in header})
         stream = self.source.counting(self.block_size)
         try:
             try:
@@ -117,7 +117,8 @@ class CsvReader:
                 source = batch.column(f.source) if self.fields.source in self.columns else None
                 if source is not None:   # CSV cannot say null: an empty cell means no source
                     source = pc.if_else(pc.equal(source, ""), pa.scalar(None, pa.string()), source)
-                yield Rows(batch.column(f.text), batch.column(f.id) if self.ids_given else None, source)
+                yield Rows(batch.column(f.text), batch.column(f.id) if self.ids_given else None, source,
+                           extra_columns(batch, f))
         finally:
             stream.close()
 
@@ -125,7 +126,7 @@ class CsvReader:
         """pyarrow failed: find the first bad line with the csv module and raise about it."""
         records = self._records()
         _, header = next(records)
-        index = {name: header.index(name) for name in self.columns}
+        index = {name: i for i, name in enumerate(header)}   # every column is read
         for line, record in records:
             if len(record) != len(header):
                 raise IngestError("malformed_csv", f"line {line}: expected {len(header)} fields, found "
@@ -145,10 +146,5 @@ class CsvReader:
                           "quotes in the file)", {})
 
     def lines_of(self, rows: list[int]) -> list[int]:
-        wanted, found = set(rows), {}
-        for row, (line, _) in enumerate(self._records(), -1):   # row -1 is the header
-            if row in wanted:
-                found[row] = line
-                if len(found) == len(wanted):
-                    break
-        return [found.get(r, r + 2) for r in rows]
+        # row -1 is the header
+        return lines_at(((row, line) for row, (line, _) in enumerate(self._records(), -1)), rows, 2)

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodable, json_type,
-                                   valid_utf8)
+from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodable, extra_columns,
+                                   extras_of, json_type, valid_utf8)
 from storage.ingest.source import Source, prefetched
 
 
@@ -80,6 +80,9 @@ class JsonlReader:
         self.id_mode: str | None = None      # "given" | "generated", fixed by the first document
         self.first_doc_line: int | None = None
         self.id_types = [pa.string(), pa.int64()]   # tried in turn; the one that worked goes first
+        # Extra fields pyarrow would read as timestamps ("2024-05-01"): read as the strings they
+        # are, as json.loads (the slow path) reads them, so that blocks agree.
+        self.string_fields: dict[str, pa.DataType] = {}
 
     @property
     def ids_given(self) -> bool:
@@ -123,22 +126,37 @@ class JsonlReader:
     def _parse_fast(self, block) -> pa.Table | None:
         f = self.fields
         for id_type in list(self.id_types):
-            schema = pa.schema([(f.text, pa.string())] + ([(f.id, id_type)] if f.id else [])
-                               + ([(f.source, pa.string())] if f.source else []))
-            options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-            # pyarrow splits the block into 1 MiB pieces parsed in parallel; a longer document
-            # "straddles" pieces, and the block is parsed again as one piece.
-            for piece in (1 << 20, len(block) + 1):
-                try:
-                    table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
-                                             read_options=pajson.ReadOptions(block_size=piece))
-                except pa.ArrowInvalid as e:
-                    if "straddl" in str(e) and piece == 1 << 20:
-                        continue
-                    break
+            table = self._read(block, id_type)
+            if table is None:
+                continue
+            stamps = [n for n in table.schema.names if pa.types.is_timestamp(table.schema.field(n).type)]
+            if stamps:
+                self.string_fields.update({n: pa.string() for n in stamps})
+                table = self._read(block, id_type)
+            if table is not None:
                 self.id_types.remove(id_type)
                 self.id_types.insert(0, id_type)
                 return table
+        return None
+
+    def _read(self, block, id_type: pa.DataType) -> pa.Table | None:
+        """The block as pyarrow reads it (the named fields with their types, other fields inferred),
+        or None when it cannot."""
+        f = self.fields
+        schema = pa.schema([(f.text, pa.string())] + ([(f.id, id_type)] if f.id else [])
+                           + ([(f.source, pa.string())] if f.source else [])
+                           + [(n, t) for n, t in self.string_fields.items() if n not in f])
+        options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        # pyarrow splits the block into 1 MiB pieces parsed in parallel; a longer document
+        # "straddles" pieces, and the block is parsed again as one piece.
+        for piece in (1 << 20, len(block) + 1):
+            try:
+                return pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
+                                        read_options=pajson.ReadOptions(block_size=piece))
+            except pa.ArrowInvalid as e:
+                if "straddl" in str(e) and piece == 1 << 20:
+                    continue
+                return None
         return None
 
     def _accept(self, table: pa.Table, lines: int, first_doc_line: int) -> Rows | None:
@@ -156,16 +174,22 @@ class JsonlReader:
             return None
         if not all(valid_utf8(c) for c in (text, ids, source) if c is not None and c.type == pa.string()):
             return None
+        extras = extra_columns(table, f)
+        if extras is not None:
+            try:
+                extras.validate(full=True)    # UTF-8 of every string, nested ones too
+            except pa.ArrowInvalid:
+                return None
         self.id_mode = mode
         if self.first_doc_line is None:
             self.first_doc_line = first_doc_line
-        return Rows(text, ids.cast(pa.string()) if mode == "given" else None, source)
+        return Rows(text, ids.cast(pa.string()) if mode == "given" else None, source, extras)
 
     def _parse_slow(self, first_line: int, block, starts: np.ndarray, index: np.ndarray) -> Rows:
         """Line by line with json.loads (naming the first bad line); `starts` and `index`: the
         non-blank lines (nonblank_lines), the only ones looked at."""
         f = self.fields
-        texts, ids, sources = [], [], []
+        texts, ids, sources, docs = [], [], [], []
         data = bytes(block)
         for start, i in zip(starts.tolist(), index.tolist()):
             line, end = first_line + i, data.find(b"\n", start)
@@ -192,11 +216,12 @@ class JsonlReader:
                 ids.append(self._id(doc, line))
             if f.source:
                 sources.append(self._string(doc, f.source, line, required=False))
+            docs.append(doc)
         if self.id_mode is None and texts:
             self.id_mode = "generated"      # no id field configured
         return Rows(pa.array(texts, pa.string()),
                      pa.array(ids, pa.string()) if self.id_mode == "given" else None,
-                     pa.array(sources, pa.string()) if f.source else None)
+                     pa.array(sources, pa.string()) if f.source else None, extras_of(docs, f))
 
     def _string(self, doc: dict, name: str, line: int, required: bool) -> str | None:
         value = doc.get(name)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage.ingest.common import Fields, IngestError, Rows, first_invalid_utf8, valid_utf8
+from storage.ingest.common import Fields, IngestError, Rows, extra_columns, first_invalid_utf8, valid_utf8
 from storage.ingest.source import Source
 
 PARQUET_BATCH_ROWS = 4096
@@ -128,9 +128,9 @@ class ParquetReader:
                 raise IngestError("missing_field", f"no {f.text!r} column; columns are {schema.names[:20]}",
                                   {"field": f.text})
             self.ids_given = bool(f.id and f.id in schema.names)
-            columns = [c for c in f if c and c in schema.names]
-            for c in columns:
+            for c in (c for c in f if c and c in schema.names):
                 self._column(schema, c, allow_int=c == f.id)
+            columns = schema.names     # every column: the others are kept as they are typed
             start = 0
             try:
                 for batch in bounded_batches(pf, self._parquet_file, columns, self.block_size,
@@ -153,7 +153,7 @@ class ParquetReader:
                 row = start + first_invalid_utf8(col) + 1
                 raise IngestError("invalid_utf8", f"row {row}: {name!r} is not valid UTF-8",
                                   {"row": row, "line": row, "field": name})
-        return Rows(cols[f.text], cols.get(f.id), cols.get(f.source))
+        return Rows(cols[f.text], cols.get(f.id), cols.get(f.source), extra_columns(batch, f))
 
     def lines_of(self, rows: list[int]) -> list[int]:
         return [r + 1 for r in rows]

@@ -54,7 +54,8 @@ def _corpus_fields(stats: dict) -> dict:
 
 
 def _corpus_meta(stats: dict) -> dict:
-    return {"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated")}
+    return {"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated"),
+            "fields": stats.get("fields", {}), "json_fields": stats.get("json_fields", [])}
 
 
 def create_uploaded_corpus(catalog: Catalog, corpus_id: str, tenant: str, name: str, stats: dict,

@@ -5,7 +5,8 @@ import { buildForm } from "./form.js";
 import { kvTable, renderSummary } from "./summary.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const SELECTIONS = new Set(["random", "dsir", "color_filter"]);  // their summaries count by source
+// Kinds whose summaries count by source against the pool (result.corpus_id)
+const SELECTIONS = new Set(["random", "dsir", "color_filter", "dedup", "decontaminate", "quality"]);
 
 function progressCell(job) {
   const p = job.progress || {};
