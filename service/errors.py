@@ -81,6 +81,8 @@ def describe(err: dict, loc: list, body=None, tags: dict | None = None) -> dict:
             msg += f" ({name} is one of {', '.join(allowed)})"
         return {"field": field, "message": msg, "type": kind, "text": msg}
     msg = {"missing": "required field missing", "extra_forbidden": "unknown field"}.get(kind, msg)
+    if kind == "value_error":   # a validator's own sentence, without pydantic's "Value error, "
+        msg = msg.removeprefix("Value error, ")
     return {"field": parent, "message": msg, "type": kind, "text": f"{parent}: {msg}" if parent else msg}
 
 
