@@ -27,7 +27,10 @@ def cluster(tmp_path_factory, s3_server):
     store = s3_server("cluster-store")
     port = free_port()
     proc = start_service_process(tmp_path_factory.mktemp("home"), port, nodes.address,
-                                 THRESHER_STORAGE_URI=store, THRESHER_SHARD_SIZE="50")
+                                 THRESHER_STORAGE_URI=store, THRESHER_SHARD_SIZE="50",
+                                 # these jobs test the heavy lane's shard tasks across nodes; the
+                                 # light lane's two warm workers would take them otherwise
+                                 THRESHER_LIGHT_MAX_DOCS="0")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE, timeout=60)
     client.nodes, client.worker = nodes, worker
     try:
