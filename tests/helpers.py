@@ -1,7 +1,11 @@
 """Helpers for driving the service over HTTP in tests."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
+
+import pytest
 
 from tests.corpus_gen import jsonl
 
@@ -32,3 +36,21 @@ def run_ok(client, kind, spec, timeout=120.0):
     job = wait(client, submit(client, kind, spec)["id"], timeout)
     assert job["state"] == "succeeded", job
     return job
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    """A tmpfs of `size` mounted at `path` (a new folder) for a full-disk test; skips the test where
+    root or mount is missing."""
+    path.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("cannot run mount")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import pytest
 
 from tests.conftest import ALICE, make_settings
 from tests.corpus_gen import corpus, jsonl
-from tests.helpers import run_ok, upload
+from tests.helpers import run_ok, tmpfs, upload
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +115,8 @@ def test_exporting_an_empty_selection_is_422(service, pool):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs (needs root and mount; the test skips where either is missing)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                              capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        pytest.skip("cannot run mount")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
 def test_full_disk_is_507_and_leaves_nothing(tmp_path, ray_address, tiny_disk):

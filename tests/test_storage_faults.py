@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ALICE, KEYS, make_settings
 from tests.corpus_gen import corpus, jsonl
-from tests.helpers import upload, wait
+from tests.helpers import tmpfs, upload, wait
 from tests.net import free_port, wait_for_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -165,20 +165,8 @@ def test_a_missing_bucket_answers_503_and_readyz_names_it(tmp_path, ray_address,
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root and mount; the test skips where either is missing)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                              capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        pytest.skip("cannot run mount")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
 
 
 def files_under(folder) -> list[str]:
