@@ -151,8 +151,12 @@ class JsonlReader:
         # "straddles" pieces, and the block is parsed again as one piece.
         for piece in (1 << 20, len(block) + 1):
             try:
-                return pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
-                                        read_options=pajson.ReadOptions(block_size=piece))
+                table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
+                                         read_options=pajson.ReadOptions(block_size=piece))
+                table.schema.names   # a key that is not UTF-8: the line-by-line parse names its line
+                return table
+            except UnicodeDecodeError:
+                return None
             except pa.ArrowInvalid as e:
                 if "straddl" in str(e) and piece == 1 << 20:
                     continue
