@@ -13,6 +13,7 @@ from service.routes.common import Limit, Svc, Tenant, owned, page, resolve
 from service.schemas import Job, JobList, JobRequest, Resolved
 from workers.driver.engine import TERMINAL
 from workers.driver.lifecycle import submit_job
+from workers.jobs.restrict import check_restrictions
 from workers.specs import check_limits, iter_refs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -49,6 +50,7 @@ def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()   # the body as sent
     for r in resolved:
         _set(body["spec"], r.pop("path"), r["id"])
+    check_restrictions(s.store, s.catalog, tenant, type(request.spec).model_validate(body["spec"]))
     rec, new = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key or None,
                           digest)
     if not new and rec["request_hash"] != digest:

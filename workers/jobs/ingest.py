@@ -12,8 +12,10 @@ columns before the corpus becomes ready.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
@@ -25,11 +27,13 @@ from storage.fs import Store
 from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
 from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, shard_options
 from storage.inputs import Access, InputFile, list_inputs, open_input
+from storage.manifests import manifest_corpus as manifest_corpus_of
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
+from workers.jobs.restrict import restriction
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
-from workers.specs import ManifestId, StrictModel
+from workers.specs import ManifestId, Restricted, StrictModel
 
 class Limits(StrictModel):
     """Bounds on untrusted input: a document's bytes, and what a compressed file may inflate to."""
@@ -242,7 +246,8 @@ def fail_corpus(ctx: JobContext, state: str, error: dict | None) -> None:
     lifecycle.fail_corpus(ctx.catalog, ctx.store, ctx.job["spec"]["corpus_id"], error)
 
 
-class ExportSpec(StrictModel):
+class ExportSpec(Restricted):
+    pool_field: ClassVar[str] = "manifest"
     manifest: ManifestId
     corpus_id: str
     selected_only: bool = True
@@ -251,11 +256,14 @@ class ExportSpec(StrictModel):
 
 @ray.remote
 def export_shard(store_root: str, corpus_part: tuple, manifest_part: tuple, out: tuple,
-                 selected_only: bool, compression: str) -> int:
+                 selected_only: bool, compression: str, allowed: np.ndarray | None) -> int:
     store = Store(store_root)
     docs = store.read_parquet(*corpus_part, columns=["id", "text", "source"])
+    keep = np.ones(docs.num_rows, dtype=bool) if allowed is None else allowed
     if selected_only:
-        docs = docs.filter(store.read_parquet(*manifest_part, columns=["selected"])["selected"])
+        keep = keep & store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_numpy(zero_copy_only=False)
+    if not keep.all():
+        docs = docs.filter(pa.array(keep))
     store.write_parquet(docs, *out, **shard_options(compression))  # written like an ingested shard
     return {"rows": docs.num_rows, "node": node_id()}
 
@@ -272,12 +280,14 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
     corpus_id = manifest_corpus(ctx, spec.manifest)
     if corpus_id is None:
         raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
+    pool = restriction(ctx, corpus_id, spec.restrict)
     opts = ctx.options("export")
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
         out = layout.corpus_shard(spec.corpus_id, s)
         tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression)))
+            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression,
+            pool.allowed(s))))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -287,16 +297,15 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
             stats[k] += part[k]
         for src, n in part["sources"].items():
             stats["sources"][src] = stats["sources"].get(src, 0) + n
+    if stats["num_docs"] == 0:
+        raise JobFailed("empty_export", f"restrict leaves none of manifest {spec.manifest}'s documents to export")
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
-    return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": stats}
+    return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": {**stats, **pool.summary()}}
 
 
 def manifest_corpus(ctx: JobContext, manifest_id: str) -> str | None:
     """The corpus a manifest's rows come from (None when it has no rows)."""
-    parts = layout.manifest_parts(ctx.store, manifest_id)
-    if not parts:
-        return None
-    return ctx.store.read_parquet(*parts[0][1], columns=["corpus_id"])["corpus_id"][0].as_py()
+    return manifest_corpus_of(ctx.store, manifest_id)
 
 
 KINDS = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from scoring.lm_loss import tokenize_documents
+from scoring.ngrams import overlap
 from scoring.tokenizer import eos_id, train_tokenizer
 from scoring.train import validation_loss
 from storage import layout
@@ -28,12 +29,13 @@ from storage.manifests import manifest_files, overlap_with_top, score_distributi
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
 from workers.jobs.ingest import manifest_corpus
+from workers.jobs.restrict import Restriction, restriction
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection,
-                           exactly_one)
+from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Restricted, Seed, StrictModel,
+                           TargetedSelection, exactly_one)
 from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
 
 
@@ -205,11 +207,14 @@ def score_pieces(todo: list[tuple[int, tuple]], counts: dict[int, int], n_actors
     return out
 
 
-def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions) -> dict:
+def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions,
+                 restricted: Restriction | None = None) -> dict:
     """Score every shard of `corpus` once (resumable) on LossScorer actors: one per GPU, or one
     single-threaded actor per CPU of the cluster. With fewer unfinished shards than actors, shards
     are cut into row ranges scored as separate tasks and joined into the shard's one score part.
-    Returns the stage's figures (actors, actors that scored, pieces, tokens, seconds, dtype)."""
+    Documents `restricted` excludes are not scored. Returns the stage's figures (actors, actors
+    that scored, pieces, tokens, seconds, dtype)."""
+    restricted = restricted or Restriction()
     started = time.monotonic()
     threads = ctx.threads("score")
     n_actors = cluster_gpus() or max(1, cluster_cpus() // threads)
@@ -225,11 +230,13 @@ def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreO
         actor = actors[i % len(actors)]
         if s in split:
             tasks.append(Task(out=None, key=(s, a), size=b - a,
-                              submit=lambda actor=actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(s, p, a, b)))
+                              submit=lambda actor=actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(
+                                  s, p, a, b, restricted.allowed(s))))
         else:
             out = layout.score_part(ctx.job_id, s)
             tasks.append(Task(out=out, key=(s, a), size=max(1, b - a),
-                              submit=lambda actor=actor, s=s, p=p, out=out: actor.score_shard.remote(s, p, out)))
+                              submit=lambda actor=actor, s=s, p=p, out=out: actor.score_shard.remote(
+                                  s, p, out, restricted.allowed(s))))
     try:
         results = ctx.run_tasks("score", tasks, unit="documents")
     finally:
@@ -323,12 +330,13 @@ def conditional_diagnostics(prior: dict, cond: dict) -> dict:
     return out
 
 
-def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selected: int) -> dict:
-    """DSIR scored inside this job (under a derived id), its top documents by resampling key as
-    many as CoLoR-Filter selected, and how many the two selections share."""
+def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selected: int,
+                      restricted: Restriction) -> dict:
+    """DSIR scored inside this job (under a derived id, on the same restricted pool), its top
+    documents by resampling key as many as CoLoR-Filter selected, and how many the two selections share."""
     into = derived_id("job", ctx.job_id, "dsir")
     dsir_scores_into(ctx, spec.pool, spec.target, into, DsirSpec.model_fields["buckets"].default,
-                     DsirSpec.model_fields["seed"].default, stages=("dsir_fit", "dsir_score"))
+                     DsirSpec.model_fields["seed"].default, stages=("dsir_fit", "dsir_score"), restricted=restricted)
     top = overlap_with_top(ctx.store, manifest_files(ctx.store, man_id), layout.score_parts(ctx.store, into),
                            "resample_key", selected)
     return {"method": "dsir", "sampling": "gumbel", "selected": selected, "overlap": top["overlap"],
@@ -339,6 +347,7 @@ def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selec
 def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
     ctx.corpus(spec.pool)
     ctx.corpus(spec.target)
+    pool = restriction(ctx, spec.pool, spec.restrict)
     if spec.prior.model:
         prior = model_record(ctx, spec.prior.model)
     else:
@@ -347,10 +356,10 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
         cond = model_record(ctx, spec.conditional.model)
     else:
         cond = ensure_finetuned(ctx, prior, spec.target, spec.conditional.finetune, "conditional", "finetune")
-    scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring)
+    scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring, pool)
     result = finish_selection(ctx, "color_filter", spec.pool, spec.select, spec.mode, key=spec.rank_by,
                               meta={"prior_model": prior["id"], "conditional_model": cond["id"],
-                                    "rank_by": spec.rank_by})
+                                    "rank_by": spec.rank_by}, restricted=pool)
     man_id, summary = result["manifest_id"], result["summary"]
     summary["models"] = {
         "prior": {k: prior["meta"].get(k) for k in ("preset", "params", "train_docs", "train_tokens", "budget",
@@ -361,7 +370,7 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
     summary["scoring"] = scoring
     summary["score_by_source"] = score_distribution(ctx.store, manifest_files(ctx.store, man_id))
     if spec.compare_with == "dsir":
-        summary["compare_with"] = compare_with_dsir(ctx, spec, man_id, summary["num_selected"])
+        summary["compare_with"] = compare_with_dsir(ctx, spec, man_id, summary["num_selected"], pool)
     result["model_id"] = cond["id"]
     return result
 
@@ -381,6 +390,24 @@ def random_subset(texts: list[str], seed: int, n_docs: int, chars: int | None = 
     return [texts[i] for i in sorted(pick)]
 
 
+def arm_texts(store: Store, train_parts: list, selected_only: bool, sample_seed: int | None,
+              match: str) -> list[str]:
+    """What one proxy trains on: the selected documents, or (`sample_seed`) a random subset of the
+    pool's non-empty documents as large as the selection (`match`: in documents or characters).
+    `train_parts`: per shard (corpus part, manifest part, allowed rows or None: a restricted pool)."""
+    texts, selected_docs, selected_chars = [], 0, 0
+    for corpus_part, manifest_part, allowed in train_parts:
+        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
+        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
+        ok = [True] * len(docs) if allowed is None else allowed.tolist()
+        selected = [t for t, k, a in zip(docs, keep, ok) if k and a]
+        selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
+        texts += selected if selected_only else [t for t, a in zip(docs, ok) if a and t and t.strip()]
+    if sample_seed is not None:
+        texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
+    return texts
+
+
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
                match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int,
@@ -393,15 +420,7 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
     o = TrainOptions.model_validate(opts)
     # One tokenizer for both proxies (trained on the pool): their losses are then comparable.
     tokenizer = train_tokenizer(read_texts(store, tokenizer_parts, o.max_docs, 0), vocab_size=o.vocab_size)
-    texts, selected_docs, selected_chars = [], 0, 0
-    for corpus_part, manifest_part in train_parts:
-        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
-        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
-        selected = [t for t, k in zip(docs, keep) if k]
-        selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
-        texts += selected if selected_only else [t for t in docs if t and t.strip()]
-    if sample_seed is not None:
-        texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
+    texts = arm_texts(store, train_parts, selected_only, sample_seed, match)
     model, stats = train_from_scratch(tokenizer, texts, o, on_progress=stop_when_gone(lifeline))
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
@@ -409,7 +428,16 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
             "train_loss": stats["final_loss"], "validation_loss": val}
 
 
-class EvaluateSpec(StrictModel):
+class ContaminationCheck(StrictModel):
+    """How evaluate checks that the validation corpus did not leak into what the proxies train on."""
+    n: int = Field(13, ge=3, le=64, description="words per n-gram compared with the validation corpus")
+    max_fraction: float = Field(0.0, ge=0, le=1, description=(
+        "the share of the selection's documents that may overlap the validation corpus (an exact copy or a "
+        "matching n-gram) before the gain is flagged"))
+
+
+class EvaluateSpec(Restricted):
+    pool_field: ClassVar[str] = "selection"
     selection: ManifestId
     validation: CorpusId
     proxy: TrainOptions = TrainOptions()
@@ -420,6 +448,7 @@ class EvaluateSpec(StrictModel):
     match: Literal["documents", "characters"] = Field("documents", description=(
         "what the random subset has as much of as the selection: documents, or characters of text (so "
         "a selection of longer documents is not credited for its volume alone)"))
+    contamination: ContaminationCheck = ContaminationCheck()
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
@@ -428,8 +457,9 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
     pool = manifest_corpus(ctx, spec.selection)
     if pool is None or man["num_selected"] == 0:
         raise JobFailed("empty_selection", f"manifest {spec.selection} selects no documents")
-    pairs = [(p, layout.manifest_part(spec.selection, s)) for s, p in ctx.corpus_shards(pool)]
-    pool_parts = [p for p, _ in pairs]
+    restricted = evaluation_pool(ctx, spec, man, pool)
+    pairs = [(p, layout.manifest_part(spec.selection, s), restricted.allowed(s)) for s, p in ctx.corpus_shards(pool)]
+    pool_parts = [p for p, _, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     res, threads = ctx.options("train_proxies"), ctx.threads("train_proxies")
     # Per repeat r, the selection's proxy and a proxy on a random subset of equal size (documents or
@@ -443,7 +473,10 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
                                                                pool_parts, val_parts, opts, threads,
                                                                ctx.lifeline())))
     out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
-    return {"manifest_id": spec.selection, "summary": evaluation_summary(out, spec)}
+    summary = evaluation_summary(out, spec)
+    summary.update(restricted.summary())
+    check_validity(ctx, spec, pairs, val_parts, summary)
+    return {"manifest_id": spec.selection, "summary": summary}
 
 
 def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
@@ -469,6 +502,58 @@ def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
     return summary
 
 
+# -- evaluate: is the gain valid? ----------------------------------------------------------------
+
+def evaluation_pool(ctx: JobContext, spec: EvaluateSpec, man: dict, pool: str) -> Restriction:
+    """The pool both arms draw from: restricted by `spec.restrict` and by what the selection itself
+    was built on, so that the random arm comes from the same cleaned pool as the selection."""
+    built_on = (man.get("meta") or {}).get("built_on") or []
+    ids = list(dict.fromkeys([*spec.restrict, *built_on]))
+    return restriction(ctx, pool, ids)
+
+
+@ray.remote
+def overlap_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None, match: str,
+                 validation_parts: list, n: int) -> dict:
+    """How many of one arm's documents are exact copies of validation documents, or share an n-gram with one."""
+    store = Store(store_root)
+    texts = arm_texts(store, train_parts, selected_only, sample_seed, match)
+    exact, matching = overlap(texts, read_texts(store, validation_parts, None, 0), n)
+    leaked = int((exact | (matching > 0)).sum())
+    return {"docs": len(texts), "exact_docs": int(exact.sum()), "ngram_docs": int((matching > 0).sum()),
+            "contaminated_docs": leaked, "fraction": leaked / len(texts) if texts else 0.0,
+            "matching_ngrams": int(matching.sum())}
+
+
+def check_validity(ctx: JobContext, spec: EvaluateSpec, pairs: list, val_parts: list, summary: dict) -> None:
+    """Add to `summary` the overlap of the selection and of the (first) random arm with the validation
+    corpus (`contamination`), and when the selection overlaps it past `contamination.max_fraction`,
+    a warning and `relative_gain_flagged`: a leak inflates the gain (issue 29)."""
+    c = spec.contamination
+    tasks = [Task(out=None, key=arm, submit=lambda only=only, seed=seed: overlap_task.options(
+        **ctx.options("check_overlap")).remote(ctx.store.root, pairs, only, seed, spec.match, val_parts, c.n))
+        for arm, only, seed in (("selection", True, None), ("random", False, spec.seed))]
+    arms = ctx.run_tasks("check_overlap", tasks, unit="arms")
+    summary["contamination"] = {"n": c.n, "max_fraction": c.max_fraction, **arms}
+    sel, rnd = arms["selection"], arms["random"]
+
+    def said(a: dict) -> str:
+        return (f"{a['contaminated_docs']:,} of {a['docs']:,} documents ({a['fraction']:.1%}: {a['exact_docs']:,} "
+                f"exact copies, {a['ngram_docs']:,} with a matching {c.n}-gram)")
+    flagged = sel["fraction"] > c.max_fraction
+    summary["relative_gain_flagged"] = flagged
+    warnings = summary.setdefault("warnings", [])
+    if flagged:
+        warnings.append(
+            f"The selection overlaps the validation corpus {spec.validation}: {said(sel)}, against {said(rnd)} in "
+            "the random arm. Its proxy was trained on validation text, so the relative gain is inflated by the "
+            "leak. Decontaminate the pool against the validation corpus (kind decontaminate) and select again "
+            "with restrict, or evaluate with restrict.")
+    elif rnd["fraction"] > c.max_fraction:
+        warnings.append(f"The random arm overlaps the validation corpus {spec.validation}: {said(rnd)}; the "
+                        "random proxy was trained on validation text, so the gain is understated.")
+
+
 KINDS = [
     JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one",
             stages={"train": TRAINING, "finetune": TRAINING}),
@@ -480,5 +565,5 @@ KINDS = [
                     "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK}),
     JobKind("evaluate", EvaluateSpec, run_evaluate,
             "what a selection is worth: proxies trained on it and on a random subset of equal size",
-            stages={"train_proxies": HALF_TRAINING}),
+            stages={"train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK}),
 ]
