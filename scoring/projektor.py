@@ -239,6 +239,20 @@ class _PolyFit:
     def num_pilots(self) -> int:
         return len(self._y)
 
+    @property
+    def num_coefficients(self) -> int:
+        """The numbers the fit chooses: one per feature, and the intercept."""
+        return len(self.beta) + 1
+
+    def diagnostics(self) -> dict:
+        """How far the fit can be trusted. With fewer pilots than coefficients the fit can pass
+        through every pilot whatever the truth (6 pilots for 13 coefficients gave R² = 1.0), so R²
+        is not reported then (None): the leave-one-out error is the figure to judge it by."""
+        under = self.num_pilots < self.num_coefficients
+        loo = self.loo_error()
+        return {"num_pilots": self.num_pilots, "num_coefficients": self.num_coefficients, "underdetermined": under,
+                "r2": None if under else self.r2, "loo_mae": loo if math.isfinite(loo) else None}
+
     def state_dict(self) -> dict:
         """What predicting and differentiating need, as plain JSON-able values (no pickle)."""
         return {"kind": type(self).__name__, "ridge": self.ridge, "lam": self.lam, "beta": self.beta.tolist(),

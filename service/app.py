@@ -14,7 +14,7 @@ from service.docs import install_docs
 from service.lenient import JsonByDefault
 from service.routes import (browse, corpora, corpus_shards, curricula, jobs, manifests, models, ops, projections,
                             query, ui)
-from service.routes.ops import JobStates
+from service.routes.ops import JobStates, Readiness
 from service.schemas import JOB_REQUESTS, PUBLIC_KINDS
 from service.settings import Settings
 from service.state import ServiceState
@@ -36,9 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         started = time.time()
         os.makedirs(settings.home, exist_ok=True)
-        init_ray(settings.resolved_ray_address)
+        init_ray(settings.resolved_ray_address, home=settings.home)
         catalog = Catalog(os.path.join(settings.home, "catalog.duckdb"))
-        store = Store(settings.store_root)
+        store = Store(settings.store_root, timeout_s=settings.storage_timeout_s)
         janitor.sweep(catalog, store, spool_dir=os.path.join(settings.home, "uploads"),
                       scratch_dir=settings.temp_dir, started=started)
         engine = JobEngine(catalog, store, EngineConfig(
@@ -46,13 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task_retries=settings.task_retries, shard_size=settings.shard_size,
             temp_root=settings.temp_dir, max_temp_size=settings.duckdb_max_temp,
             allowed_roots=tuple(settings.allowed_roots), limits=settings.spec_limits,
-            max_attempts=settings.max_job_attempts), KINDS)
+            max_attempts=settings.max_job_attempts, light_concurrent_jobs=settings.light_concurrent_jobs,
+            light_max_docs=settings.light_max_docs, light_workers=settings.light_workers), KINDS)
         registry = CollectorRegistry()
         app.state.svc = ServiceState(
             settings, catalog, store, engine, CurriculumRuns(store), registry,
             Counter("thresher_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry),
             Histogram("thresher_http_request_seconds", "HTTP request latency", ["route"], registry=registry))
         registry.register(JobStates(catalog))
+        app.state.readiness = Readiness(store)
         app.state.keys = settings.keys_by_token()
         engine.start()
         try:

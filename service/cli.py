@@ -1,8 +1,8 @@
 """`thresher` command line, built on the Python client (`thresher.Client`).
 
 Every command except `serve` talks to the API through the client: it never imports workers/ or
-storage/ (only `jobs submit KIND --help` reads the kind's spec model, to list its fields), so it
-works the same against a local server and a remote cluster.
+storage/, so it works the same against a local server and a remote cluster. The job kinds, and
+each kind's spec fields, come from the service (GET /v1/kinds): a new kind needs no CLI change.
 """
 from __future__ import annotations
 
@@ -20,17 +20,14 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
                            TransferSpeedColumn)
 from rich.table import Table
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from service.auth import is_loopback
-from thresher.client import (DEFAULT_URL, Client, InvalidArgument, ThresherError, download_format,
-                             file_format)
+from thresher.client import (DEFAULT_URL, Client, InvalidArgument, ThresherError, did_you_mean,
+                             download_format, file_format)
 
 STATE_STYLES = {"queued": "yellow", "ingesting": "yellow", "running": "cyan", "ready": "green",
                 "succeeded": "green", "failed": "red", "cancelled": "magenta"}
-# The public job kinds (tests check this against the service's list).
-KIND_NAMES = ("random", "dsir", "train_model", "score", "color_filter", "evaluate", "reweight",
-              "curriculum", "projection", "dedup", "decontaminate", "quality")
 WIDE = 100_000   # the width of output that is not a terminal: nothing is ever cut
 
 out = Console(width=None if sys.stdout.isatty() else WIDE)
@@ -41,15 +38,12 @@ app = typer.Typer(name="thresher", no_args_is_help=True, add_completion=False,
                   help="Thresher: data selection and pretraining curation as a service.")
 corpora_app = typer.Typer(no_args_is_help=True, help="Upload, inspect, download and delete corpora.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Submit, follow and cancel jobs.")
-submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `thresher jobs submit KIND --spec …`; "
-                                                    "`KIND --help` lists the kind's spec fields.")
 manifests_app = typer.Typer(no_args_is_help=True, help="List, inspect, download, query and export manifests.")
 models_app = typer.Typer(no_args_is_help=True, help="Trained and registered models.")
 projections_app = typer.Typer(no_args_is_help=True, help="Predictions and plots of finished projection jobs.")
 curricula_app = typer.Typer(no_args_is_help=True, help="Curriculum runs: epoch plans and losses.")
 app.add_typer(corpora_app, name="corpora")
 app.add_typer(jobs_app, name="jobs")
-jobs_app.add_typer(submit_app, name="submit")
 app.add_typer(manifests_app, name="manifests")
 app.add_typer(models_app, name="models")
 app.add_typer(projections_app, name="projections")
@@ -381,8 +375,28 @@ def corpora_delete(ctx: typer.Context, corpus_id: Annotated[str, typer.Argument(
 JOB_FIELDS = ("id", "kind", "name", "state", "created_at", "started_at", "finished_at")
 
 
+def plan_fields(progress: dict) -> dict:
+    """What the job's plan adds to its current stage: the stages still to come, the whole job's ETA
+    (or the stage's, when the rest is unknown), whether the stage's total is only a ceiling, and why
+    the job waits."""
+    plan = progress.get("plan") or []
+    running = next((p for p in plan if p.get("state") == "running"), {})
+    pending = [p["stage"] for p in plan if p.get("state") == "pending"]
+    eta = progress.get("eta_s")
+    if eta is not None:
+        eta_text = f"ETA {format_duration(eta)}"
+    elif running.get("eta_s") is not None:
+        eta_text = f"stage ETA {format_duration(running['eta_s'])}, job ETA unknown"
+    else:
+        eta_text = ""
+    return {"eta": eta_text, "next": f"then {', '.join(pending)}" if pending else "",
+            "ceiling": "(a ceiling: may stop early)" if running.get("up_to") else "",
+            "waiting": progress.get("waiting") or ""}
+
+
 class JobProgressView:
-    """A live bar on a terminal; otherwise one line per state/stage change or quarter of progress."""
+    """A live bar on a terminal; otherwise one line per state/stage change or quarter of progress,
+    and one whenever the reason the job waits changes."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -390,7 +404,8 @@ class JobProgressView:
         self.progress = Progress(
             TextColumn("{task.fields[state]}"), TextColumn("[bold]{task.description}"), BarColumn(),
             TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[eta]}"), TimeElapsedColumn(), console=console,
+            TextColumn("{task.fields[eta]}"), TimeElapsedColumn(), TextColumn("{task.fields[next]}"),
+            TextColumn("[yellow]{task.fields[waiting]}"), console=console,
             disable=not self.live)
         self.task = None
         self.last_line_key = None
@@ -406,10 +421,10 @@ class JobProgressView:
         progress = job.get("progress") or {}
         stage, done, total = progress.get("stage") or "", progress.get("done"), progress.get("total")
         unit = progress.get("unit")
-        eta = progress.get("eta_s")
-        fields = {"state": styled_state(job.get("state")), "count": format_count(done, total, unit),
-                  "rate": format_rate(progress.get("rate_per_s"), unit),
-                  "eta": f"ETA {format_duration(eta)}" if eta is not None else ""}
+        extra = plan_fields(progress)
+        fields = {"state": styled_state(job.get("state")),
+                  "count": " ".join(filter(None, (format_count(done, total, unit), extra.pop("ceiling")))),
+                  "rate": format_rate(progress.get("rate_per_s"), unit), **extra}
         if self.live:
             if self.task is None:
                 self.task = self.progress.add_task(stage, total=None, **fields)
@@ -417,11 +432,11 @@ class JobProgressView:
                                  completed=done or 0, **fields)
             return
         quarter = int(4 * done / total) if done is not None and total else None
-        line_key = (job.get("state"), stage, quarter)
+        line_key = (job.get("state"), stage, quarter, fields["waiting"])
         if line_key != self.last_line_key:
             self.last_line_key = line_key
-            self.console.print("  ".join(v for v in (fields["state"], stage, fields["count"],
-                                                      fields["rate"], fields["eta"]) if v))
+            self.console.print("  ".join(v for v in (fields["state"], stage, fields["count"], fields["rate"],
+                                                      fields["eta"], fields["next"], fields["waiting"]) if v))
 
 
 def watch_job(client: Client, job_id: str) -> None:
@@ -444,85 +459,97 @@ def watch_job(client: Client, job_id: str) -> None:
     raise typer.Exit(1)
 
 
-def _type_name(annotation: Any) -> str:
-    import typing
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _type_name(args[0])
-    if origin is typing.Literal:
-        return "|".join(json.dumps(a) for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " | ".join(_type_name(a) for a in args if a is not type(None)) + \
-            (" | null" if type(None) in args else "")
-    if origin in (list, tuple, dict):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+def service_kinds(ctx: typer.Context) -> dict:
+    """The job kinds the service lists, by name (asked once per command line)."""
+    root = ctx.find_root()
+    if "kinds" not in root.meta:
+        root.meta["kinds"] = client_of(ctx).kinds()
+    return root.meta["kinds"]
 
 
-def describe_spec(model, indent: int = 0, seen: tuple = ()) -> list[str]:
-    """One line per field of a spec model (nested models indented): name, type, default, meaning."""
-    from pydantic import BaseModel
-    from pydantic_core import PydanticUndefined
-    lines = []
-    for name, info in model.model_fields.items():
-        ann = info.annotation
-        default = "required" if info.is_required() else (
-            f"default {json.dumps(info.default.model_dump(exclude_none=True) if isinstance(info.default, BaseModel) else info.default, default=str)}"
-            if info.default is not PydanticUndefined else "default: computed")
-        desc = f" — {info.description}" if info.description else ""
-        lines.append(f"{'  ' * indent}{name}: {_type_name(ann)} ({default}){desc}")
-        import typing
-        nested = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        for sub in nested:
-            if sub not in seen:
-                lines += describe_spec(sub, indent + 1, (*seen, sub))
-    return lines
+def kind_of(ctx: typer.Context, name: str):
+    """The service's kind `name`, or a usage error naming the kinds there are."""
+    kinds = service_kinds(ctx)
+    if name not in kinds:
+        raise typer.BadParameter(f"unknown job kind {name!r}{did_you_mean(name, kinds)} (the service runs: "
+                                 f"{', '.join(sorted(kinds))})", ctx, param_hint="KIND")
+    return kinds[name]
 
 
 class KindCommand(TyperCommand):
-    """`jobs submit KIND --help` appends the kind's spec fields, read from its spec model."""
+    """`jobs submit KIND --help` appends the kind's spec fields, read from the service's schema."""
 
     def format_help(self, ctx, formatter) -> None:
+        try:
+            kind = kind_of(ctx, self.name)
+            self.help = f"Submit a {self.name} job: {kind.description}."
+            text = "\n".join([f"Spec fields of {self.name} (the --spec JSON object):",
+                              *(f"  {line}" for line in kind.describe())])
+        except ThresherError as exc:     # the options still help without the service
+            text = f"The spec fields of {self.name} come from the service, which did not answer: {exc.message}"
         super().format_help(ctx, formatter)     # typer prints its rich help itself
-        from workers.registry import KINDS
-        kind = KINDS[self.name]
-        text = "\n".join([f"Spec fields of {self.name} (the --spec JSON object):",
-                          *(f"  {line}" for line in describe_spec(kind.spec))])
         if formatter.getvalue():                # plain click formatting
             formatter.write("\n" + text + "\n")
         else:
             typer.echo(text)
 
 
-def _make_submit(kind: str) -> None:
-    @submit_app.command(kind, cls=KindCommand, help=f"Submit a {kind} job.")
-    @reports_api_errors
-    def submit(
-        ctx: typer.Context,
-        spec: Annotated[str, typer.Option(help="Job spec: a JSON object, or @path to a JSON file.")] = "{}",
-        name: Annotated[Optional[str], typer.Option(help="Job name; default: the kind.")] = None,
-        idempotency_key: Annotated[Optional[str], typer.Option(
-            help="Resubmitting the same key and body returns the same job.")] = None,
-        watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
-        as_json: JsonFlag = False,
-    ):
-        client = client_of(ctx)
-        job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **parse_spec(spec))
-        for r in job.raw.get("resolved") or []:     # names given for ids: say which ids they meant
-            err.print(f"{r['field']}: {r['given']!r} is {r['id']}", markup=False, highlight=False)
-        if quiet:
-            typer.echo(job.id)
-        elif as_json:
-            print_raw_json(job.raw)
-        else:
-            out.print(f"Submitted job [bold]{job.id}[/] ({kind}), {styled_state(job.state)}")
-        if watch:
-            watch_job(client, job.id)
+class KindsGroup(TyperGroup):
+    """`jobs submit KIND`: a command for each job kind the service lists, made when it is named, so
+    the CLI knows every kind the service runs and no list of names is kept here."""
+
+    def list_commands(self, ctx) -> list[str]:
+        try:
+            return sorted(service_kinds(ctx))
+        except ThresherError as exc:
+            err.print(f"(the job kinds come from the service, which did not answer: {exc.message})",
+                      markup=False, soft_wrap=True)
+            return []
+
+    def get_command(self, ctx, name: str):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            return None
+        command = typer.main.get_command(kind_app)
+        command.name = name
+        kinds = ctx.find_root().meta.get("kinds") or {}
+        command.help = f"{kinds[name].description}." if name in kinds else f"Submit a {name} job."
+        return command
 
 
-for _kind in KIND_NAMES:
-    _make_submit(_kind)
+submit_app = typer.Typer(cls=KindsGroup, no_args_is_help=True,
+                         help="Submit a job: `thresher jobs submit KIND --spec …`; `KIND --help` lists the "
+                              "kind's spec fields. The kinds are the service's (GET /v1/kinds).")
+jobs_app.add_typer(submit_app, name="submit")
+kind_app = typer.Typer(add_completion=False)    # the one command behind every `jobs submit KIND`
+
+
+@kind_app.command(cls=KindCommand)
+@reports_api_errors
+def submit(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Option(help="Job spec: a JSON object, or @path to a JSON file.")] = "{}",
+    name: Annotated[Optional[str], typer.Option(help="Job name; default: the kind.")] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option(
+        help="Resubmitting the same key and body returns the same job.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
+    as_json: JsonFlag = False,
+):
+    kind = ctx.info_name
+    body = parse_spec(spec)             # a bad spec is a usage error before any request
+    kind_of(ctx, kind)
+    client = client_of(ctx)
+    job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **body)
+    for r in job.raw.get("resolved") or []:     # names given for ids: say which ids they meant
+        err.print(f"{r['field']}: {r['given']!r} is {r['id']}", markup=False, highlight=False)
+    if quiet:
+        typer.echo(job.id)
+    elif as_json:
+        print_raw_json(job.raw)
+    else:
+        out.print(f"Submitted job [bold]{job.id}[/] ({kind}), {styled_state(job.state)}")
+    if watch:
+        watch_job(client, job.id)
 
 
 @jobs_app.command("watch")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -13,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from storage.errors import DomainError, redact
+from storage.fs import storage_error
 
 log = logging.getLogger("thresher.api")
 
@@ -37,6 +37,7 @@ STATUS_BY_CODE = {
     "too_many_sources": 422, "validation_error": 422, "limit_exceeded": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
     "bad_uri": 422, "bad_glob": 422, "uri_option_not_allowed": 422, "too_many_files": 422, "listing_timeout": 422,
     "not_a_file": 422,
+    "storage_unavailable": 503, "insufficient_storage": 507,
 }
 
 
@@ -80,6 +81,8 @@ def describe(err: dict, loc: list, body=None, tags: dict | None = None) -> dict:
             msg += f" ({name} is one of {', '.join(allowed)})"
         return {"field": field, "message": msg, "type": kind, "text": msg}
     msg = {"missing": "required field missing", "extra_forbidden": "unknown field"}.get(kind, msg)
+    if kind == "value_error":   # a validator's own sentence, without pydantic's "Value error, "
+        msg = msg.removeprefix("Value error, ")
     return {"field": parent, "message": msg, "type": kind, "text": f"{parent}: {msg}" if parent else msg}
 
 
@@ -115,8 +118,9 @@ class ErrorResponse(BaseModel):
 
 
 # Every API operation may answer these (403: a path or statement not allowed, 408: a query's time
-# limit, 413: an upload or result over its limit, 507: the server's storage is full).
-ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 507)}
+# limit, 413: an upload or result over its limit, 503: the server's storage does not answer or has
+# no bucket, 507: the server's storage is full).
+ERROR_RESPONSES = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 503, 507)}
 
 
 def _body(code: str, message: str, details: dict) -> dict:
@@ -186,11 +190,12 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def unhandled(exc: BaseException) -> JSONResponse:
-    """The answer to an exception nothing else handled: a full disk is 507, anything else a 500."""
-    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
-        log.error("storage is full: %s", exc)
-        return JSONResponse(_body("insufficient_storage", "the server's storage is full; nothing was stored, "
-                                  "try again later", {}), status_code=507)
+    """The answer to an exception nothing else handled: a failure of the server's storage is 507
+    (full) or 503 (not answering, no bucket), anything else a 500."""
+    failed = storage_error(exc)
+    if failed is not None:
+        log.error("storage failed: %s", exc)
+        return JSONResponse(_body(failed.code, failed.message, failed.details), status_code=STATUS_BY_CODE[failed.code])
     log.error("unhandled error", exc_info=exc)
     return JSONResponse(_body("internal_error", "the server failed; this is a bug, please report it", {}),
                         status_code=500)

@@ -7,8 +7,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service.routes.curricula import LossPost
 from service.schemas import RegisterCorpus
+from workers.driver.curriculum_runs import LossPost
 
 HAND_PARSED = (RegisterCorpus, LossPost)
 

@@ -1,15 +1,28 @@
 """Response and request models of the HTTP API (they are the OpenAPI document's schemas)."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Body
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from workers.registry import KINDS
 from workers.specs import MAX_RESTRICT, MAX_STR, KnownFields
 
 MAX_NAME = 200  # the longest name of a job, corpus or model
+
+
+def printable_name(name: str) -> str:
+    """A name becomes a download's file name and a line of logs and tables: no control characters
+    (CR, LF, NUL, tab, …) and no line or paragraph separators."""
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
+    return name
+
+
+Name = Annotated[str, Field(max_length=MAX_NAME), AfterValidator(printable_name)]
 
 
 class Corpus(BaseModel):
@@ -24,6 +37,10 @@ class Corpus(BaseModel):
     sources: dict[str, int] = Field(default_factory=dict)
     ids_generated: bool | None = Field(None, description="true when the documents had no id field and "
                                        "Thresher numbered them from 0000000000 in file order")
+    fields: dict[str, str] = Field(default_factory=dict, description="the input's fields beyond id, text "
+                                   "and source, stored as columns: name -> Arrow type")
+    json_fields: list[str] = Field(default_factory=list, description="fields whose values disagreed in "
+                                   "type across documents: stored as each value's JSON text")
     created_at: str
     job_id: str | None = None
     error: dict | None = None
@@ -36,6 +53,21 @@ class StageRun(BaseModel):
     total: float = 0
     unit: str | None = None
     seconds: float | None = Field(None, description="how long the stage ran (so far, for the current one)")
+    up_to: float | None = Field(None, description="a ceiling: the stage may stop before it (a training with early "
+                                "stopping); `total` is the ceiling while it runs and what it used once done")
+
+
+class PlanStage(BaseModel):
+    stage: str
+    state: Literal["done", "running", "pending"]
+    done: float = 0
+    total: float | None = Field(None, description="unknown (null) for a stage not yet begun")
+    unit: str | None = None
+    up_to: float | None = Field(None, description="the ceiling of a stage that may stop early")
+    expected_total: float | None = Field(None, description="where a stage that may stop early is expected to "
+                                         "stop: where earlier runs of it stopped")
+    eta_s: float | None = Field(None, description="seconds left in this stage; null: unknown")
+    basis: str | None = Field(None, description="where eta_s comes from, or why it is unknown")
 
 
 class Progress(BaseModel):
@@ -44,10 +76,17 @@ class Progress(BaseModel):
     total: float = 0
     unit: str | None = None
     rate_per_s: float | None = None
-    eta_s: float | None = None
+    eta_s: float | None = Field(None, description="seconds left in the whole job: the running stage's from its "
+                                "measured rate, plus the stages to come (see `plan`); null when any is unknown")
     detail: dict[str, Any] | None = Field(None, description="more counts of the stage, e.g. files_done/files_total")
     stages: list[StageRun] = Field(default_factory=list, description="the stages this run of the job went "
                                    "through, in order, the last one `stage`")
+    plan: list[PlanStage] = Field(default_factory=list, description="the whole job: the stages done, the "
+                                  "running one and those to come, each with its ETA")
+    waiting: str | None = Field(None, description="why the job does not run yet: every job slot of its lane is "
+                                "taken (queued), or the CPUs its tasks need are held by other jobs (running)")
+    input_docs: int | None = Field(None, description="documents in the corpora and manifests the spec names: "
+                                   "what the estimates of stages to come scale by")
 
 
 class JobError(BaseModel):
@@ -144,15 +183,22 @@ class ShardList(BaseModel):
     items: list[ManifestShard]
 
 
+Split = Literal["file", "line", "paragraph"]
+
+
 class RegisterCorpus(KnownFields):
     """Register data the server can read (a file under an allowed root, or an object-store URI)."""
     model_config = ConfigDict(str_max_length=MAX_STR)
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name = Field(min_length=1)
     uri: str = Field(min_length=1)
-    format: Literal["jsonl", "parquet", "csv"] | None = None
+    format: Literal["jsonl", "parquet", "csv", "text"] | None = None
     text_field: str = "text"
     id_field: str = "id"
     source_field: str = "source"
+    split: Split = Field("file", description="plain text: a document per file, per non-empty line, or "
+                         "per blank-line-separated paragraph")
+    source_from: Literal["dir"] | None = Field(None, description="plain text: the source is the file's "
+                                               "first directory under the registered one")
 
     @field_validator("uri")
     @classmethod
@@ -181,7 +227,8 @@ def distinct_fields(text_field: str | None, id_field: str) -> str:
 
 class QueryRequest(KnownFields):
     sql: str = Field(min_length=1, max_length=100_000)
-    tables: dict[str, str] = Field(description="table name in the SQL -> manifest id")
+    tables: dict[str, str] = Field(description="table name in the SQL -> manifest id, or corpus id "
+                                   "(its documents: id, text, source and the extra fields)")
     limit: int = Field(1000, ge=1, le=100_000)
 
 
@@ -193,7 +240,7 @@ class QueryResult(BaseModel):
 
 class ExportRequest(KnownFields):
     selected_only: bool = True
-    name: str | None = Field(None, max_length=MAX_NAME)
+    name: Name | None = None
     restrict: list[str] = Field(default_factory=list, max_length=MAX_RESTRICT, description=(
         "manifests over the same corpus whose unselected documents are left out of the export"))
 
@@ -206,7 +253,7 @@ def _job_request_models():
         models.append(create_model(
             f"{kind.name.title().replace('_', '')}JobRequest",
             __doc__=kind.description, __base__=KnownFields,
-            kind=(Literal[kind.name], ...), name=(str | None, Field(None, max_length=MAX_NAME)),
+            kind=(Literal[kind.name], ...), name=(Name | None, None),
             spec=(kind.spec, ...)))
     return models
 

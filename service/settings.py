@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.fs import DEFAULT_TIMEOUT_S
 from storage.ingest.shards import SHARD_COMPRESSIONS
 from storage.query import parse_size
 from workers.specs import SpecLimits
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
     storage_uri: str | None = None
     """Where corpora, manifests and models live: a directory or an object-store URI (s3://…, gs://…).
     Default: <home>/store."""
+    storage_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    """How long a request to an object store may go without progress before it fails (it is tried
+    3 times): a store that stops answering fails a call within about three times this,
+    answered 503 `storage_unavailable`. Ray workers read it from their own environment, like the
+    store's credentials."""
     ray_address: str | None = None
     """Ray cluster to join; default: RAY_ADDRESS if set, else start a local Ray."""
     api_keys: Annotated[list[str], NoDecode] = []
@@ -29,6 +35,11 @@ class Settings(BaseSettings):
     """What a compressed upload may inflate to (a decompression bomb answers 413)."""
     max_doc_bytes: int = 64 * 1024**2
     """The longest document (and line) accepted, uploaded or registered (413 past it)."""
+    max_parse_tasks: int = Field(4, ge=1)
+    """Uploads (and Parquet or JSON loss bodies) parsed at once, each by a Ray worker process; more
+    wait for a slot (without holding a thread) up to `parse_wait_s`, then answer 503 with Retry-After."""
+    parse_wait_s: float = Field(30.0, ge=0)
+    """How long a body waits for a parse slot before the 503."""
     split_bytes: int = 256 * 1024**2
     """Registered uncompressed JSONL files larger than this are ingested in byte ranges of this size."""
     shard_size: int = 10_000
@@ -49,7 +60,16 @@ class Settings(BaseSettings):
     port: int = 8321
     max_inflight: int = 0
     """Shard tasks in flight per job stage; 0 = twice the cluster's CPUs."""
-    max_concurrent_jobs: int = 2
+    max_concurrent_jobs: int = Field(2, ge=0)
+    """Heavy jobs (trainings, scoring, large selections) run at once; more wait in `queued`."""
+    light_concurrent_jobs: int = Field(2, ge=1)
+    """Light jobs (exports, corpus filters, selections over at most THRESHER_LIGHT_MAX_DOCS
+    documents) run at once in a lane of their own, whatever the heavy jobs hold."""
+    light_max_docs: int = Field(10_000, ge=0)
+    """A selection (random, dsir) is light when the corpora it reads hold at most this many documents."""
+    light_workers: int = Field(2, ge=1)
+    """Warm worker processes (Ray actors reserving no CPU) that run the light lane's tasks: no
+    training can hold them up, and they take at most this many cores beside trainings."""
     task_retries: int = 3
     max_job_attempts: int = Field(3, ge=1)
     """A job found running at start-up (its service was killed, or crashed, while it ran) this many

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 import pyarrow.fs as pafs
 
 from storage.errors import DomainError
+from storage.fs import bounded, default_timeout_s
 
 MAGIC_CHARS = re.compile(r"[*?\[]")
 ROOTS_SETTING = "THRESHER_ALLOWED_ROOTS"
@@ -209,7 +210,11 @@ class Access:
                           "not from the URI (leave the option out)", {"field": "uri", "option": option})
 
     def remote_file(self, uri: str, shown: str | None = None) -> tuple[pafs.FileSystem, str]:
-        return pafs.FileSystem.from_uri(self.resolve_remote(uri, shown))
+        """The filesystem and path of a tenant's object-store URI, each request bounded in time like
+        the store's (THRESHER_STORAGE_TIMEOUT_S): a frozen server fails a listing or a read, it does
+        not hold a worker for pyarrow's 99 s per call."""
+        fs, path = pafs.FileSystem.from_uri(self.resolve_remote(uri, shown))
+        return bounded(fs, default_timeout_s()), path
 
     # -- what a registration names ------------------------------------------------------------
     def check_uri(self, uri: str) -> None:

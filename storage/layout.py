@@ -8,6 +8,7 @@ layout holds on a local directory and under an object-store prefix:
                                             the documents: scoring again never rewrites a corpus)
     jobs/<job>/…                            a job's other intermediate files (named below)
     manifests/<man>/part-NNNNN.parquet      a manifest: one part per corpus shard NNNNN
+    cache/random-arms/<key>.json            evaluate's random-arm proxies, reused by later evaluations
     models/<mdl>/…                          a trained model's checkpoint (meta.json written last)
     curricula/<cur>/…                       a curriculum run: doc ids, state, one plan per epoch
     uploads/<token>                         an upload's body, until a worker has ingested it
@@ -166,6 +167,17 @@ def ingested_unit(job_id: str, unit: tuple[int, int]) -> Parts:
 
 def pilot_result(job_id: str, index: int) -> Parts:
     return (*job(job_id), "pilots", f"pilot-{index:04d}.json")
+
+
+def filter_mask(job_id: str, shard: int) -> Parts:
+    """A filter's rows to keep of corpus shard NNNNN: column `selected`, one value per row."""
+    return (*job(job_id), "filter", _numbered("mask-", shard))
+
+
+def random_arm(key: str) -> Parts:
+    """An evaluate's random-arm proxy (its figures and the job that trained it), found again by
+    later evaluations of the same pool, validation set, size, seed and proxy (`key`, their digest)."""
+    return ("cache", "random-arms", f"{key}.json")
 
 
 # -- manifests -----------------------------------------------------------------------------------

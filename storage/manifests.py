@@ -236,3 +236,24 @@ def overlap_with_top(store: Store, manifest_parts: list[tuple[str, ...]], score_
         both = con.execute("SELECT count(*) FROM m JOIN top USING (doc_id) WHERE m.selected").fetchone()[0]
         by_source = con.execute("SELECT coalesce(source, ''), count(*) FROM top GROUP BY 1 ORDER BY 2 DESC").fetchall()
     return {"overlap": int(both), "selected_by_source": {s: int(c) for s, c in by_source}}
+
+
+def selection_overlap(store: Store, parts_a: list[tuple[str, ...]], parts_b: list[tuple[str, ...]]) -> dict:
+    """How two selections overlap: documents (corpus, doc_id) selected by each, by both, their
+    Jaccard index |A∩B| / |A∪B|, and the same per source."""
+    with connection() as con:
+        con.register("ma", dataset(store, parts_a))
+        con.register("mb", dataset(store, parts_b))
+        rows = con.execute("""
+            WITH a AS (SELECT DISTINCT corpus_id, doc_id, coalesce(source, '') AS source FROM ma WHERE selected),
+                 b AS (SELECT DISTINCT corpus_id, doc_id, coalesce(source, '') AS source FROM mb WHERE selected)
+            SELECT coalesce(a.source, b.source), count(a.doc_id), count(b.doc_id),
+                   count(*) FILTER (WHERE a.doc_id IS NOT NULL AND b.doc_id IS NOT NULL), count(*)
+            FROM a FULL OUTER JOIN b ON a.corpus_id = b.corpus_id AND a.doc_id = b.doc_id
+            GROUP BY 1 ORDER BY 5 DESC, 1""").fetchall()
+
+    def counts(a: int, b: int, both: int, union: int) -> dict:
+        return {"selection": int(a), "against": int(b), "both": int(both),
+                "jaccard": both / union if union else None}
+    total = counts(*(sum(r[i] for r in rows) for i in range(1, 5)))
+    return {**total, "by_source": {r[0]: counts(*r[1:]) for r in rows}}

@@ -224,10 +224,7 @@ def _answer(out, job: dict, paths: list[str]) -> None:
     placeholders = ", ".join("?" for _ in PATH_SETTINGS)
     paths += [v for (v,) in con.execute(f"SELECT value FROM duckdb_settings() WHERE name IN ({placeholders})",
                                         list(PATH_SETTINGS)).fetchall() if v]
-    for name, dataset in job["tables"].items():
-        con.register(name, dataset)
-    for setting in SANDBOX:
-        con.execute(f"SET {setting}")
+    _sandbox(con, job["tables"])
     check_statement(sql)
     # The newlines keep a trailing `--` comment from swallowing the wrapper's parenthesis; the
     # allow-list is checked on exactly the text that runs.
@@ -265,6 +262,46 @@ def _answer(out, job: dict, paths: list[str]) -> None:
         out.send_bytes(b"D" + (b"true" if truncated else b"false"))
     finally:
         timer.cancel()
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, tables: dict[str, ds.Dataset]) -> None:
+    """Hand the tables to a fresh connection, then shut its access to anything else and lock it."""
+    for name, dataset in tables.items():
+        con.register(name, dataset)
+    for setting in SANDBOX:
+        con.execute(f"SET {setting}")
+
+
+def predicate_sql(where: str, columns: str = "shard, row") -> str:
+    """The rows of table `m` where a tenant's predicate holds. The newlines keep a trailing `--`
+    comment from swallowing the parenthesis; whatever the predicate holds, the whole statement is
+    what the sandbox checks."""
+    return f"SELECT {columns} FROM m WHERE (\n{where}\n)"
+
+
+def matching_rows(where: str, table: ds.Dataset, *, timeout_s: float = 300.0, memory_limit: str = "1GB",
+                  temp_root: str | None = None, max_temp_size: str = "1GB") -> pa.Table:
+    """`shard, row` of the rows of `table` (named `m`) where the predicate `where` holds, under the
+    sandbox's settings and allow-list, in this process: for a job's Ray worker (the service runs a
+    tenant's SQL only through run_query). Raises QueryError as run_query does."""
+    sql = predicate_sql(where)
+    with spill_dir(temp_root) as private:
+        con = connect(private, max_temp_size, threads=1, memory_limit=memory_limit)
+        timer = threading.Timer(timeout_s, con.interrupt)
+        try:
+            _sandbox(con, {"m": table})
+            check_statement(sql)
+            check_reads(con, sql, {"m"})
+            timer.start()
+            return con.sql(sql).fetch_arrow_table()
+        except RecursionError:
+            raise too_deep() from None
+        except duckdb.Error as e:
+            raise _classify(e, {"timeout_s": timeout_s, "memory_limit": memory_limit,
+                                "max_temp_size": max_temp_size}) from None
+        finally:
+            timer.cancel()
+            con.close()
 
 
 def check_statement(sql: str) -> None:

@@ -120,8 +120,12 @@ def test_unknown_kind_and_ids(service):
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "body"
 
 
-KINDS_LISTED = ("kind is one of random, dsir, train_model, score, color_filter, evaluate, reweight, curriculum, "
-                "projection")
+def _kinds_listed() -> str:
+    from workers.registry import KINDS
+    return "kind is one of " + ", ".join(k.name for k in KINDS.values() if not k.internal)
+
+
+KINDS_LISTED = _kinds_listed()
 
 
 @pytest.mark.parametrize("path, body, field, message", [

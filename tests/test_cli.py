@@ -1,4 +1,5 @@
-"""The CLI's parsing, rendering and error handling, without a running service."""
+"""The CLI's parsing, rendering and error handling, mostly without a running service; the job kinds
+and their spec fields come from one (the `live_service` fixture)."""
 import io
 import json
 import re
@@ -19,7 +20,7 @@ EXPECTED_COMMANDS = {
     ("serve",),
     ("corpora", "upload"), ("corpora", "list"), ("corpora", "show"), ("corpora", "sample"),
     ("corpora", "download"), ("corpora", "delete"),
-    *{("jobs", "submit", kind) for kind in cli.KIND_NAMES},
+    ("jobs", "submit"),     # KIND: one command per kind the service lists
     ("jobs", "watch"), ("jobs", "list"), ("jobs", "show"), ("jobs", "cancel"),
     ("manifests", "list"), ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
     ("manifests", "export"),
@@ -29,23 +30,57 @@ EXPECTED_COMMANDS = {
 }
 
 
-def test_submit_kinds_are_the_public_kinds():
+def cli_at(live_service, *args):
+    return runner.invoke(cli.app, ["--url", live_service.url, "--key", live_service.key, *args])
+
+
+def test_the_cli_submits_every_public_kind_and_only_those(live_service):
+    """The kinds come from the service: `jobs submit --help` lists each public kind, and each one
+    reaches the service as a job of that kind (its spec is refused there, naming a field)."""
     from service.schemas import PUBLIC_KINDS
-    assert set(cli.KIND_NAMES) == PUBLIC_KINDS
+    listed = cli_at(live_service, "jobs", "submit", "--help")
+    assert listed.exit_code == 0, listed.output
+    assert set(re.findall(r"│ ([a-z_]+) ", listed.output)) == PUBLIC_KINDS
+    for kind in sorted(PUBLIC_KINDS):
+        result = cli_at(live_service, "jobs", "submit", kind, "--spec", "{}")
+        assert result.exit_code == 1, (kind, result.output)
+        assert result.stderr.startswith(("Error 422 (validation_error): spec.", "Error 422 (validation_error): spec:")), (
+            kind, result.stderr)
+    for internal in ("ingest", "export"):
+        result = cli_at(live_service, "jobs", "submit", internal, "--spec", "{}")
+        assert result.exit_code == 2 and f"unknown job kind {internal!r}" in result.output
 
 
-def test_submit_help_lists_the_kinds_spec_fields_with_types_and_defaults():
-    result = runner.invoke(cli.app, ["jobs", "submit", "color_filter", "--help"])
+def test_an_unknown_kind_is_a_usage_error_with_a_suggestion(live_service):
+    for args in (["dedpu"], ["dedpu", "--help"], ["dedpu", "--spec", '{"pool": "x"}']):
+        result = cli_at(live_service, "jobs", "submit", *args)
+        text = re.sub(r"[\s│]+", " ", result.output)
+        assert result.exit_code == 2, (args, result.output)
+        assert "unknown job kind 'dedpu'; did you mean 'dedup'?" in text and "quality" in text, text
+
+
+def test_submit_help_lists_the_kinds_spec_fields_with_types_and_defaults(live_service):
+    result = cli_at(live_service, "jobs", "submit", "color_filter", "--help")
     assert result.exit_code == 0, result.output
     out = result.output
     assert "pool: str (required)" in out and "select: Select (required)" in out
     assert '  mode: "global"|"per_shard" (default "global")' in out
     assert "pool_fraction: float (default 0.5)" in out     # nested: prior.train.pool_fraction
     assert "fraction: float | null (default null)" in out
+    dedup = cli_at(live_service, "jobs", "submit", "dedup", "--help").output
+    assert 'keep: "first"|"longest" | KeepByScore (default "first")' in dedup
+    assert "    manifest: str (required) — a manifest id (man_…)" in dedup
+    assert "Submit a dedup job: exact and MinHash-LSH deduplication" in re.sub(r"[\s│]+", " ", dedup)
+
+
+def test_submit_help_without_the_service_says_where_the_fields_come_from():
+    result = runner.invoke(cli.app, ["--url", closed_port_url(), "jobs", "submit", "dedup", "--help"])
+    assert result.exit_code == 0 and "--spec" in result.output
+    assert "The spec fields of dedup come from the service, which did not answer: cannot reach" in result.output
 
 
 def leaf_commands(command, path: tuple = ()) -> set[tuple]:
-    if hasattr(command, "commands"):  # a group (typer ships its own copy of click's classes)
+    if getattr(command, "commands", None):  # a group (typer ships its own copy of click's classes)
         return {leaf for name, sub in command.commands.items()
                 for leaf in leaf_commands(sub, (*path, name))}
     return {path}
@@ -243,3 +278,24 @@ def test_serve_reports_bad_configuration(monkeypatch):
     result = runner.invoke(cli.app, ["serve"])
     assert result.exit_code == 2
     assert "Invalid configuration" in result.stderr and "tenant:key" in result.stderr
+
+
+def test_watch_shows_the_stages_to_come_the_whole_job_eta_and_why_it_waits():
+    console = Console(file=io.StringIO(), force_terminal=False, width=200)
+    queued = {"id": "job_2", "state": "queued", "progress": {
+        "waiting": "waiting for a job slot: 2 jobs running (job_a, job_b; THRESHER_MAX_CONCURRENT_JOBS=2)"}}
+    plan = [{"stage": "train_prior", "state": "done", "eta_s": 0},
+            {"stage": "finetune", "state": "running", "up_to": 3000, "eta_s": 20},
+            {"stage": "score", "state": "pending", "eta_s": None}, {"stage": "select", "state": "pending", "eta_s": 1}]
+    running = {"id": "job_2", "state": "running", "progress": {
+        "stage": "finetune", "done": 300, "total": 3000, "unit": "tokens", "rate_per_s": 100.0, "eta_s": None,
+        "plan": plan}}
+    with cli.JobProgressView(console) as view:
+        view.update(queued)
+        view.update(running)
+        view.update({**running, "progress": {**running["progress"], "eta_s": 95.0}})
+    assert console.file.getvalue().splitlines() == [
+        "queued  waiting for a job slot: 2 jobs running (job_a, job_b; THRESHER_MAX_CONCURRENT_JOBS=2)",
+        "running  finetune  300/3,000 tokens (a ceiling: may stop early)  100 tokens/s  stage ETA 20s, job ETA "
+        "unknown  then score, select",
+    ]

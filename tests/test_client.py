@@ -365,3 +365,29 @@ def test_names_and_job_ids_resolve_where_ids_are_expected(client, selection, liv
     with pytest.raises(ThresherError) as e:
         client.corpora.get("no-such-corpus")
     assert e.value.status == 404 and e.value.message == "no corpus has the id or the name 'no-such-corpus'"
+
+
+def test_submit_any_kind_the_service_lists_through_a_generated_method(client, pool, target):
+    """Kinds without a hand-written method are methods too, made from GET /v1/kinds: positional
+    arguments are the spec's required fields in the schema's order, records become ids."""
+    import inspect
+
+    from service.schemas import PUBLIC_KINDS
+    assert set(client.kinds()) == PUBLIC_KINDS
+    assert str(inspect.signature(client.decontaminate)).startswith("(pool, against, *, n=13, min_matches=1, ")
+    assert "keep: \"first\"|\"longest\" | KeepByScore (default \"first\")" in client.dedup.__doc__
+    assert "dedup" in dir(client)
+    quality = client.quality(pool, presets=["c4"], name="q")
+    decon = client.decontaminate(pool, [target], n=8)
+    dedup = client.dedup(pool, method="exact")
+    assert (quality.kind, quality.name, quality.spec["presets"]) == ("quality", "q", ["c4"])
+    assert decon.spec["against"] == [target.id] and dedup.spec["method"] == "exact"
+    assert quality.wait().summary["rejected_by_preset"]["c4"] >= 0
+    assert decon.wait().summary["contaminated"] == 0 and dedup.wait().summary["clusters"] >= 0
+    with pytest.raises(InvalidArgument, match=r"decontaminate\(\) takes 2 positional arguments \(pool, against\), got 3"):
+        client.decontaminate(pool, [target], 13)
+    with pytest.raises(InvalidArgument, match="got 'pool' twice"):
+        client.quality(pool, pool=pool)
+    with pytest.raises(AttributeError, match="did you mean 'dedup'"):
+        client.dedpu(pool)
+    assert not hasattr(client, "no_such_kind") and not hasattr(Client("http://127.0.0.1:9", retries=0), "dedup")

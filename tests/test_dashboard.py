@@ -1,10 +1,11 @@
 """The dashboard at /ui, driven in a real headless Chromium (Debian's chromium + chromidriver via
 selenium) against a live service on a real port: sign-in, a dsir job submitted from the form and
 followed to the end, its manifest's charts, the SQL box, job pages that render their summaries
-(evaluate's gain with its error, CoLoR-Filter's diagnostics, a selection's counts by source) and
-every stage, models and projections, a projection's sliders, a curriculum run, a browser upload,
-tenant isolation and a wrong key. Each page is saved as a screenshot under
-test-output/screenshots/ (not committed; docs/img holds chosen ones)."""
+(evaluate's gain with its error, CoLoR-Filter's diagnostics, a selection's counts by source; dedup,
+decontaminate and quality) and every stage, a duplicate cluster's members side by side, models and
+projections, a projection's sliders, a curriculum run, a browser upload, tenant isolation and a
+wrong key. Each page is saved as a screenshot under test-output/screenshots/ (not committed;
+docs/img holds chosen ones)."""
 from __future__ import annotations
 
 import json
@@ -290,6 +291,8 @@ def test_every_kind_has_a_form_from_its_spec(browser, live):
         for area in browser.find_elements("css selector", f"#form-{kind['name']} textarea"):
             assert area.get_attribute("placeholder") or area.get_attribute("value"), (kind["name"], area.get_attribute("id"))
     assert browser.get_log("browser") == []
+    go(browser, live, "#/jobs/new/projection")     # not the last kind listed any more
+    until(browser, lambda d: d.find_elements("id", "form-projection"), what="the projection form")
     assert css(browser, "#f-sources").get_attribute("placeholder").startswith('[{"corpus": …, "price_per_doc": …')
     go(browser, live, "#/jobs/new/dsir")
     until(browser, lambda d: d.find_elements("id", "form-dsir"), what="the dsir form")
@@ -589,6 +592,195 @@ def test_curriculum_page_shows_epochs(browser, live, data):
     assert kept == [len(ids), len(second), None, None]
     assert text_of(browser, "#cur-saved") == f"{100 * info['saved_fraction']:.1f}%"
     shot(browser, "curriculum")
+
+
+# --- cleaning: dedup, decontaminate and quality pages -------------------------------------------
+
+INSTALL = ("To install the package, download the latest release from the project page and unpack it into a "
+           "directory of your choice. Run the configure script, then make and make install as root. The default "
+           "installation prefix is /usr/local; pass --prefix to configure to change it. Documentation is installed "
+           "under share/doc, and the manual pages under share/man. If you find a bug, please report it on the issue "
+           "tracker with the version number, your operating system and the exact steps that reproduce the problem. "
+           "Patches are welcome, as are translations of the documentation into other languages.")
+LICENSE = ("This program is free software: you can redistribute it and/or modify it under the terms of the GNU "
+           "General Public License as published by the Free Software Foundation, either version 3 of the License, "
+           "or (at your option) any later version. This program is distributed in the hope that it will be useful, "
+           "but without any warranty; without even the implied warranty of merchantability or fitness for a "
+           "particular purpose. See the GNU General Public License for more details. You should have received a "
+           "copy of the GNU General Public License along with this program.")
+
+
+def cleaning_pool() -> list[dict]:
+    """Web-like filler (two sources), a README paragraph copied four times with a word or two changed,
+    a license text twice (once with another version) and once in capitals, four essays that differ
+    in one word, and a few documents a quality filter rejects."""
+    from tests.test_quality import GOOD
+    rows = corpus(80, seed=31, min_words=40, max_words=90, prefix="w")
+    for r in rows:
+        r["source"] = "web" if r["source"] != "finance" else "forum"
+    readme = [INSTALL, INSTALL.replace("/usr/local", "/opt"),
+              INSTALL.replace("issue tracker", "mailing list"),
+              INSTALL.replace("as root", "as the superuser") + " Thank you for using it."]
+    rows += [{"id": f"readme-{i}", "text": t, "source": "readme"} for i, t in enumerate(readme)]
+    rows += [{"id": "license-a", "text": LICENSE, "source": "license"},
+             {"id": "license-b", "text": LICENSE.replace("version 3", "version 2"), "source": "license"},
+             {"id": "license-caps", "text": LICENSE.upper(), "source": "license"}]
+    rows += [{"id": f"essay-{i}", "text": GOOD.replace("river", w), "source": "essays"}
+             for i, w in enumerate(("river", "lake", "forest", "harbour"))]
+    rows += [{"id": "bullets", "text": "\n".join(f"- item {i}" for i in range(30)), "source": "web"},
+             {"id": "lorem", "text": "Lorem ipsum dolor sit amet. " * 12, "source": "web"},
+             {"id": "blank", "text": "", "source": "web"}]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cleaning(live):
+    """Alice's cleaning jobs over one pool: a fuzzy dedup verified at Jaccard 0.7, a
+    decontamination against a validation set that holds one of the pool's essays (the other three
+    share its 13-grams) and one web document, a quality pass."""
+    def up(rows, name):
+        r = live.api.post("/v1/corpora", params={"name": name, "format": "jsonl"}, content=jsonl(rows))
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+    rows = cleaning_pool()
+    pool = up(rows, "clean-pool")
+    leaked = ["essay-1", next(r["id"] for r in rows if r["source"] == "web")]
+    validation = up([r for r in rows if r["id"] in leaked] + corpus(20, seed=32, prefix="v"), "validation-set")
+    specs = {"dedup": {"pool": pool, "threshold": 0.7},
+             "decontaminate": {"pool": pool, "against": [validation]},
+             "quality": {"pool": pool}}
+    ids = {}
+    for kind, spec in specs.items():
+        r = live.api.post("/v1/jobs", json={"kind": kind, "spec": spec})
+        assert r.status_code == 202, r.text
+        ids[kind] = r.json()["id"]
+    jobs = {kind: wait(live.api, job_id, timeout=120) for kind, job_id in ids.items()}
+    assert all(j["state"] == "succeeded" for j in jobs.values()), jobs
+    return {"pool": pool, "validation": validation, "rows": {r["id"]: r for r in rows}, **jobs}
+
+
+def test_dedup_job_page_shows_clusters_pairs_and_lsh(browser, live, cleaning):
+    """The dedup summary as tables: clusters, the largest, candidate and verified pairs, the LSH
+    parameters with the chance of detecting a pair at Jaccard 0.8 and the whole curve."""
+    sign_in(browser, live, KEY_ALICE)
+    signed_in_as(browser, "alice")
+    job = cleaning["dedup"]
+    s = job["result"]["summary"]
+    assert (s["clusters"], s["largest_cluster"]) == (3, 4)
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: d.find_elements("css selector", "#dedup-figures tr"), what="dedup's figures")
+    assert text_of(browser, "#dedup-kept").startswith(f"{s['num_selected']} of {s['num_rows']} documents kept")
+    figures = table_rows(browser, "#dedup-figures", "data-key")
+    assert figures["clusters"][1] == "3" and figures["largest_cluster"][1] == "4"
+    assert figures["removed"][1] == str(s["num_rows"] - s["num_selected"] - s["num_empty"]) == "8"
+    assert figures["candidate_pairs"][1] == f"{s['candidate_pairs']:,}"
+    assert figures["verified_pairs"][1] == f"{s['verified_pairs']:,}"
+    lsh = table_rows(browser, "#dedup-lsh", "data-key")
+    assert lsh["bands"][1] == "14 × 8 = 112 MinHash values per document"
+    assert lsh["detection_probability_at_0.8"][1] == f"{100 * s['lsh']['detection_probability_at_0.8']:.2f}%"
+    assert lsh["threshold"][1] == "≥ 0.7"
+    until(browser, lambda d: chart(d, "chart-lsh", "c.data.datasets[0].data.length") == 101, what="the LSH curve")
+    at_08 = chart(browser, "chart-lsh", "c.data.datasets[0].data[80].y")
+    assert at_08 == pytest.approx(s["lsh"]["detection_probability_at_0.8"], abs=1e-4)
+    assert chart(browser, "chart-lsh", "c.options.plugins.vline.x") == 0.7
+    kept = table_rows(browser, "#summary-by-source", "data-source")
+    assert kept["readme"][1] == kept["license"][1] == kept["essays"][1] == "1"
+    shot(browser, "job-dedup")
+
+
+def test_a_duplicate_clusters_members_side_by_side(browser, live, cleaning):
+    """The dedup manifest's page: the largest cluster's members in columns, the kept one first,
+    words it lacks marked in the others; another cluster by its id."""
+    man = cleaning["dedup"]["result"]["manifest_id"]
+    go(browser, live, f"#/manifests/{man}")
+    until(browser, lambda d: d.find_elements("css selector", "#cluster-members .member"), what="the largest cluster")
+    members = browser.find_elements("css selector", "#cluster-members .member")
+    assert [m.get_attribute("data-doc-id") for m in members] == ["readme-0", "readme-1", "readme-2", "readme-3"]
+    assert [m.get_attribute("data-kept") for m in members] == ["true", "false", "false", "false"]
+    assert "duplicate of readme-0" in members[1].text
+    marks = [[e.text for e in m.find_elements("css selector", "mark")] for m in members]
+    assert marks == [[], ["opt"], ["mailing", "list"], ["superuser", "Thank", "for", "using"]]
+    assert members[0].find_element("css selector", ".doc-text").text == INSTALL
+    assert len(browser.find_elements("css selector", "#cluster-pick option")) == 3
+    shot(browser, "manifest-dedup")
+    license_cluster = live.api.post("/v1/query", json={
+        "sql": "SELECT cluster_id FROM m WHERE doc_id = 'license-a'", "tables": {"m": man}}).json()["rows"][0][0]
+    css(browser, "#cluster-id").send_keys(str(license_cluster))
+    click(browser, "#show-cluster")
+    until(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#cluster-members .member')].map(m => m.dataset.docId)") ==
+        ["license-a", "license-b", "license-caps"], what="the license cluster")
+    assert "3 pool documents" in text_of(browser, "#cluster-caption")
+    browser.execute_script("document.getElementById('manifest-clusters').scrollIntoView()")
+    css(browser, "#manifest-clusters").screenshot(str(SHOTS / "dedup-cluster.png"))
+
+
+def test_decontaminate_job_page_shows_contamination_by_corpus_and_source(browser, live, cleaning):
+    job = cleaning["decontaminate"]
+    s = job["result"]["summary"]
+    assert s["contaminated_by_corpus"] == {cleaning["validation"]: 5} and s["contaminated_by_source"] == {"essays": 4, "web": 1}
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: d.find_elements("css selector", "#decon-by-corpus tr"), what="decontamination's tables")
+    assert text_of(browser, "#decon-count").startswith(f"5 of {s['num_rows']} documents contaminated")
+    by_corpus = table_rows(browser, "#decon-by-corpus", "data-row")
+    assert by_corpus[cleaning["validation"]][1] == "5"
+    by_source = table_rows(browser, "#decon-by-source", "data-row")
+    assert by_source["essays"] == ["essays", "4", "4", "100.0%", "0"] and by_source["readme"][1] == "0"
+    web = live.api.get(f"/v1/corpora/{cleaning['pool']}").json()["sources"]["web"]
+    assert by_source["web"] == ["web", "1", str(web), f"{100 / web:.1f}%", str(s["selected_by_source"]["web"])]
+    shot(browser, "job-decontaminate")
+
+
+def test_quality_job_page_shows_rejections_per_preset_rule_and_source(browser, live, cleaning):
+    job = cleaning["quality"]
+    s = job["result"]["summary"]
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: d.find_elements("css selector", "#quality-presets tbody tr"), what="quality's tables")
+    assert text_of(browser, "#quality-kept").startswith(f"{s['num_selected']} of {s['num_rows']} documents pass")
+    presets = table_rows(browser, "#quality-presets", "data-row")
+    assert {p: int(r[1]) for p, r in presets.items()} == s["rejected_by_preset"]
+    assert all(r[3] == "yes" for r in presets.values())
+    # Rules that rejected something, most first; the others named in one line.
+    shown = [(tr.get_attribute("data-row"), int(tr.find_elements("css selector", "td")[1].text.replace(",", "")))
+             for tr in browser.find_elements("css selector", "#quality-rules tbody tr")]
+    assert shown == sorted(((k, n) for k, n in s["rejected_by_rule"].items() if n), key=lambda x: -x[1])
+    assert ("c4_no_lorem_ipsum", 1) in shown and ("gopher_bullet_lines", 1) in shown
+    idle = [k for k, n in s["rejected_by_rule"].items() if not n]
+    assert text_of(browser, "#quality-rules-none") == f"Rejected nothing ({len(idle)} rules): {', '.join(idle)}"
+    by_source = table_rows(browser, "#quality-by-source", "data-row")
+    assert set(by_source) == set(s["by_source"]) >= {"web", "forum", "readme", "license", "essays"}
+    essays = s["by_source"]["essays"]
+    assert by_source["essays"][:3] == ["essays", str(essays["docs"]), str(essays["selected"])]
+    assert set(table_rows(browser, "#quality-sql", "data-key")) == set(s["presets"])
+    shot(browser, "job-quality")
+
+
+def test_cluster_members_through_the_documents_path(live, cleaning):
+    """GET /v1/manifests/{id}/documents?cluster_id=: a cluster's members with their text, the kept
+    one first; an unknown cluster is a 404, a manifest without clusters a 409, both naming the field."""
+    man = cleaning["dedup"]["result"]["manifest_id"]
+    path = f"/v1/manifests/{man}/documents"
+    cid = live.api.post("/v1/query", json={"sql": "SELECT cluster_id FROM m WHERE doc_id = 'readme-2'",
+                                           "tables": {"m": man}}).json()["rows"][0][0]
+    items = live.api.get(path, params={"cluster_id": cid, "snippet": 50}).json()["items"]
+    assert [(d["doc_id"], d["kept"], d["duplicate_of"], d["cluster_size"]) for d in items] == [
+        ("readme-0", True, None, 4), ("readme-1", False, "readme-0", 4), ("readme-2", False, "readme-0", 4),
+        ("readme-3", False, "readme-0", 4)]
+    rows = cleaning["rows"]
+    assert all(d["text"] == rows[d["doc_id"]]["text"][:50] and d["num_chars"] == len(rows[d["doc_id"]]["text"])
+               and d["cluster_id"] == cid for d in items)
+    dropped = live.api.get(path, params={"cluster_id": cid, "selected": False, "n": 2}).json()["items"]
+    assert [d["doc_id"] for d in dropped] == ["readme-1", "readme-2"]
+    r = live.api.get(path, params={"cluster_id": 12345678})
+    assert r.status_code == 404 and r.json()["error"]["details"]["field"] == "cluster_id"
+    assert r.json()["error"]["message"] == f"manifest {man} has no cluster 12345678"
+    r = live.api.get(path, params={"cluster_id": -1})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "cluster_id"
+    quality = cleaning["quality"]["result"]["manifest_id"]
+    r = live.api.get(f"/v1/manifests/{quality}/documents", params={"cluster_id": cid})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_clusters"
+    assert r.json()["error"]["details"]["field"] == "cluster_id" and "missing cluster_id" in r.json()["error"]["message"]
+    assert live.api.get(path, params={"cluster_id": cid}, headers={"Authorization": f"Bearer {KEY_BOB}"}).status_code == 404
 
 
 def test_another_tenant_sees_none_of_it(browser, live, data):

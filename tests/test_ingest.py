@@ -69,7 +69,7 @@ def test_round_trip(store, tmp_path, fmt, compression):
         "num_docs": 5, "num_shards": 3,
         "num_bytes": sum(len(d["text"].encode()) for d in DOCS),
         "num_empty": 2, "empty_ids": ["c", "d"],
-        "sources": {"web": 3, "books": 1}, "ids_generated": False,
+        "sources": {"web": 3, "books": 1}, "ids_generated": False, "fields": {}, "json_fields": [],
     }
     assert store.read_parquet(*DEST, "shard-00000.parquet").schema.field("id").type == pa.string()
 
@@ -91,8 +91,9 @@ def test_format_from_name_and_unknown_format(store, tmp_path):
     assert detect_format("x.JSON.gz") == "jsonl"
     assert detect_format("x.csv") == "csv"
     assert detect_format("x.bin", "parquet") == "parquet"
+    assert detect_format("notes/a.txt") == detect_format("b.md.gz") == "text"   # plain text reads as it is
     with pytest.raises(IngestError) as info:
-        detect_format("x.txt")
+        detect_format("x.docx")
     assert info.value.code == "unknown_format" and from_domain(info.value).status == 415
     failing(store, tmp_path, "x.jsonl", jsonl(DOCS), "unknown_format", format="xml")
 

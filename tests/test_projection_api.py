@@ -90,7 +90,11 @@ def test_projection_with_automatic_pilots(service, sources):
     # and the summary says so.
     assert {n: r["still_improving"] for n, r in s["proxies"].items()} == {"40": 6, "80": 6}
     assert s["proxies"]["80"]["best_tokens_max"] == 2048
-    assert len(s["warnings"]) == 2 and "6 of 6 proxies at N = 40" in s["warnings"][0]
+    budget = [w for w in s["warnings"] if "still improving" in w]
+    assert len(budget) == 2 and "6 of 6 proxies at N = 40" in budget[0]
+    # Six pilots for 13 coefficients: said too (tests/test_corpus_ops.py), with a finer grid to use.
+    fit = [w for w in s["warnings"] if "13 coefficients but only 6 pilots" in w]
+    assert len(fit) == 2 and "auto.grid_step 0.25 (15 mixtures over 3 sources)" in fit[0], fit
     man = job["result"]["manifest_id"]
     rows = service.post("/v1/query", json={"sql": "SELECT size, measured FROM m WHERE label = 'pilot'",
                                            "tables": {"m": man}}).json()["rows"]
@@ -131,6 +135,7 @@ def test_proxy_budget_fixed_in_tokens_or_in_passes(service, sources):
     parts = [[("corpora", i, n) for n in store.list("corpora", i, suffix=".parquet")] for i in ids]
     val_parts = [("corpora", val, n) for n in store.list("corpora", val, suffix=".parquet")]
     tok = ("tmp-test-proxy-budget", "tokenizer.json")
+    parts = [{"parts": p, "source": None} for p in parts]
     ray.get(shared_tokenizer_task.remote(store.root, parts, tok, 300, 0))
     proxy = {"preset": "tiny", "vocab_size": 300, "batch_size": 4, "seq_len": 16}
 

@@ -148,7 +148,7 @@ def test_a_worker_keeps_only_its_share_of_a_window(sel):
     ds = make(sel, rank=1, world_size=4)
     taken = []
     read = ds.source.docs
-    ds.source.docs = lambda s, rows: (taken.append((s.count, len(rows))), read(s, rows))[1]
+    ds.source.docs = lambda s, rows, columns: (taken.append((s.count, len(rows))), read(s, rows, columns))[1]
     items = list(ds)
     assert sum(n for _, n in taken) == len(items) == len(ds)
     windows = ds._windows(0)

@@ -75,3 +75,4 @@ def test_sigterm_stops_every_process_of_the_services_own_ray(tmp_path):
     others = [p.pid for p in psutil.process_iter(["cmdline"])
               if any(session in a for a in (p.info["cmdline"] or [])) and alive(p)]
     assert not others, others
+    assert not (tmp_path / "home" / "ray-session.json").exists()  # stopped in order: nothing to clean next time

@@ -6,8 +6,8 @@
     job = client.dsir(pool.id, target.id, fraction=0.1).wait(progress=True)
     table = client.manifests.get(job.manifest_id).to_arrow(selected_only=True)
 """
-from thresher.client import (Client, Corpus, Curriculum, EpochPlan, InvalidArgument, Job, Manifest, Model,
-                             Page, ThresherError)
+from thresher.client import (Client, Corpus, Curriculum, EpochPlan, InvalidArgument, Job, Kind, Manifest,
+                             Model, Page, ThresherError)
 
 __all__ = ["Client", "ThresherError", "InvalidArgument", "Corpus", "Job", "Manifest", "Model", "Curriculum",
-           "EpochPlan", "Page"]
+           "EpochPlan", "Kind", "Page"]

@@ -1,8 +1,11 @@
 """The Python client of the Thresher HTTP API.
 
 `Client(url, api_key)` has one sub-API per resource (`corpora`, `jobs`, `manifests`, `models`,
-`projections`, `curricula`), `query()` and one method per job kind (`client.dsir(pool, target,
-fraction=0.1)`). Answers are typed records (dataclasses that keep the raw JSON in `.raw`); every
+`projections`, `curricula`), `query()`, and a method per job kind: `client.jobs.submit(kind, **spec)`
+is the one general path; `client.<kind>(…)` submits any kind the service lists (`client.kinds()`,
+from GET /v1/kinds), its positional arguments being the spec's required fields in order
+(`client.dedup(pool, method="exact")`), and a few kinds have hand-written sugar on top
+(`client.dsir(pool, target, fraction=0.1)`). Answers are typed records (dataclasses that keep the raw JSON in `.raw`); every
 non-2xx answer raises one `ThresherError(code, message, details, status)`.
 
 Uploads and downloads stream: a file, a file object, an iterable of dicts, a pyarrow Table or a
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gzip
+import inspect
 import io
 import json
 import os
@@ -66,6 +70,65 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """"; did you mean 'x'?" for the closest of `choices`, or "" when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ------------------------------------------------------------------------------------ spec schemas
+
+_JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "null",
+               "object": "dict"}
+
+
+def _schema_type(node: dict) -> str:
+    """A JSON Schema node as a short type: `str`, `int | null`, `"global"|"per_shard"`, `Select`."""
+    if "$ref" in node:
+        return node["$ref"].rsplit("/", 1)[-1]
+    if "const" in node:
+        return json.dumps(node["const"])
+    if "enum" in node:
+        return "|".join(json.dumps(v) for v in node["enum"])
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in node:
+            branches = node[key]
+            named = [_schema_type(b) for b in branches if b.get("type") != "null"]
+            nullable = len(named) < len(branches)
+            return " | ".join(named) + (" | null" if nullable else "")
+    if node.get("type") == "array":
+        return f"list[{_schema_type(node.get('items') or {})}]"
+    return _JSON_TYPES.get(node.get("type"), "any")
+
+
+def _schema_refs(node: dict) -> list[str]:
+    """The definitions a node names, directly, through a union or as a list's items."""
+    if "$ref" in node:
+        return [node["$ref"].rsplit("/", 1)[-1]]
+    branches = [b for key in ("anyOf", "oneOf", "allOf") for b in node.get(key, [])]
+    if node.get("type") == "array":
+        branches.append(node.get("items") or {})
+    return [name for b in branches for name in _schema_refs(b)]
+
+
+def _unset_nulls(value):
+    """An object default without its null members (they only say "not set")."""
+    if isinstance(value, dict):
+        return {k: _unset_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def describe_schema(schema: dict, defs: dict | None = None, indent: int = 0, seen: tuple = ()) -> list[str]:
+    """One line per property of an object's JSON Schema, nested objects indented below theirs:
+    `name: type (required | default …) — description`."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    required = set(schema.get("required", []))
+    lines = []
+    for name, node in schema.get("properties", {}).items():
+        default = ("required" if name in required else
+                   f"default {json.dumps(_unset_nulls(node['default']))}" if "default" in node else "default: computed")
+        desc = node.get("description") or ""
+        lines.append(f"{'  ' * indent}{name}: {_schema_type(node)} ({default}){f' — {desc}' if desc else ''}")
+        for ref in _schema_refs(node):
+            if ref in defs and ref not in seen:
+                lines += describe_schema(defs[ref], defs, indent + 1, (*seen, ref))
+    return lines
 
 
 # ------------------------------------------------------------------------------------ file names
@@ -293,6 +356,28 @@ class Model(Record):
 
 
 @dataclass
+class Kind(Record):
+    """A job kind the service runs: its spec's JSON Schema, and the spec fields that name a corpus,
+    model or manifest (`refs`: field -> collection)."""
+    name: str
+    description: str
+    spec_schema: dict
+    refs: dict
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
+
+    @property
+    def required(self) -> list[str]:
+        """The spec's required fields, in the schema's order."""
+        required = set(self.spec_schema.get("required", []))
+        return [k for k in self.spec_schema.get("properties", {}) if k in required]
+
+    def describe(self) -> list[str]:
+        """One line per spec field (nested objects indented): name, type, default, meaning."""
+        return describe_schema(self.spec_schema)
+
+
+@dataclass
 class Curriculum(Record):
     id: str
     job_id: str
@@ -427,6 +512,7 @@ class Client:
         self.models = Models(self)
         self.projections = Projections(self)
         self.curricula = Curricula(self)
+        self._kinds: dict[str, Kind] | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -521,7 +607,33 @@ class Client:
         meta = {"truncated": str(bool(ans.get("truncated"))).lower()}
         return pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(meta)
 
-    # -- one method per job kind -----------------------------------------------------------------
+    # -- job kinds -----------------------------------------------------------------------------
+    def kinds(self, refresh: bool = False) -> dict[str, Kind]:
+        """The job kinds the service runs, by name (GET /v1/kinds, asked once per client)."""
+        if refresh or self._kinds is None:
+            self._kinds = {k["name"]: Kind.of(k, self) for k in self._json("GET", "/v1/kinds")["items"]}
+        return self._kinds
+
+    def __getattr__(self, name: str):
+        """`client.<kind>(…)` for every kind the service lists that has no hand-written method
+        below: a new kind needs no client change. Reached only for names the class lacks."""
+        if name.startswith("_") or "http" not in self.__dict__:
+            raise AttributeError(name)
+        try:
+            kinds = self.kinds()
+        except ThresherError as e:   # hasattr() and tab completion expect an AttributeError
+            raise AttributeError(f"{name!r}: not a Client attribute, and the service's job kinds cannot be "
+                                 f"listed ({e})") from e
+        if name not in kinds:
+            public = [a for a in dir(type(self)) if not a.startswith("_")]
+            raise AttributeError(f"{name!r} is neither a Client attribute nor a job kind of the service at "
+                                 f"{self.url}{did_you_mean(name, [*kinds, *public])}")
+        return _kind_method(self, kinds[name])
+
+    def __dir__(self):
+        return [*super().__dir__(), *(self._kinds or {})]
+
+    # -- sugar for some kinds --------------------------------------------------------------------
     def submit(self, kind: str, *, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
         return self.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **spec)
 
@@ -544,8 +656,21 @@ class Client:
     def score(self, corpus, model, **spec) -> Job:
         return self.submit("score", corpus=_id(corpus), model=_id(model), **spec)
 
-    def evaluate(self, selection, validation, **spec) -> Job:
+    def evaluate(self, selection, validation, *, against=None, **spec) -> Job:
+        """Proxies trained on `selection` and on a random subset of its pool as large, or with
+        `against` (another selection) on that one, head to head: the gain, and their overlap."""
+        if against is not None:
+            spec["against"] = _id(against)
         return self.submit("evaluate", selection=_id(selection), validation=_id(validation), **spec)
+
+    def filter(self, corpus=None, *, sources: list[str] | None = None, manifest=None, where: str | None = None,
+               **spec) -> Job:
+        """A new corpus (`job.corpus_id`) of `corpus`'s documents whose source is one of `sources`
+        and/or of the rows of `manifest` where the SQL predicate `where` holds."""
+        given = {"corpus": corpus, "sources": sources, "manifest": manifest, "where": where}
+        refs = {"corpus", "manifest"}
+        return self.submit("filter", **{k: _id(v) if k in refs else v for k, v in given.items() if v is not None},
+                           **spec)
 
     def reweight(self, corpus, **spec) -> Job:
         for k in ("model", "losses"):
@@ -559,6 +684,49 @@ class Client:
     def projection(self, sources: list[dict], validation, **spec) -> Job:
         sources = [{**s, "corpus": _id(s["corpus"])} for s in sources]
         return self.submit("projection", sources=sources, validation=_id(validation), **spec)
+
+
+def _kind_method(client: Client, kind: Kind):
+    """`client.<kind>(*required, name=None, idempotency_key=None, **spec)`: the positional arguments
+    are the spec's required fields in the schema's order, the rest go by name; the service checks
+    the spec (an unknown or misspelt field is its 422, naming the field)."""
+    required = kind.required
+
+    def submit(*args, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
+        if len(args) > len(required):
+            raise InvalidArgument(f"{kind.name}() takes {len(required)} positional argument"
+                                  f"{'s' if len(required) != 1 else ''} ({', '.join(required) or 'none'}), got "
+                                  f"{len(args)}: give the other spec fields by name", {"field": kind.name})
+        for field_name, value in zip(required, args):
+            if field_name in spec:
+                raise InvalidArgument(f"{kind.name}() got {field_name!r} twice: by position and by name",
+                                      {"field": field_name})
+            spec[field_name] = value
+        return client.jobs.submit(kind.name, name=name, idempotency_key=idempotency_key, **spec)
+
+    props = kind.spec_schema.get("properties", {})
+    P = inspect.Parameter
+    params = [P(f, P.POSITIONAL_OR_KEYWORD) for f in required]
+    params += [P(f, P.KEYWORD_ONLY, default=_unset_nulls(props[f].get("default")))
+               for f in props if f not in required and f.isidentifier() and f not in ("name", "idempotency_key")]
+    params += [P("name", P.KEYWORD_ONLY, default=None), P("idempotency_key", P.KEYWORD_ONLY, default=None)]
+    submit.__signature__ = inspect.Signature(params, return_annotation=Job)
+    submit.__name__ = submit.__qualname__ = kind.name
+    submit.__doc__ = "\n".join([f"Submit a {kind.name} job: {kind.description}.", "", "Spec fields:",
+                                *(f"    {line}" for line in kind.describe())])
+    return submit
+
+
+def _ids(value):
+    """Records (a Corpus, a Manifest, …) given as spec values become their ids, also within lists
+    and objects."""
+    if isinstance(value, Record):
+        return value.id
+    if isinstance(value, (list, tuple)):
+        return [_ids(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _ids(v) for k, v in value.items()}
+    return value
 
 
 def _select(fraction, count, tau, spec: dict) -> dict:
@@ -666,12 +834,38 @@ class Corpora(_Api):
                 opened.close()
         return Corpus.of(raw, self.c)
 
+    def upload_dir(self, path: str | os.PathLike, name: str, *, split: str = "file",
+                   source_from: str | None = None, suffixes: tuple[str, ...] = (".txt", ".md", ".text")) -> Corpus:
+        """Upload a local directory of plain-text files (those ending in `suffixes`, at any depth) as
+        one corpus, sent as JSONL: cut as the server cuts registered text (`split` "file", "line"
+        or "paragraph"), ids from the paths relative to `path` (`a/b.txt`, `a/b.txt#7` for line 7),
+        the source from the first directory with `source_from="dir"`."""
+        from storage.ingest.common import Fields
+        from storage.ingest.source import Source
+        from storage.ingest.text_reader import TextReader
+        root = Path(path)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        if not files:
+            raise InvalidArgument(f"{root} holds no file ending in {', '.join(suffixes)}")
+
+        def docs():
+            for f in files:
+                reader = TextReader(Source(str(f)), Fields("text", None, None), 1 << 20,
+                                    name=f.relative_to(root).as_posix(), split=split, source_from=source_from)
+                for rows in reader:
+                    for doc_id, text, source in zip(rows.ids.to_pylist(), rows.text.to_pylist(),
+                                                    rows.source.to_pylist()):
+                        yield {"id": doc_id, "text": text, **({"source": source} if source else {})}
+        return self.upload(docs(), name)
+
     def register(self, uri: str, name: str, *, format: str | None = None, text_field: str = "text",
-                 id_field: str = "id", source_field: str = "source") -> Corpus:
+                 id_field: str = "id", source_field: str = "source", split: str = "file",
+                 source_from: str | None = None) -> Corpus:
         """Register server-side data (a file under an allowed root, or an object-store URI); the
-        corpus is `ingesting` until its job ends (`.wait()`)."""
+        corpus is `ingesting` until its job ends (`.wait()`). Plain text (format "text", or files
+        named .txt/.md): `split` and `source_from` as in `upload_dir`."""
         body = {"name": name, "uri": uri, "format": format, "text_field": text_field, "id_field": id_field,
-                "source_field": source_field}
+                "source_field": source_field, "split": split, "source_from": source_from}
         return Corpus.of(self.c._json("POST", "/v1/corpora", json=body), self.c)
 
     def list(self, limit: int = 50, cursor: str | None = None) -> Page:
@@ -713,8 +907,8 @@ class Corpora(_Api):
 
 class Jobs(_Api):
     def submit(self, kind: str, *, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
-        """Submit a job of `kind` with `spec` as keyword arguments (ids or records)."""
-        spec = {k: (_id(v) if isinstance(v, Record) else v) for k, v in spec.items()}
+        """Submit a job of `kind` with `spec` as keyword arguments (ids, names or records)."""
+        spec = _ids(spec)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         raw = self.c._json("POST", "/v1/jobs", json={"kind": kind, "name": name or kind, "spec": spec},
                            headers=headers)

@@ -27,7 +27,8 @@ weights of a reweight manifest are kept as (shard, row, weight) arrays.
 Reading: from storage (`storage`: the service's THRESHER_STORAGE_URI, a directory or any URI that
 `pyarrow.fs` opens: s3://, gs://, file://) where the training job can read it; else through the
 API (`client`), one shard at a time. Each worker reads every shard of the selection (it needs a
-share of every window), so I/O grows with R·W; storage reads only the `id` and `text` columns.
+share of every window), so I/O grows with R·W; storage reads the `id` and `text` columns and the
+corpus's other fields (`fields`: all by default, or the ones named, or none).
 """
 from __future__ import annotations
 
@@ -90,9 +91,9 @@ class _StorageSource:
             t = t.filter(t["selected"])
         return np.sort(t["row"].to_numpy())
 
-    def docs(self, s: _Shard, rows: np.ndarray) -> pa.Table:
+    def docs(self, s: _Shard, rows: np.ndarray, columns: list[str] | None) -> pa.Table:
         shard = dict(layout.corpus_shards(self.store, s.corpus))[s.shard]
-        return self.store.read_parquet(*shard, columns=["id", "text"]).take(pa.array(rows))
+        return self.store.read_parquet(*shard, columns=columns).take(pa.array(rows))
 
     def table(self, manifest: str, columns: list[str]) -> pa.Table:
         return pa.concat_tables([self.store.read_parquet(*p, columns=columns)
@@ -133,8 +134,8 @@ class _ApiSource:
         t = self.client.manifests.read_shard(self.manifest, s.shard, selected_only=True)
         return np.sort(t["row"].to_numpy())
 
-    def docs(self, s: _Shard, rows: np.ndarray) -> pa.Table:
-        return self.client.corpora.read_shard(s.corpus, s.shard, columns=["id", "text"]).take(pa.array(rows))
+    def docs(self, s: _Shard, rows: np.ndarray, columns: list[str] | None) -> pa.Table:
+        return self.client.corpora.read_shard(s.corpus, s.shard, columns=columns).take(pa.array(rows))
 
     def table(self, manifest: str, columns: list[str]) -> pa.Table:
         return self.client.manifests.to_arrow(manifest).select(columns)
@@ -149,7 +150,8 @@ def _dist(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 class SelectionDataset(IterableDataset):
-    """The selected documents of `manifest` as dicts {"text", "doc_id", "index"[, "weight"]}.
+    """The selected documents of `manifest` as dicts {"text", "doc_id", "index"[, "weight"]} and the
+    corpus's other stored fields (`source` and the input's extra fields: item["url"], …).
 
     manifest: a selection manifest id (or a `Manifest`); a manifest without a `selected` column
         (e.g. a reweight manifest) stands for all its rows.
@@ -161,12 +163,15 @@ class SelectionDataset(IterableDataset):
         workers; 1 also works when batches are built after the DataLoader).
     rank, world_size: default from torch.distributed, else $RANK / $WORLD_SIZE, else 0 / 1.
     transform: applied to each item in the worker (e.g. tokenisation).
+    fields: the stored fields each item carries besides text and id: None (default) all of them,
+        a list for those only, [] none (the least I/O). `text`, `doc_id`, `index`, `weight` are
+        the dataset's own keys: a field of one of these names is not carried.
     """
 
     def __init__(self, manifest, *, storage: str | None = None, client=None, weights=None, seed: int = 0,
                  shuffle: bool = True, shuffle_buffer: int = 10_000, block_size: int = 1,
                  rank: int | None = None, world_size: int | None = None,
-                 transform: Callable[[dict], Any] | None = None):
+                 transform: Callable[[dict], Any] | None = None, fields: list[str] | None = None):
         super().__init__()
         self.manifest = getattr(manifest, "id", manifest)
         if (storage is None) == (client is None):
@@ -179,6 +184,7 @@ class SelectionDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
         self.transform = transform
+        self.columns = None if fields is None else ["id", "text", *[f for f in fields if f not in ("id", "text")]]
         self.shards = self.source.shards()
         self.num_samples = sum(s.count for s in self.shards)
         self.weights = self._load_weights(getattr(weights, "id", weights)) if weights is not None else None
@@ -226,16 +232,18 @@ class SelectionDataset(IterableDataset):
             if not len(mine):
                 continue
             chosen = perm[mine]                           # indices into this window's keys
-            texts, ids = [None] * len(mine), [None] * len(mine)
-            for i, s in enumerate(shards):                # one shard's text column at a time
+            items: list[dict] = [{}] * len(mine)
+            for i, s in enumerate(shards):                # one shard's columns at a time
                 at = np.flatnonzero(keys_shard[chosen] == i)
                 if not len(at):
                     continue
-                docs = self.source.docs(s, keys_row[chosen[at]])
-                for j, doc_id, text in zip(at, docs["id"].to_pylist(), docs["text"].to_pylist()):
-                    ids[j], texts[j] = doc_id, text
+                docs = self.source.docs(s, keys_row[chosen[at]], self.columns)
+                for j, doc in zip(at, docs.to_pylist()):
+                    items[j] = doc
             for j, p in enumerate(pos[mine]):
-                item = {"text": texts[j], "doc_id": ids[j], "index": int(p)}
+                doc = dict(items[j])
+                text, doc_id = doc.pop("text"), doc.pop("id")
+                item = {**doc, "text": text, "doc_id": doc_id, "index": int(p)}
                 if self.weights is not None:
                     s = shards[keys_shard[chosen[j]]]
                     item["weight"] = self._weight(s.shard, int(keys_row[chosen[j]]))

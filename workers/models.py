@@ -177,17 +177,20 @@ class LossScorer:
 
 
 def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int,
-               allowed: list | None = None) -> list[str]:
+               allowed=None, source: str | None = None) -> list[str]:
     """Up to max_docs non-empty texts, drawn uniformly at random (seeded) from the given shards;
-    with `allowed` (per shard, a boolean mask of its rows or None), only the rows it allows."""
+    with `allowed` (per shard, a boolean mask of its rows or None), only the rows it allows; with
+    `source`, only from the documents whose `source` is that value."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(shard_parts))
     texts: list[str] = []
     for i in order:
-        col = store.read_parquet(*shard_parts[i], columns=["text"])["text"]
+        docs = store.read_parquet(*shard_parts[i], columns=["text"] if source is None else ["text", "source"])
         if allowed is not None and allowed[i] is not None:
-            col = col.filter(pa.array(allowed[i]))
-        texts += [x for x in col.to_pylist() if x and x.strip()]
+            docs = docs.filter(pa.array(allowed[i]))
+        if source is not None:
+            docs = docs.filter(pa.compute.equal(docs["source"], source))
+        texts += [x for x in docs["text"].to_pylist() if x and x.strip()]
         if max_docs and len(texts) >= 4 * max_docs:
             break
     if max_docs and len(texts) > max_docs:
@@ -281,9 +284,16 @@ def inspect_checkpoint(path: str, access: Access, max_params: int) -> dict:
 
 def inspect_hf_checkpoint(path: str, access: Access, max_params: int, timeout_s: float = 300) -> dict:
     """The checkpoint's metadata; DomainError if a file of it may not be read (LimitExceeded when it
-    is too large), ValueError saying why it cannot be used otherwise."""
+    is too large), ValueError saying why it cannot be used otherwise. A worker that dies loading it
+    (out of memory, killed) or a load past `timeout_s` is the checkpoint's failure too."""
+    ref = inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access, max_params)
     try:
-        return ray_get(inspect_checkpoint.options(**REQUEST_TASK.ray_options()).remote(path, access, max_params),
-                       "loading the checkpoint", timeout=timeout_s)
+        return ray_get(ref, "loading the checkpoint", timeout=timeout_s)
     except RuntimeError as e:
         raise ValueError(f"cannot load a causal LM from {path}: {e}") from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError) as e:
+        raise ValueError(f"cannot load a causal LM from {path}: the worker loading it died "
+                         f"({type(e).__name__}; a model too large for a worker's memory does this)") from None
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ValueError(f"cannot load a causal LM from {path}: loading took longer than {timeout_s:g} s") from None

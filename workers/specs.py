@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Iterator, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Protocol, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -168,9 +168,47 @@ def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
             yield from ((ref.table, item, (*at, k)) for k, item in enumerate(v) if isinstance(item, str))
 
 
-def check_limits(spec: BaseModel, limits: SpecLimits) -> None:
-    """Raise LimitExceeded for the first part of `spec` over a server limit: every model in it may
-    define `check_limits(limits, field)`, `field` being its dotted path from `spec`."""
+def _each_model(spec: BaseModel, method: str, arg: Any) -> None:
+    """Call `method(arg, field)` on every model in `spec` that defines it, `field` being its dotted
+    path from `spec`."""
     for v, at, _ in walk(spec, ("spec",)):
-        if isinstance(v, BaseModel) and hasattr(v, "check_limits"):
-            v.check_limits(limits, ".".join(map(str, at)))
+        if isinstance(v, BaseModel) and hasattr(v, method):
+            getattr(v, method)(arg, ".".join(map(str, at)))
+
+
+def check_limits(spec: BaseModel, limits: SpecLimits) -> None:
+    """Raise LimitExceeded for the first part of `spec` over a server limit (models define
+    `check_limits(limits, field)`)."""
+    _each_model(spec, "check_limits", limits)
+
+
+class Records(Protocol):
+    """What a spec's submit-time checks may ask of the service, for the caller's tenant."""
+
+    def record(self, table: str, id_: str) -> dict:
+        """The record (its existence is checked before, by the Refs)."""
+
+    def manifest_corpus(self, manifest_id: str) -> str | None:
+        """The corpus a selection manifest's rows come from (None without rows)."""
+
+    def query(self, sql: str, tables: dict[str, str]) -> None:
+        """Run a SELECT over manifests (name -> manifest id) in the query sandbox; raises its QueryError."""
+
+
+def check_records(spec: BaseModel, records: Records) -> None:
+    """Raise DomainError for the first part of `spec` that does not fit what it names (a source
+    value its corpus lacks, a predicate the sandbox refuses): models define
+    `check_records(records, field)`. Run when a job is submitted (4xx, nothing queued)."""
+    _each_model(spec, "check_records", records)
+
+
+def check_source_value(corpus: dict, value: str, field: str) -> None:
+    """`value` must be a `source` value of the corpus (a ready corpus's counts say which)."""
+    known = corpus.get("sources") or {}
+    if corpus.get("state") != "ready" or value in known:
+        return  # a corpus not ready yet is counted when it is; the job checks again
+    close = difflib.get_close_matches(value, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise DomainError("validation_error", f"{field}: corpus {corpus['id']} has no document with source "
+                      f"{value!r}{hint}; its sources are {', '.join(map(repr, sorted(known))) or 'none'}",
+                      {"field": field, "value": value, "sources": sorted(known)})

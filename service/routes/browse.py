@@ -1,8 +1,10 @@
 """Small read-only endpoints that let a client (the dashboard) describe and browse what it has:
 the job kinds with their spec schemas, who the caller is, a manifest's top and bottom documents
-with their text, and a curriculum run's samples kept per epoch."""
+(or the members of one of a dedup manifest's duplicate clusters) with their text, and a curriculum
+run's samples kept per epoch."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Literal
 
@@ -12,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import ResolveIds, Svc, Tenant, owned
+from service.routes.query import sandboxed
 from storage import layout
 from storage.manifests import dataset, manifest_files
-from storage.query import run_query
 from workers.driver.curriculum_runs import planned_counts
 from workers.registry import KINDS
 from workers.specs import ref_of
@@ -70,6 +72,12 @@ class Document(BaseModel):
     selected: bool | None = None
     text: str | None = Field(None, description="the first `snippet` characters (null if the corpus is gone)")
     num_chars: int | None = None
+    cluster_id: int | None = Field(None, description="dedup: the document's duplicate cluster")
+    cluster_size: int | None = None
+    kept: bool | None = Field(None, description="dedup: the cluster's member that is kept")
+    duplicate_of: str | None = Field(None, description="dedup: the kept member this one duplicates")
+    matched_corpus: str | None = Field(None, description="dedup: the corpus already ingested that holds a duplicate")
+    matched_doc: str | None = None
 
 
 class DocumentList(BaseModel):
@@ -77,6 +85,8 @@ class DocumentList(BaseModel):
 
 
 DOC_COLUMNS = ("doc_id", "corpus_id", "shard", "row", "score")
+CLUSTER_COLUMNS = ("doc_id", "corpus_id", "shard", "row", "cluster_id")
+MAX_BIGINT = 2 ** 63 - 1
 
 
 def _texts(store, rows: list[dict], snippet: int) -> None:
@@ -112,26 +122,39 @@ def _texts(store, rows: list[dict], snippet: int) -> None:
 @router.get("/v1/manifests/{manifest_id}/documents", response_model=DocumentList, tags=["manifests"])
 async def manifest_documents(manifest_id: str, order: Literal["top", "bottom"] = "top",
                              n: int = Query(10, ge=1, le=100), selected: bool | None = None,
-                             snippet: int = Query(300, ge=20, le=5000), tenant: str = Tenant, s=Svc):
-    """The `n` documents with the highest (`top`) or lowest (`bottom`) score, optionally only the
-    selected (or unselected) ones, each with the start of its text from the corpus."""
+                             snippet: int = Query(300, ge=20, le=5000),
+                             cluster_id: int | None = Query(None, ge=0, le=MAX_BIGINT, description=(
+                                 "a dedup manifest's duplicate cluster: its members instead, the kept one "
+                                 "first, then in corpus order (`order` does not apply)")),
+                             tenant: str = Tenant, s=Svc):
+    """The `n` documents with the highest (`top`) or lowest (`bottom`) score, or the members of one
+    duplicate cluster, optionally only the selected (or unselected) ones, each with the start of its
+    text from the corpus."""
     man = owned(s, "manifests", manifest_id, tenant)
     columns = {c["name"] for c in man["columns"]}
-    missing = [c for c in DOC_COLUMNS if c not in columns]
+    if cluster_id is None:
+        needed, optional = DOC_COLUMNS, ("source", "rank", "selected")
+        where, order_by = "score IS NOT NULL AND NOT isnan(score)", f"score {'DESC' if order == 'top' else 'ASC'}, doc_id"
+    else:
+        needed = CLUSTER_COLUMNS
+        optional = ("source", "selected", "cluster_size", "kept", "duplicate_of", "matched_corpus", "matched_doc")
+        where, order_by = f"cluster_id = {cluster_id}", f"{'kept DESC, ' if 'kept' in columns else ''}shard, row"
+    missing = [c for c in needed if c not in columns]
     if missing:
-        raise ApiError(409, "not_a_selection", f"manifest {manifest_id} has no document scores "
-                       f"(missing {', '.join(missing)})")
-    extra = [c for c in ("source", "rank", "selected") if c in columns]
-    where = "score IS NOT NULL AND NOT isnan(score)"
+        code, what = ("not_a_selection", "document scores") if cluster_id is None else ("no_clusters", "duplicate clusters")
+        raise ApiError(409, code, f"manifest {manifest_id} has no {what} (missing {', '.join(missing)})",
+                       {"field": "cluster_id"} if cluster_id is not None else {})
+    extra = [c for c in optional if c in columns]
     if selected is not None and "selected" in columns:
         where += f" AND selected = {'true' if selected else 'false'}"
-    sql = (f"SELECT {', '.join(DOC_COLUMNS + tuple(extra))} FROM m WHERE {where} "
-           f"ORDER BY score {'DESC' if order == 'top' else 'ASC'}, doc_id LIMIT {n}")
+    sql = f"SELECT {', '.join(needed + tuple(extra))} FROM m WHERE {where} ORDER BY {order_by} LIMIT {n}"
     data = dataset(s.store, manifest_files(s.store, manifest_id))
-    result = await run_in_threadpool(run_query, sql, {"m": data}, limit=n,
-                                     timeout_s=s.settings.query_timeout_s, memory_limit=s.settings.query_memory)
+    result = json.loads(await run_in_threadpool(sandboxed, s, sql, {"m": data}, n))
     names = [c["name"] for c in result["columns"]]
     rows = [dict(zip(names, r)) for r in result["rows"]]
+    if cluster_id is not None and not rows and selected is None:
+        raise ApiError(404, "not_found", f"manifest {manifest_id} has no cluster {cluster_id}",
+                       {"field": "cluster_id", "cluster_id": cluster_id})
     for r in rows:
         r["doc_id"] = str(r["doc_id"])
     await run_in_threadpool(_texts, s.store, rows, snippet)

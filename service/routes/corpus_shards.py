@@ -3,16 +3,15 @@ through the API when it cannot read storage itself)."""
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import ResolveIds, Svc, Tenant
 from service.routes.corpora import _ready
 from storage import layout
-from storage.encode import MEDIA_TYPES
+from storage.encode import MEDIA_TYPES, bounded_batches, encode
 
 router = APIRouter(prefix="/v1/corpora", tags=["corpora"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 
@@ -48,15 +47,16 @@ def download_corpus_shard(corpus_id: str, shard: int, tenant: str = Tenant, s=Sv
     if part is None:
         raise ApiError(404, "not_found", f"corpus {corpus_id} has no shard {shard}", {"field": "shard"})
     if columns:
-        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        wanted = list(dict.fromkeys(c.strip() for c in columns.split(",") if c.strip()))
         have = s.store.parquet_file(*part).schema_arrow.names
         bad = [c for c in wanted if c not in have]
         if bad:
             raise ApiError(422, "validation_error", f"columns: no column {bad[0]!r}; columns are {have}",
                            {"field": "columns"})
-        sink = pa.BufferOutputStream()
-        pq.write_table(s.store.parquet_file(*part).read(columns=wanted), sink)
-        return Response(sink.getvalue().to_pybytes(), media_type=MEDIA_TYPES["parquet"])
+        pf = s.store.parquet_file(*part)   # streamed a bounded batch at a time, never whole
+        schema = pa.schema([pf.schema_arrow.field(c) for c in wanted])
+        return StreamingResponse(encode(bounded_batches(pf, wanted), schema, "parquet"),
+                                 media_type=MEDIA_TYPES["parquet"])
 
     def chunks():
         with s.store.open_input(*part) as f:

@@ -1,21 +1,22 @@
 """Curriculum runs: a training loop fetches each epoch's samples and posts the losses it saw."""
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from service.errors import ERROR_RESPONSES, ApiError, invalid_body
+from service.bodies import parse_slot, spool
+from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Svc, Tenant, owned
+from storage import layout
 from storage.encode import MEDIA_TYPES
-from workers.driver.curriculum_runs import describe
-from workers.specs import KnownFields
+from workers.driver.curriculum_runs import describe, losses_body_limit, parse_losses
 
 router = APIRouter(prefix="/v1/curricula", tags=["curricula"], responses=ERROR_RESPONSES)
 
@@ -39,16 +40,6 @@ class EpochPlan(BaseModel):
     epoch: int
     doc_ids: list[str]
     weights: list[float] | None
-
-
-class LossItem(BaseModel):
-    doc_id: str
-    loss: float
-
-
-class LossPost(KnownFields):
-    epoch: int = Field(ge=0)
-    losses: list[LossItem] = Field(min_length=1)
 
 
 def _run(s, run_id: str, tenant: str) -> dict:
@@ -93,24 +84,19 @@ async def post_losses(curriculum_id: str, request: Request, epoch: int | None = 
     """Per-sample losses seen in the current epoch, as JSON or as a Parquet body (`doc_id`, `loss`
     columns, `?epoch=`). Unknown ids, non-finite losses or another epoch answer 4xx and change nothing."""
     _run(s, curriculum_id, tenant)
-    body = await request.body()
-    ctype = request.headers.get("content-type", "").split(";")[0].strip()
-    if ctype == MEDIA_TYPES["parquet"]:
-        if epoch is None:
-            raise ApiError(422, "validation_error", "epoch: give ?epoch= with a Parquet body", {"field": "epoch"})
-        try:
-            table = pq.read_table(pa.BufferReader(body))
-            ids = table["doc_id"].combine_chunks().cast(pa.string())
-            losses = table["loss"].to_numpy().astype(np.float64)
-        except (pa.ArrowException, KeyError, ValueError) as e:
-            raise ApiError(400, "bad_parquet", f"expected a Parquet table with doc_id and loss columns: {e}") from None
-    else:
-        try:
-            post = LossPost.model_validate_json(body)
-        except ValidationError as e:
-            raise invalid_body(e) from None
-        epoch = post.epoch
-        ids = pa.array([x.doc_id for x in post.losses], pa.string())
-        losses = np.array([x.loss for x in post.losses], dtype=np.float64)
-    await run_in_threadpool(s.curricula.post_losses, curriculum_id, epoch, ids, losses)
+    parquet = request.headers.get("content-type", "").split(";")[0].strip() == MEDIA_TYPES["parquet"]
+    if parquet and epoch is None:
+        raise ApiError(422, "validation_error", "epoch: give ?epoch= with a Parquet body", {"field": "epoch"})
+    doc_ids = await run_in_threadpool(s.curricula.doc_ids, curriculum_id)
+    limit = losses_body_limit(doc_ids, s.settings.max_upload_bytes)
+    body = layout.upload(uuid.uuid4().hex)
+    try:   # the body goes into storage and a Ray worker parses it, as an upload's does
+        await spool(request, s.store, body, limit, "the losses body", f" (a run of {len(doc_ids)} documents "
+                    "needs no more; THRESHER_MAX_UPLOAD_BYTES at the most)")
+        async with parse_slot(s):
+            posted_epoch, ids, losses = await run_in_threadpool(
+                parse_losses, s.store, body, parquet, doc_ids, s.settings.max_decompressed_bytes)
+    finally:
+        await run_in_threadpool(s.store.delete, *body)
+    await run_in_threadpool(s.curricula.post_losses, curriculum_id, epoch if parquet else posted_epoch, ids, losses)
     return get_curriculum(curriculum_id, tenant, s)

@@ -10,11 +10,13 @@ from fastapi.responses import StreamingResponse
 
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, Svc, Tenant, owned, page, resolve
+from service.routes.query import sandboxed
 from service.schemas import Job, JobList, JobRequest, Resolved
+from storage.manifests import dataset, manifest_corpus, manifest_files
 from workers.driver.engine import TERMINAL
 from workers.driver.lifecycle import submit_job
 from workers.jobs.restrict import check_restrictions
-from workers.specs import check_limits, iter_refs
+from workers.specs import check_limits, check_records, iter_refs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -41,16 +43,35 @@ def _set(spec: dict, path: tuple, value) -> None:
     spec[path[-1]] = value
 
 
+class TenantRecords:
+    """What a spec's submit-time checks read (workers.specs.Records), for the caller's tenant."""
+
+    def __init__(self, s, tenant: str):
+        self.s, self.tenant = s, tenant
+
+    def record(self, table: str, id_: str) -> dict:
+        return self.s.catalog.get(table, id_, self.tenant)
+
+    def manifest_corpus(self, manifest_id: str) -> str | None:
+        return manifest_corpus(self.s.store, manifest_id)
+
+    def query(self, sql: str, tables: dict[str, str]) -> None:
+        sandboxed(self.s, sql, {n: dataset(self.s.store, manifest_files(self.s.store, m)) for n, m in tables.items()}, 0)
+
+
 @router.post("", status_code=202, response_model=Job)
 def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
                idempotency_key: str | None = Header(None, description="same key + same body → same job")):
     resolved = check_refs(s, tenant, request.spec)
-    check_limits(request.spec, s.engine.config.limits)
     body = request.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()   # the body as sent
     for r in resolved:
         _set(body["spec"], r.pop("path"), r["id"])
-    check_restrictions(s.store, s.catalog, tenant, type(request.spec).model_validate(body["spec"]))
+    # The checks read the spec as it will run: names resolved to ids.
+    spec = type(request.spec).model_validate(body["spec"]) if resolved else request.spec
+    check_limits(spec, s.engine.config.limits)
+    check_records(spec, TenantRecords(s, tenant))
+    check_restrictions(s.store, s.catalog, tenant, spec)
     rec, new = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key or None,
                           digest)
     if not new and rec["request_hash"] != digest:

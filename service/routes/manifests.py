@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from service.bodies import attachment
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page, resolve
 from service.routes.jobs import job_view
 from service.schemas import ExportRequest, Job, Manifest, ManifestList, ManifestShard, ShardList
 from storage import layout
-from storage.encode import MEDIA_TYPES, encode
-from storage.manifests import dataset, manifest_files
+from storage.encode import MEDIA_TYPES, bounded_batches, encode
+from storage.manifests import manifest_files
 from workers.driver.lifecycle import create_corpus_by_job
 from workers.jobs.ingest import ExportSpec
 from workers.jobs.restrict import check_restrictions
@@ -28,12 +29,17 @@ def manifest_view(rec: dict) -> Manifest:
 
 
 def _stream(s, parts, fmt: str, selected_only: bool, filename: str) -> StreamingResponse:
-    data = dataset(s.store, parts)
-    has_selected = "selected" in data.schema.names
-    flt = (ds.field("selected") == True) if selected_only and has_selected else None  # noqa: E712
-    batches = data.to_batches(filter=flt, batch_size=65_536)
-    return StreamingResponse(encode(batches, data.schema, fmt), media_type=MEDIA_TYPES[fmt],
-                             headers={"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'})
+    schema = s.store.parquet_file(*parts[0]).schema_arrow
+    only_selected = selected_only and "selected" in schema.names
+
+    def batches():   # part by part, a bounded batch at a time: constant memory per download
+        for part in parts:
+            for batch in bounded_batches(s.store.parquet_file(*part)):
+                if only_selected:
+                    batch = batch.filter(pc.fill_null(batch.column("selected"), False))
+                yield batch if batch.schema == schema else batch.cast(schema)
+    return StreamingResponse(encode(batches(), schema, fmt), media_type=MEDIA_TYPES[fmt],
+                             headers={"Content-Disposition": attachment(f"{filename}.{fmt}")})
 
 
 @router.get("", response_model=ManifestList)

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
 from service.routes.corpora import tenant_access
-from service.schemas import MAX_NAME, Model, ModelList, no_nul
+from service.schemas import Model, ModelList, Name, no_nul
 from storage.errors import DomainError
 from workers.driver.lifecycle import register_checkpoint
 from workers.models import inspect_hf_checkpoint
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 class RegisterModel(KnownFields):
     """A local Hugging Face causal-LM checkpoint directory (weights + tokenizer) that every Ray
     worker can read, under an allowed root. Loaded with `local_files_only`: nothing is downloaded."""
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name = Field(min_length=1)
     path: str = Field(min_length=1, max_length=MAX_STR)
 
     @field_validator("path")

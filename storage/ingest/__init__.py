@@ -1,5 +1,6 @@
-"""Streaming corpus ingestion: a JSONL, CSV or Parquet file (optionally gzip/zstd) becomes Parquet
-shards `dest/shard-00000.parquet`, … with columns id, text, source, in the input's row order.
+"""Streaming corpus ingestion: a JSONL, CSV, Parquet or plain-text file (optionally gzip/zstd) becomes
+Parquet shards `dest/shard-00000.parquet`, … with columns id, text, source and the input's other
+fields (extra columns, one type each per corpus), in the input's row order.
 
 Memory stays constant whatever the file size: the input is read block by block, each block is
 parsed and validated, then handed to a background thread that appends it to the current shard (so
@@ -29,15 +30,17 @@ from storage.ingest.csv_reader import CsvReader
 from storage.ingest.duplicates import IDS_CHECKED_IN_MEMORY, check_duplicate_ids
 from storage.ingest.jsonl_reader import JsonlReader
 from storage.ingest.parquet_reader import ParquetReader
-from storage.ingest.shards import CorpusStats, ShardWriter, StatsBuilder, to_table
+from storage.ingest.shards import CorpusStats, ShardWriter, StatsBuilder, field_types, to_table, unify_shards
 from storage.ingest.source import Source
+from storage.ingest.text_reader import SPLITS, TextReader
 
-__all__ = ["COMPRESSED_SUFFIXES", "FORMATS", "SCHEMA", "CorpusStats", "Fields", "IngestError",
+__all__ = ["COMPRESSED_SUFFIXES", "FORMATS", "SCHEMA", "SPLITS", "CorpusStats", "Fields", "IngestError",
            "check_duplicate_ids", "detect_format", "ingest", "iter_corpus"]
 
-READERS = {"jsonl": JsonlReader, "csv": CsvReader, "parquet": ParquetReader}
+READERS = {"jsonl": JsonlReader, "csv": CsvReader, "parquet": ParquetReader, "text": TextReader}
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-              ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+              ".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
+              ".txt": "text", ".text": "text", ".md": "text"}
 COMPRESSED_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd")
 
 
@@ -55,7 +58,7 @@ def detect_format(filename: str, format: str | None = None) -> str:
     ext = os.path.splitext(name)[1]
     if ext not in EXTENSIONS:
         raise IngestError("unknown_format", f"cannot tell the format of {filename!r} from its name; "
-                          f"name it .jsonl/.csv/.parquet (optionally .gz/.zst) or pass format",
+                          f"name it .jsonl/.csv/.parquet/.txt/.md (optionally .gz/.zst) or pass format",
                           {"filename": filename})
     return EXTENSIONS[ext]
 
@@ -65,6 +68,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
            shard_size: int = 10_000, block_size: int = 8 << 20, unit: tuple[int, int] | None = None,
            byte_range: tuple[int, int] | None = None, max_doc_bytes: int | None = None,
            max_decompressed_bytes: int | None = None, check_ids: bool = True, compression: str = "zstd",
+           split: str = "file", source_from: str | None = None,
            progress: Callable[[int], None] | None = None) -> CorpusStats:
     """Validate `src` and store it as Parquet shards under `dest` of `store`.
 
@@ -78,6 +82,10 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     ids then start with `f"{file:05d}-{range:05d}-"` so that units never share one.
     `check_ids=False` leaves duplicate ids to the caller (one check over all units is cheaper).
     `compression`: the shards' Parquet codec (shards.SHARD_COMPRESSIONS).
+    Plain text (format "text"): `split` cuts it into documents ("file", "line", "paragraph"), ids
+    come from `filename` (a path relative to what was registered), `source_from="dir"` takes the
+    source from its first directory (text_reader.py).
+    The input's other fields are stored as extra columns, one type per field (shards.unify_shards).
     Raises IngestError (nothing of this call stored) for any bad input.
     """
     fmt = detect_format(filename, format)
@@ -92,7 +100,11 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
     if unit is None and store.list(*dest):
         raise IngestError("dest_not_empty", f"{store.uri(*dest)} already holds files", {"dest": list(dest)})
     source = Source(src, byte_range, max_decompressed_bytes)
-    reader = READERS[fmt](source, fields, block_size, max_doc_bytes)
+    if fmt == "text":
+        reader = TextReader(source, fields, block_size, max_doc_bytes, name=filename, split=split,
+                            source_from=source_from)
+    else:
+        reader = READERS[fmt](source, fields, block_size, max_doc_bytes)
     writer = ShardWriter(store, dest, shard_size, unit=unit, compression=compression)
     stats = StatsBuilder(fields.source)
     id_prefix = "" if unit is None else f"{unit[0]:05d}-{unit[1]:05d}-"
@@ -112,6 +124,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
                 if progress:
                     progress(stats.num_docs)
         writer.close()
+        schema = unify_shards(store, writer.shards, compression)
         if stats.num_docs == 0 and unit is None:
             raise IngestError("empty_file", f"{filename!r} holds no documents", {})
         if reader.ids_given and check_ids:
@@ -129,6 +142,7 @@ def ingest(src, *, filename: str, store: Store, dest: tuple[str, ...], format: s
             raise in_whole_file(e, source.lines_before()) from None
         raise
     result = stats.result(len(writer.shards))
+    result.fields, result.json_fields = field_types(schema)
     result.ids_generated = not reader.ids_given and stats.num_docs > 0
     return result
 

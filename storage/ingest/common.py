@@ -8,18 +8,21 @@ ids), `unit` ("line" or "row"), `line_note` (said after a line number) and `line
 """
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import pyarrow as pa
 
 from storage.errors import DomainError
 
+# The columns every corpus shard starts with; the input's other fields follow as extra columns
+# (their types per corpus: see shards.unify_shards).
 SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("text", pa.string(), nullable=False),
     pa.field("source", pa.string()),
 ])
-FORMATS = ("jsonl", "parquet", "csv")
+FORMATS = ("jsonl", "parquet", "csv", "text")
 MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 BOM = b"\xef\xbb\xbf"
 MAX_EMPTY_IDS = 20
@@ -37,10 +40,59 @@ class Fields(NamedTuple):
 
 
 class Rows(NamedTuple):
-    """One parsed block: string arrays; ids None when generated, source None when absent."""
+    """One parsed block: string arrays; ids None when generated, source None when absent; `extras`
+    the input's other fields (a table of the block's rows), None when it has none."""
     text: pa.Array | pa.ChunkedArray
     ids: pa.Array | pa.ChunkedArray | None
     source: pa.Array | pa.ChunkedArray | None
+    extras: pa.Table | None = None
+
+
+def stored_name(name: str) -> str:
+    """The column an extra field is stored as: a field named like a stored column (`text` beside
+    text_field="body") becomes `extra_text`, so that it never overwrites what Thresher stores."""
+    return f"extra_{name}" if name in SCHEMA.names else name
+
+
+def extra_columns(table, fields: Fields) -> pa.Table | None:
+    """The columns of `table` (Table or RecordBatch) that are not `fields`, or None when none are."""
+    names = [n for n in table.schema.names if n not in fields]
+    if not names:
+        return None
+    return pa.Table.from_arrays([table.column(n) for n in names], names=[stored_name(n) for n in names])
+
+
+def extras_of(docs: list[dict], fields: Fields) -> pa.Table | None:
+    """The fields of parsed JSON objects beyond `fields`, one column each (missing: null), typed as
+    pyarrow infers them; a field whose values disagree in type is JSON text (JSON_META)."""
+    names = list(dict.fromkeys(k for doc in docs for k in doc if k not in fields))
+    if not names:
+        return None
+    arrays, schema = [], []
+    for name in names:
+        values = [doc.get(name) for doc in docs]
+        try:
+            array, meta = pa.array(values), None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
+            array, meta = pa.array([None if v is None else json.dumps(v) for v in values], pa.string()), JSON_META
+        arrays.append(array)
+        schema.append(pa.field(stored_name(name), array.type, metadata=meta))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(schema))
+
+
+JSON_META = {b"thresher": b"json"}    # field metadata: the column holds each value's JSON text
+
+
+def lines_at(numbered, rows: list[int], offset: int) -> list[int]:
+    """The 1-based input line of each 0-based document row, from (row, line) pairs in order (read
+    only as far as needed); `row + offset` for a row never met."""
+    wanted, found = set(rows), {}
+    for row, line in numbered:
+        if row in wanted:
+            found[row] = line
+            if len(found) == len(wanted):
+                break
+    return [found.get(r, r + offset) for r in rows]
 
 
 def valid_utf8(column) -> bool:

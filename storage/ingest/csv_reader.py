@@ -2,14 +2,32 @@
 from __future__ import annotations
 
 import csv
+import re
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from storage.ingest.common import Fields, IngestError, Rows
+from storage.ingest.common import Fields, IngestError, Rows, extra_columns, lines_at
 from storage.ingest.source import Source
+
+_BREAKS = re.compile(rb"[\r\n]{2,}")   # a line's end and maybe blank lines after it
+
+
+def _collapsed(data: bytes) -> Iterator[tuple[str, int]]:
+    """The lines of `data` (decoded, surrogate-escaped), each run of blank lines as one "\n"."""
+    pos = 0
+    for run in _BREAKS.finditer(data):
+        breaks = run.group()
+        first = 2 if breaks.startswith(b"\r\n") else 1    # the break that ends the line before
+        for raw in data[pos:run.start() + first].splitlines(keepends=True):
+            yield raw.decode("utf-8", "surrogateescape"), 1
+        if blank := breaks.count(b"\n") + breaks.count(b"\r") - breaks.count(b"\r\n") - 1:
+            yield "\n", blank
+        pos = run.end()
+    for raw in data[pos:].splitlines(keepends=True):
+        yield raw.decode("utf-8", "surrogateescape"), 1
 
 
 class CsvReader:
@@ -23,21 +41,25 @@ class CsvReader:
         self.columns: list[str] = []
         self.ids_given = False
 
-    def _physical_lines(self) -> Iterator[str]:
+    def _physical_lines(self) -> Iterator[tuple[str, int]]:
+        """(line, how many lines it stands for): a run of blank lines comes as one blank line, so
+        that a million of them cost one regular-expression match, not a million csv records (a
+        blank line inside a quoted value shrinks, which nothing that reads these lines minds)."""
         pending: list[bytes] = []       # pieces of a line not yet ended
         for data in self.source.blocks(1 << 20):
-            if b"\n" not in data and b"\r" not in data:
+            # the last complete line ends at the last "\n", or at a "\r" whose "\n" cannot follow
+            end = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1))
+            if end < 0:
                 pending.append(data)
                 if self.max_doc_bytes and sum(map(len, pending)) > self.max_doc_bytes:
                     raise IngestError("document_too_large", f"a line longer than {self.max_doc_bytes} bytes "
                                       "(THRESHER_MAX_DOC_BYTES)", {"limit_bytes": self.max_doc_bytes})
                 continue
-            lines = b"".join(pending + [data]).splitlines(keepends=True)
-            pending = [lines.pop()]     # maybe incomplete, or a "\r" whose "\n" is in the next block
-            for raw in lines:
-                yield raw.decode("utf-8", "surrogateescape")
+            buf = b"".join(pending + [data[:end + 1]])
+            pending = [data[end + 1:]]
+            yield from _collapsed(buf[:end + 1])
         if tail := b"".join(pending):
-            yield tail.decode("utf-8", "surrogateescape")
+            yield from _collapsed(tail)
 
     def _records(self, strict: bool = False) -> Iterator[tuple[int, list[str]]]:
         """(first line, fields) of each non-blank record, header included. `strict`: a quote never
@@ -45,8 +67,8 @@ class CsvReader:
         counted = [0]
 
         def counting():
-            for text in self._physical_lines():
-                counted[0] += 1
+            for text, lines in self._physical_lines():
+                counted[0] += lines
                 yield text.removeprefix("\ufeff") if counted[0] == 1 else text
 
         csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))   # the default is 128 KiB
@@ -73,8 +95,8 @@ class CsvReader:
                               f"{header[:20]}", {"line": 1, "field": f.text})
         self.columns = [c for c in f if c and c in header]
         self.ids_given = bool(f.id and f.id in header)
-        options = pacsv.ConvertOptions(include_columns=self.columns,
-                                       column_types={c: pa.string() for c in self.columns})
+        # Every column is kept, as the string it is (CSV does not say types).
+        options = pacsv.ConvertOptions(column_types={c: pa.string() for c in header})
         stream = self.source.counting(self.block_size)
         try:
             try:
@@ -95,7 +117,8 @@ class CsvReader:
                 source = batch.column(f.source) if self.fields.source in self.columns else None
                 if source is not None:   # CSV cannot say null: an empty cell means no source
                     source = pc.if_else(pc.equal(source, ""), pa.scalar(None, pa.string()), source)
-                yield Rows(batch.column(f.text), batch.column(f.id) if self.ids_given else None, source)
+                yield Rows(batch.column(f.text), batch.column(f.id) if self.ids_given else None, source,
+                           extra_columns(batch, f))
         finally:
             stream.close()
 
@@ -103,7 +126,7 @@ class CsvReader:
         """pyarrow failed: find the first bad line with the csv module and raise about it."""
         records = self._records()
         _, header = next(records)
-        index = {name: header.index(name) for name in self.columns}
+        index = {name: i for i, name in enumerate(header)}   # every column is read
         for line, record in records:
             if len(record) != len(header):
                 raise IngestError("malformed_csv", f"line {line}: expected {len(header)} fields, found "
@@ -123,10 +146,5 @@ class CsvReader:
                           "quotes in the file)", {})
 
     def lines_of(self, rows: list[int]) -> list[int]:
-        wanted, found = set(rows), {}
-        for row, (line, _) in enumerate(self._records(), -1):   # row -1 is the header
-            if row in wanted:
-                found[row] = line
-                if len(found) == len(wanted):
-                    break
-        return [found.get(r, r + 2) for r in rows]
+        # row -1 is the header
+        return lines_at(((row, line) for row, (line, _) in enumerate(self._records(), -1)), rows, 2)

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodable, json_type,
-                                   valid_utf8)
+from storage.ingest.common import (BOM, Fields, IngestError, Rows, check_encodable, extra_columns,
+                                   extras_of, json_type, valid_utf8)
 from storage.ingest.source import Source, prefetched
 
-
-_NONBLANK = re.compile(rb"\S")   # the whitespace bytes.strip() strips
 
 
 def count_newlines(data, end: int) -> int:
@@ -44,23 +41,32 @@ def joined(pieces: list[memoryview]) -> memoryview:
     return view
 
 
-def all_objects(block, most_irregular: int = 1000) -> bool:
-    """Whether every non-blank line of `block` starts with `{` (after whitespace). Checked on all
-    line starts at once; only lines that do not start with `{` at once (blank, indented) are
-    looked at one by one, and past `most_irregular` of those the caller takes the slow path."""
+# Bytes that may pad a line besides its newline (what bytes.strip() strips).
+_INLINE_SPACE = np.zeros(256, dtype=bool)
+_INLINE_SPACE[[9, 11, 12, 13, 32]] = True
+_BLANK = _INLINE_SPACE.copy()
+_BLANK[10] = True
+
+
+def all_blank(block) -> bool:
+    """Whether `block` holds only whitespace (blank lines), found in one vectorised pass."""
+    return not np.any(~_BLANK[np.frombuffer(block, dtype=np.uint8)])
+
+
+def nonblank_lines(block) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(start offsets of the block's non-blank lines, their 0-based line numbers within the block,
+    whether every one of them is a JSON object, i.e. starts with `{` after whitespace). Vectorised,
+    so that millions of blank lines cost milliseconds, not a Python loop each."""
     data = np.frombuffer(block, dtype=np.uint8)
     starts = np.concatenate(([0], np.flatnonzero(data == 10) + 1))
     starts = starts[starts < len(data)]
-    odd = starts[data[starts] != ord("{")]
-    if len(odd) > most_irregular:
-        return False
-    raw = bytes(block) if len(odd) else b""
-    for start in odd.tolist():
-        end = raw.find(b"\n", start)
-        line = raw[start:end if end >= 0 else len(raw)].strip()
-        if line and not line.startswith(b"{"):
-            return False
-    return True
+    first = data[starts]
+    if np.any(_INLINE_SPACE[first]):     # lines starting with a space, tab or CR: the same lines
+        solid = data[~_INLINE_SPACE[data]]   # with that padding removed, to see their first byte
+        solid_starts = np.concatenate(([0], np.flatnonzero(solid == 10) + 1))[:len(starts)]
+        first = np.append(solid, np.uint8(10))[solid_starts]
+    index = np.flatnonzero(first != 10)
+    return starts[index], index, bool(np.all(first[index] == ord("{")))
 
 
 class JsonlReader:
@@ -74,13 +80,16 @@ class JsonlReader:
         self.id_mode: str | None = None      # "given" | "generated", fixed by the first document
         self.first_doc_line: int | None = None
         self.id_types = [pa.string(), pa.int64()]   # tried in turn; the one that worked goes first
+        # Extra fields pyarrow would read as timestamps ("2024-05-01"): read as the strings they
+        # are, as json.loads (the slow path) reads them, so that blocks agree.
+        self.string_fields: dict[str, pa.DataType] = {}
 
     @property
     def ids_given(self) -> bool:
         return self.id_mode == "given"
 
-    def _blocks(self) -> Iterator[tuple[int, memoryview, int]]:
-        """(first line number, block ending at a newline, newlines in it)."""
+    def _blocks(self) -> Iterator[tuple[int, memoryview]]:
+        """(first line number, block ending at a newline) for each block with a non-blank line."""
         line, pending, first = 1, [], True     # pending: pieces of a line not yet ended
         for data in self.source.blocks(self.block_size, buffers=True):
             data = memoryview(data).cast("B")
@@ -97,50 +106,65 @@ class JsonlReader:
             cut = sum(map(len, pending)) + end + 1
             buf = joined(pending + [data]) if pending else data
             n = count_newlines(buf, cut)
-            yield line, buf[:cut], n
+            if not all_blank(buf[:cut]):     # blank lines count (as lines and inflated bytes), nothing more
+                yield line, buf[:cut]
             line, pending = line + n, [buf[cut:]] if cut < len(buf) else []
         tail = joined(pending) if pending else memoryview(b"")
-        if _NONBLANK.search(tail):
-            yield line, tail, 0
+        if not all_blank(tail):
+            yield line, tail
 
     def __iter__(self) -> Iterator[Rows]:
-        for first_line, block, newlines in prefetched(self._blocks()):
-            if not all_objects(block):          # pyarrow must never see a line that is no object:
-                yield self._parse_slow(first_line, block)   # some (`null`) crash its reader
+        for first_line, block in prefetched(self._blocks()):
+            starts, index, objects = nonblank_lines(block)
+            if not objects:                     # pyarrow must never see a line that is no object:
+                yield self._parse_slow(first_line, block, starts, index)   # some (`null`) crash its reader
                 continue
             table = self._parse_fast(block)
-            rows = self._accept(table, block, newlines, first_line) if table is not None else None
-            yield rows if rows is not None else self._parse_slow(first_line, block)
+            rows = self._accept(table, len(starts), first_line + int(index[0])) if table is not None else None
+            yield rows if rows is not None else self._parse_slow(first_line, block, starts, index)
 
     def _parse_fast(self, block) -> pa.Table | None:
         f = self.fields
         for id_type in list(self.id_types):
-            schema = pa.schema([(f.text, pa.string())] + ([(f.id, id_type)] if f.id else [])
-                               + ([(f.source, pa.string())] if f.source else []))
-            options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-            # pyarrow splits the block into 1 MiB pieces parsed in parallel; a longer document
-            # "straddles" pieces, and the block is parsed again as one piece.
-            for piece in (1 << 20, len(block) + 1):
-                try:
-                    table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
-                                             read_options=pajson.ReadOptions(block_size=piece))
-                except pa.ArrowInvalid as e:
-                    if "straddl" in str(e) and piece == 1 << 20:
-                        continue
-                    break
+            table = self._read(block, id_type)
+            if table is None:
+                continue
+            stamps = [n for n in table.schema.names if pa.types.is_timestamp(table.schema.field(n).type)]
+            if stamps:
+                self.string_fields.update({n: pa.string() for n in stamps})
+                table = self._read(block, id_type)
+            if table is not None:
                 self.id_types.remove(id_type)
                 self.id_types.insert(0, id_type)
                 return table
         return None
 
-    def _accept(self, table: pa.Table, block, newlines: int, first_line: int) -> Rows | None:
-        """The rows if pyarrow's parse is certainly right, else None (the block is parsed again)."""
+    def _read(self, block, id_type: pa.DataType) -> pa.Table | None:
+        """The block as pyarrow reads it (the named fields with their types, other fields inferred),
+        or None when it cannot."""
+        f = self.fields
+        schema = pa.schema([(f.text, pa.string())] + ([(f.id, id_type)] if f.id else [])
+                           + ([(f.source, pa.string())] if f.source else [])
+                           + [(n, t) for n, t in self.string_fields.items() if n not in f])
+        options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+        # pyarrow splits the block into 1 MiB pieces parsed in parallel; a longer document
+        # "straddles" pieces, and the block is parsed again as one piece.
+        for piece in (1 << 20, len(block) + 1):
+            try:
+                return pajson.read_json(pa.BufferReader(pa.py_buffer(block)), parse_options=options,
+                                        read_options=pajson.ReadOptions(block_size=piece))
+            except pa.ArrowInvalid as e:
+                if "straddl" in str(e) and piece == 1 << 20:
+                    continue
+                return None
+        return None
+
+    def _accept(self, table: pa.Table, lines: int, first_doc_line: int) -> Rows | None:
+        """The rows if pyarrow's parse is certainly right (one per non-blank line), else None (the
+        block is parsed again)."""
         f, n = self.fields, table.num_rows
-        segments = newlines + (block[-1] != 10)
-        if n != segments and n != sum(1 for s in bytes(block).split(b"\n") if s.strip()):
+        if n != lines:
             return None                # two objects on one line, which JSON Lines forbids
-        if n == 0:
-            return Rows(pa.array([], pa.string()), None, None)
         text = table.column(f.text)
         ids = table.column(f.id) if f.id else None
         source = table.column(f.source) if f.source else None
@@ -150,18 +174,26 @@ class JsonlReader:
             return None
         if not all(valid_utf8(c) for c in (text, ids, source) if c is not None and c.type == pa.string()):
             return None
+        extras = extra_columns(table, f)
+        if extras is not None:
+            try:
+                extras.validate(full=True)    # UTF-8 of every string, nested ones too
+            except pa.ArrowInvalid:
+                return None
         self.id_mode = mode
         if self.first_doc_line is None:
-            # the line of the block's first non-blank byte (n > 0: there is one)
-            self.first_doc_line = first_line + count_newlines(block, _NONBLANK.search(block).start())
-        return Rows(text, ids.cast(pa.string()) if mode == "given" else None, source)
+            self.first_doc_line = first_doc_line
+        return Rows(text, ids.cast(pa.string()) if mode == "given" else None, source, extras)
 
-    def _parse_slow(self, first_line: int, block) -> Rows:
+    def _parse_slow(self, first_line: int, block, starts: np.ndarray, index: np.ndarray) -> Rows:
+        """Line by line with json.loads (naming the first bad line); `starts` and `index`: the
+        non-blank lines (nonblank_lines), the only ones looked at."""
         f = self.fields
-        texts, ids, sources = [], [], []
-        for line, raw in enumerate(bytes(block).split(b"\n"), first_line):
-            if not raw.strip():
-                continue
+        texts, ids, sources, docs = [], [], [], []
+        data = bytes(block)
+        for start, i in zip(starts.tolist(), index.tolist()):
+            line, end = first_line + i, data.find(b"\n", start)
+            raw = data[start:end if end >= 0 else len(data)]
             try:
                 doc = json.loads(raw.decode("utf-8"), strict=False)   # raw tabs in strings: tolerated
             except UnicodeDecodeError as e:
@@ -184,11 +216,12 @@ class JsonlReader:
                 ids.append(self._id(doc, line))
             if f.source:
                 sources.append(self._string(doc, f.source, line, required=False))
+            docs.append(doc)
         if self.id_mode is None and texts:
             self.id_mode = "generated"      # no id field configured
         return Rows(pa.array(texts, pa.string()),
                      pa.array(ids, pa.string()) if self.id_mode == "given" else None,
-                     pa.array(sources, pa.string()) if f.source else None)
+                     pa.array(sources, pa.string()) if f.source else None, extras_of(docs, f))
 
     def _string(self, doc: dict, name: str, line: int, required: bool) -> str | None:
         value = doc.get(name)
@@ -224,12 +257,12 @@ class JsonlReader:
     def lines_of(self, rows: list[int]) -> list[int]:
         """1-based line numbers of 0-based document rows (a second pass; for error messages)."""
         wanted, found, row = set(rows), {}, 0
-        for first_line, block, _ in self._blocks():
-            for line, raw in enumerate(bytes(block).split(b"\n"), first_line):
-                if raw.strip():
-                    if row in wanted:
-                        found[row] = line
-                    row += 1
+        for first_line, block in self._blocks():
+            index = nonblank_lines(block)[1]
+            for r in wanted:
+                if row <= r < row + len(index):
+                    found[r] = first_line + int(index[r - row])
+            row += len(index)
             if len(found) == len(wanted):
                 break
         return [found.get(r, r + 1) for r in rows]

@@ -110,7 +110,7 @@ class Source:
                 total += len(data)
                 if self.compression and self.max_decompressed_bytes and total > self.max_decompressed_bytes:
                     raise IngestError("decompressed_too_large", f"the {self.compression} input decompresses "
-                                      f"to more than {self.max_decompressed_bytes} bytes",
+                                      f"to more than {self.max_decompressed_bytes} bytes (THRESHER_MAX_DECOMPRESSED_BYTES)",
                                       {"limit_bytes": self.max_decompressed_bytes})
                 yield data
         finally:

@@ -7,7 +7,10 @@ file's metadata), so a restarted service continues exactly where it stopped. Epo
 too, so an epoch's sample list can be fetched again.
 
 The service calls this in-process: a training loop waits on each epoch's plan, and planning is a
-sort and a 1-D k-means over the scores, far cheaper than a round trip through a Ray task.
+sort and a 1-D k-means over the scores, far cheaper than a round trip through a Ray task. A body of
+losses, though, is user bytes: the service spools it into storage (bounded by what the run can take,
+`losses_body_limit`) and a Ray worker parses it (`read_losses`), its Parquet decoded in bounded
+batches; the service gets back only the ids and losses.
 """
 from __future__ import annotations
 
@@ -17,17 +20,95 @@ import threading
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from pydantic import BaseModel, Field, ValidationError
 
 from scoring.schedulers import InfoBatchScheduler, SeTaScheduler, scheduler_from_state
 from storage import layout
 from storage.errors import DomainError
 from storage.fs import Store
+from storage.ingest.parquet_reader import bounded_batches
+from workers.kind import REQUEST_TASK
+from workers.runtime import ray_get
+from workers.specs import KnownFields
 
 SCHEDULERS = {"seta": SeTaScheduler, "infobatch": InfoBatchScheduler}
 
 
 class CurriculumError(DomainError):
     """A request a run cannot take in its current state (the code says why)."""
+
+
+class LossItem(BaseModel):
+    doc_id: str
+    loss: float
+
+
+class LossPost(KnownFields):  # an unknown key is named, not ignored
+    epoch: int = Field(ge=0)
+    losses: list[LossItem] = Field(min_length=1)
+
+
+LOSS_BODY_OVERHEAD = 64 << 10   # bytes of a loss body besides its items
+LOSS_ITEM_OVERHEAD = 64         # bytes of one JSON item besides its id (twice, for escapes)
+
+
+def losses_body_limit(doc_ids: pa.Array, cap: int) -> int:
+    """The largest loss body a run of `doc_ids` can need: every document once, in JSON."""
+    longest = pc.max(pc.binary_length(doc_ids)).as_py() or 0
+    return min(cap, LOSS_BODY_OVERHEAD + len(doc_ids) * (2 * longest + LOSS_ITEM_OVERHEAD))
+
+
+@ray.remote
+def read_losses(store_root: str, parts: tuple, parquet: bool, max_items: int, longest_id: int,
+                max_decompressed_bytes: int) -> tuple[int | None, pa.Array, np.ndarray]:
+    """(epoch of a JSON body or None, doc ids, losses) of a spooled loss body, parsed here on a
+    worker: at most `max_items` losses, no id longer than `longest_id` (it cannot be the run's), a
+    Parquet body decoded in bounded batches up to `max_decompressed_bytes`."""
+    store = Store(store_root)
+    if not parquet:
+        try:
+            post = LossPost.model_validate_json(store.read_bytes(*parts))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise CurriculumError("validation_error", f"{field}: {err['msg']}", {"field": field}) from None
+        ids = pa.array([x.doc_id for x in post.losses], pa.string())
+        return post.epoch, ids, np.array([x.loss for x in post.losses], dtype=np.float64)
+    try:
+        pf = pq.ParquetFile(store.fs.open_input_file(store.path(*parts)))
+        if pf.metadata.num_rows > max_items:
+            raise CurriculumError("payload_too_large", f"{pf.metadata.num_rows} losses, more than the run's "
+                                  f"{max_items} documents", {"limit": max_items})
+        ids, losses = [], []
+        for batch in bounded_batches(pf, lambda rd: pq.ParquetFile(store.fs.open_input_file(store.path(*parts)),
+                                                                   read_dictionary=rd),
+                                     ["doc_id", "loss"], 8 << 20, max_decompressed_bytes):
+            batch_ids = batch.column("doc_id").cast(pa.string())
+            if (pc.max(pc.binary_length(batch_ids)).as_py() or 0) > longest_id:
+                raise CurriculumError("unknown_doc_id", "a doc_id longer than any document id of this run",
+                                      {"index": sum(map(len, ids)) + pc.index(
+                                          pc.greater(pc.binary_length(batch_ids), longest_id), True).as_py()})
+            ids.append(batch_ids)
+            losses.append(batch.column("loss").to_numpy(zero_copy_only=False).astype(np.float64))
+    except (pa.ArrowException, KeyError, ValueError) as e:
+        raise CurriculumError("bad_parquet", f"expected a Parquet table with doc_id and loss columns: {e}") from None
+    return None, pa.concat_arrays(ids) if ids else pa.array([], pa.string()), \
+        np.concatenate(losses) if losses else np.array([], np.float64)
+
+
+def parse_losses(store: Store, parts: tuple, parquet: bool, doc_ids: pa.Array,
+                 max_decompressed_bytes: int) -> tuple[int | None, pa.Array, np.ndarray]:
+    """read_losses on a Ray worker (the service never decodes the body); its result."""
+    longest = pc.max(pc.binary_length(doc_ids)).as_py() or 0
+    ref = read_losses.options(**REQUEST_TASK.ray_options(), max_retries=0).remote(
+        store.root, parts, parquet, len(doc_ids), longest, max_decompressed_bytes)
+    try:
+        return ray_get(ref, "parsing the losses")
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError) as e:
+        raise CurriculumError("bad_body", "the parser crashed on this body; nothing was recorded",
+                              {"reason": type(e).__name__}) from None
 
 
 def create_run(store: Store, run_id: str, method: str, doc_ids: pa.Array, params: dict,

@@ -12,12 +12,14 @@ otherwise be resumed, and kill it, forever) is failed instead.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
-import queue
+import statistics
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,12 +28,12 @@ import ray
 from storage import layout
 from storage.catalog import Catalog, NotFound, now
 from storage.errors import DomainError, redact
-from storage.fs import Store
+from storage.fs import Store, storage_error
 from storage.inputs import Access
 from workers.driver import lifecycle
-from workers.kind import BOOKKEEPING, JobKind
+from workers.kind import BOOKKEEPING, JobKind, Resources
 from workers.runtime import cluster_cpus, ray_get
-from workers.specs import SpecLimits, check_limits
+from workers.specs import SpecLimits, check_limits, iter_refs
 
 log = logging.getLogger("thresher.engine")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -71,11 +73,74 @@ class EngineConfig:
     max_attempts: int = 3
     """Times a job may be running when the service stops (killed, crashed) before it is failed
     rather than resumed; an orderly shutdown does not count."""
+    light_concurrent_jobs: int = 2
+    """Light jobs run at once (their own lane, beside the max_concurrent_jobs heavy ones)."""
+    light_max_docs: int = 10_000
+    """A kind whose `light` is a size predicate (selections) is light up to this many input documents."""
+    light_workers: int = 2
+    """Warm worker processes of the light lane (actors reserving no CPU): its tasks run on them, at
+    most this many at once, so they start at once beside trainings and take at most this many cores."""
+
+
+HISTORY_JOBS = 10  # earlier jobs of a kind whose stage times estimate the stages still to come
+WAIT_CHECK_S = 2.0  # how often a stage with no task started asks Ray what is free
 
 
 def derived_id(prefix: str, job_id: str, role: str = "") -> str:
     """Ids of what a job creates are derived from the job id, so a resumed job finds its own output."""
     return f"{prefix}_{hashlib.sha1(f'{job_id}/{role}'.encode()).hexdigest()[:20]}"
+
+
+def job_plan(stages: list[dict], planned: list[str], rate: float | None, history: dict, input_docs: int,
+             up_to: frozenset = frozenset(), running: bool = True) -> list[dict]:
+    """The whole job, stage by stage: the stages run so far (progress.stages; the last one is
+    running while `running`), then the planned stages still to come, each with its ETA in seconds:
+    the running stage's from its measured `rate`, a stage to come from what the same stage took in
+    earlier jobs of the kind (`history`, see JobEngine.stage_history); None when unknown. A planned
+    stage that comes before one already run was skipped (a resumed job found its output)."""
+    out = []
+    for i, s in enumerate(stages):
+        current = running and i == len(stages) - 1
+        entry = {"stage": s["stage"], "state": "running" if current else "done", "done": s.get("done", 0),
+                 "total": s.get("total", 0), "unit": s.get("unit"), "eta_s": 0.0}
+        if s.get("up_to"):
+            entry["up_to"] = s["up_to"]
+        if current:
+            entry.update(running_eta(entry["done"], entry["total"], rate, history.get(s["stage"]),
+                                     s["stage"] in up_to))
+        out.append(entry)
+    seen = {s["stage"] for s in stages}
+    last = max((planned.index(s) for s in seen if s in planned), default=-1)
+    for name in planned[last + 1:]:
+        if name not in seen:
+            out.append({"stage": name, "state": "pending", "done": 0, "total": None, "unit": None,
+                        **pending_eta(history.get(name), input_docs)})
+    return out
+
+
+def running_eta(done: float, total: float, rate: float | None, hist: dict | None, is_up_to: bool) -> dict:
+    """The running stage's ETA from its measured rate: to its total, or for a stage that may stop
+    early (`is_up_to`) to where earlier jobs' runs of it stopped, when they did before this point."""
+    if not rate or not total:
+        return {"eta_s": None, "basis": "unknown: no rate measured yet"}
+    stop = hist and hist.get("stop_fraction")
+    if is_up_to and stop and done < stop * total:
+        return {"eta_s": round((stop * total - done) / rate, 1), "expected_total": round(stop * total),
+                "basis": f"the measured rate, to where {hist['jobs']} earlier run(s) stopped early (median "
+                         f"{stop:.0%} of the ceiling)"}
+    return {"eta_s": round(max(0.0, total - done) / rate, 1),
+            "basis": "the measured rate" + (", to the ceiling (it may stop before)" if is_up_to else "")}
+
+
+def pending_eta(hist: dict | None, input_docs: int) -> dict:
+    """A stage to come: the median seconds per input document the same stage took in earlier jobs of
+    the kind, times this job's input documents (the median seconds when sizes are unknown)."""
+    if not hist:
+        return {"eta_s": None, "basis": "unknown: no earlier job of this kind ran this stage"}
+    if hist.get("per_doc") is not None and input_docs:
+        return {"eta_s": round(hist["per_doc"] * input_docs, 1),
+                "basis": f"{hist['jobs']} earlier job(s): {1000 * hist['per_doc']:.3g} s per 1,000 input documents"}
+    return {"eta_s": round(hist["seconds"], 1), "basis": f"{hist['jobs']} earlier job(s): median seconds"}
 
 
 @dataclass
@@ -84,9 +149,17 @@ class JobContext:
     job: dict
     cancel_event: threading.Event
     nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
+    light: bool = False                           # runs in the light lane (tasks reserve no CPU)
+    lane: Any = None                              # the Lane it runs in
+    plan: list = field(default_factory=list)      # the stages this spec runs, in order (JobKind.plan)
+    input_docs: int = 0                           # documents the spec names: what stage costs scale by
+    history: dict = field(default_factory=dict)   # stage -> what earlier jobs of the kind took (stage_history)
+    holding: str | None = None                    # the stage whose tasks are seen running (reserving CPUs)
+    waiting: str | None = None                    # why the current stage has no task running yet
     _stage: dict = field(default_factory=dict)
     _stages: list = field(default_factory=list)   # every stage of this run so far: progress.stages
     _last_write: float = 0.0
+    _last_wait_check: float = 0.0
     _lifeline: Any = None
 
     @property
@@ -121,7 +194,7 @@ class JobContext:
 
     def lifeline(self) -> "ray.actor.ActorHandle":
         """An actor alive while this job runs (killed when it ends, however it ends): a long task
-        handed it stops itself once it is gone (`stop_when_gone`)."""
+        handed it stops itself once it is gone (`stop_when_gone`), and posts its tokens to it."""
         if self._lifeline is None:
             self._lifeline = Lifeline.options(**BOOKKEEPING.ray_options()).remote()
         return self._lifeline
@@ -141,20 +214,74 @@ class JobContext:
         if self._stage.get("stage") != stage:
             if self._stages:  # the previous stage lasted until this one began
                 self._stages[-1]["seconds"] = round(t - self._stage["t0"], 2)
-            self._stage = {"stage": stage, "t0": t, "done0": done}
+            self._stage = {"stage": stage, "t0": t, "done0": done, "unit": unit}
             self._stages.append({"stage": stage, "started_at": now()})
+            self.holding, self.waiting = None, None
             force = True
-        if not force and t - self._last_write < 0.25 and done < total:
-            return
-        elapsed = t - self._stage["t0"]
-        rate = (done - self._stage["done0"]) / elapsed if elapsed > 0 else None
-        eta = (total - done) / rate if rate else None
-        self._last_write = t
-        self._stages[-1].update(done=done, total=total, unit=unit, seconds=round(elapsed, 2))
+        elif self._stage["unit"] != unit:  # counted in another unit from now on (proxies -> tokens)
+            self._stage.update(unit=unit, done0=0)
+            force = True
+        self._stage.update(done=done, total=total, detail=detail)
+        rec = self._stages[-1]
+        rec.update(done=done, total=total, unit=unit, seconds=round(t - self._stage["t0"], 2))
+        if stage in self.kind.up_to:  # the total is a ceiling: keep the largest one posted
+            rec["up_to"] = max(rec.get("up_to") or 0, total)
+        if force or t - self._last_write >= 0.25 or done >= total:
+            self._write()
+
+    def _write(self) -> None:
+        self._last_write = time.monotonic()
+        s = self._stage
+        elapsed = self._last_write - s["t0"]
+        rate = (s["done"] - s["done0"]) / elapsed if elapsed > 0 else None
+        plan = job_plan(self._stages, self.plan, rate, self.history, self.input_docs, self.kind.up_to,
+                        running=True)
+        whole = [p["eta_s"] for p in plan if p["state"] != "done"]
         self.catalog.update("jobs", self.job_id, progress={
-            "stage": stage, "done": done, "total": total, "unit": unit,
-            "rate_per_s": round(rate, 3) if rate else None, "eta_s": round(eta, 1) if eta is not None else None,
-            **({"detail": detail} if detail else {}), "stages": self._stages})
+            "stage": s["stage"], "done": s["done"], "total": s["total"], "unit": s["unit"],
+            "rate_per_s": round(rate, 3) if rate else None,
+            "eta_s": round(sum(whole), 1) if None not in whole else None,
+            **({"detail": s["detail"]} if s["detail"] else {}), **({"waiting": self.waiting} if self.waiting else {}),
+            "stages": self._stages, "plan": plan, "input_docs": self.input_docs})
+
+    def begin(self, spec) -> None:
+        """The job starts running: its plan, what it reads, and its first progress (all to come)."""
+        self.plan = self.kind.plan(spec)
+        self.input_docs = self.engine.input_docs(spec)
+        self.history = self.engine.stage_history(self.job["kind"], self.tenant, self.kind.up_to)
+        plan = job_plan([], self.plan, None, self.history, self.input_docs, self.kind.up_to, running=True)
+        whole = [p["eta_s"] for p in plan]
+        self.catalog.update("jobs", self.job_id, progress={
+            "eta_s": round(sum(whole), 1) if whole and None not in whole else None, "stages": [], "plan": plan,
+            "input_docs": self.input_docs})
+
+    def final_progress(self, succeeded: bool) -> dict:
+        """The progress a finished job keeps: a success's last stage closed and nothing to come; a
+        failure's as it stood, with no ETA."""
+        prog = {k: v for k, v in (self.catalog.get("jobs", self.job_id)["progress"] or {}).items() if k != "waiting"}
+        if not succeeded:
+            return {**prog, "eta_s": None}
+        if self._stages:
+            self._stages[-1]["seconds"] = round(time.monotonic() - self._stage["t0"], 2)
+        return {**prog, "eta_s": 0.0, "stages": self._stages,
+                "plan": job_plan(self._stages, [], None, {}, 0, running=False)}
+
+    def _check_waiting(self, stage: str, started: bool) -> None:
+        """Say why a stage has no task running yet (the CPUs its tasks need are held by other jobs),
+        and mark this job as holding CPUs once its tasks are seen running."""
+        res = self.kind.stages.get(stage)
+        needs = res is not None and not self.light and (res.ray_options().get("num_cpus") or res.on_gpu())
+        if started:
+            self.holding, msg = (stage if needs else None), None
+        elif not needs or time.monotonic() - self._last_wait_check < WAIT_CHECK_S:
+            return
+        else:
+            self._last_wait_check = time.monotonic()
+            msg = self.engine.cpu_wait(self, stage, res)
+        if msg != self.waiting:
+            self.waiting = msg
+            if self._stage:
+                self._write()
 
     def corpus(self, corpus_id: str) -> dict:
         rec = self.catalog.get("corpora", corpus_id, self.tenant)
@@ -190,14 +317,19 @@ class JobContext:
             else:
                 pending.append(t)
         self.progress(stage, done, total, unit, force=True, detail=detail(finished) if detail else None)
-        limit = self.config.max_inflight or 2 * cluster_cpus()
+        limit = self.config.light_workers if self.light else (self.config.max_inflight or 2 * cluster_cpus())
         inflight: dict = {}
+        lifeline, n_tasks = self._lifeline, len(pending)
+        tokens: TokenCount | None = None
+        started = False
         try:
             while pending or inflight:
                 self.check_cancelled()
                 while pending and len(inflight) < limit:
                     t = pending.pop(0)
                     inflight[t.submit()] = t
+                if tokens is None and self._lifeline is not None:  # tasks handed the lifeline post tokens
+                    tokens = TokenCount(self._lifeline, n_tasks, fresh=self._lifeline is not lifeline)
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     t = inflight.pop(ref)
@@ -207,8 +339,18 @@ class JobContext:
                         per_node[result["node"]] = per_node.get(result["node"], 0) + 1
                     done += t.size
                     finished.add(t.key)
-                    self.progress(stage, done, total, unit, force=not pending and not inflight,
-                                  detail=detail(finished) if detail else None)
+                    started = True
+                    if not (tokens and tokens.active):
+                        self.progress(stage, done, total, unit, force=not pending and not inflight,
+                                      detail=detail(finished) if detail else None)
+                if tokens is not None and tokens.poll():
+                    # Long tasks (proxies, pilots) are counted in the tokens they post: a rate shows
+                    # within seconds, not when the first one ends.
+                    started = True
+                    tok_done, tok_total = tokens.counts(finished=not pending and not inflight)
+                    self.progress(stage, tok_done, tok_total, "tokens", force=not pending and not inflight,
+                                  detail={f"{unit}_done": done, f"{unit}_total": total})
+                self._check_waiting(stage, started)
         finally:
             for ref in inflight:
                 ray.cancel(ref)
@@ -232,10 +374,13 @@ class JobContext:
                 done, total = ray.get(board.get.remote())
                 if total:
                     self.progress(stage, done, total, unit)
+                self._check_waiting(stage, started=bool(total))  # the task posts once it runs
                 if ready:
                     result = ray_get(ref, stage)
                     done, total = ray.get(board.get.remote())
-                    self.progress(stage, total or 1, total or 1, unit, force=True)
+                    # A stage that may stop early ends at what it used (its ceiling stays in `up_to`).
+                    end = done if stage in self.kind.up_to and done else (total or 1)
+                    self.progress(stage, end, end, unit, force=True)
                     return result
         except Cancelled:
             ray.cancel(ref, force=True)
@@ -246,20 +391,28 @@ class JobContext:
     def commit_manifest(self, man_id: str, kind: str, info: dict, meta: dict | None = None) -> dict:
         return lifecycle.commit_manifest(self.catalog, self.job, man_id, kind, info, meta)
 
+    def submit(self, stage: str, fn: "ray.remote_function.RemoteFunction", *args) -> "ray.ObjectRef":
+        """Start one task of `stage`: `fn(*args)` on Ray with the stage's resources, or in the light
+        lane on one of its warm workers (a fresh Ray worker takes seconds to start and import the job
+        modules, more than a light job's whole work on a loaded node)."""
+        if self.light:
+            return self.engine.light_pool.run(fn, args)
+        return fn.options(**self.options(stage)).remote(*args)
+
     def threads(self, stage: str) -> int:
         """Torch threads for one task of `stage`."""
         return self.kind.stages[stage].threads()
 
     def options(self, stage: str) -> dict:
-        """Ray options for a task of `stage`: the resources its kind declares, and retries (a
-        worker's death, storage errors)."""
+        """Ray options for a task of `stage`: the resources its kind declares (none reserved in the
+        light lane), and retries (a worker's death, storage errors)."""
         return {"max_retries": self.config.task_retries, "retry_exceptions": [OSError, ray.exceptions.RayError],
-                **self.kind.stages[stage].ray_options()}
+                **self.kind.stages[stage].ray_options(self.light)}
 
     def actor_options(self, stage: str) -> dict:
         """Ray options for an actor serving `stage`: restarted (and its calls retried) if its worker dies."""
         return {"max_restarts": self.config.task_retries, "max_task_retries": self.config.task_retries,
-                **self.kind.stages[stage].ray_options()}
+                **self.kind.stages[stage].ray_options(self.light)}
 
 
 @ray.remote
@@ -278,10 +431,88 @@ class ProgressBoard:
 
 @ray.remote
 class Lifeline:
-    """Alive while its job runs; see JobContext.lifeline."""
+    """Alive while its job runs; see JobContext.lifeline. Long tasks ping it with their (done, total)
+    tokens, keyed by task, for the job's progress."""
 
-    def ping(self) -> bool:
+    def __init__(self):
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    def ping(self, task: str = "", done: float = 0, total: float = 0) -> bool:
+        if task:
+            self.tokens[task] = (done, total)
         return True
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        """What tasks posted since the last take (a stage's, read by its run_tasks)."""
+        out, self.tokens = self.tokens, {}
+        return out
+
+
+@ray.remote
+class LightWorker:
+    """A warm process of the light lane: runs the body of a job's remote function (see JobContext.submit)."""
+
+    def __init__(self, modules: list[str]):
+        for m in modules:  # the light kinds' modules, imported once here, not per light job
+            importlib.import_module(m)
+
+    def run(self, fn, *args):
+        return fn._function(*args)  # an ObjectRef among args arrives resolved, as for a task
+
+
+class LightPool:
+    """The light lane's warm workers: started with the engine (they take seconds to start, which a
+    light job should not wait for), killed when it stops; tasks go to them in turn (a worker that
+    died is restarted by Ray, its calls retried)."""
+
+    def __init__(self, size: int, retries: int, modules: list[str]):
+        self.size, self.retries, self.modules = size, retries, modules
+        self.workers: list = []
+        self.turn = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            if not self.workers:
+                opts = {"max_restarts": self.retries, "max_task_retries": self.retries, **BOOKKEEPING.ray_options()}
+                self.workers = [LightWorker.options(**opts).remote(self.modules) for _ in range(self.size)]
+
+    def run(self, fn, args: tuple) -> "ray.ObjectRef":
+        self.start()
+        with self.lock:
+            worker = self.workers[self.turn % self.size]
+            self.turn += 1
+        return worker.run.remote(fn, *args)
+
+    def stop(self) -> None:
+        with self.lock:
+            for w in self.workers:
+                ray.kill(w)
+            self.workers = []
+
+
+class TokenCount:
+    """The tokens a stage's long tasks (proxies, pilots) post to the job's Lifeline: done over all
+    tasks, and the total, each task not yet posting counted as the mean of those that did."""
+
+    def __init__(self, lifeline, tasks: int, fresh: bool):
+        self.lifeline, self.tasks, self.seen = lifeline, tasks, {}
+        if not fresh:
+            lifeline.take.remote()  # what an earlier stage's tasks posted is not this stage's
+
+    @property
+    def active(self) -> bool:
+        return any(total for _, total in self.seen.values())
+
+    def poll(self) -> bool:
+        self.seen.update(ray.get(self.lifeline.take.remote()))
+        return self.active
+
+    def counts(self, finished: bool = False) -> tuple[float, float]:
+        """(done, total) tokens; once every task has `finished`, done is the total."""
+        totals = [t for _, t in self.seen.values() if t]
+        total = sum(totals) + max(0, self.tasks - len(totals)) * statistics.mean(totals)
+        return (total if finished else sum(min(d, t) for d, t in self.seen.values() if t)), total
 
 
 class Abandoned(RuntimeError):
@@ -328,18 +559,47 @@ def progress_reporter(board) -> Heartbeat:
 
 
 def stop_when_gone(lifeline) -> Heartbeat | None:
-    """on_progress(done, total) for a long task that reports to no one: pings the job's lifeline
-    every 2 s, and stops the task once the job has ended. None without a lifeline (a task run
+    """on_progress(done, total) for a long task with no board of its own: pings the job's lifeline
+    every 2 s with its tokens (the job's progress counts them), and stops the task once the job has ended. None without a lifeline (a task run
     outside a job, by a bench or a test)."""
     if lifeline is None:
         return None
-    return Heartbeat(lambda done, total: lifeline.ping.remote(), every_s=2.0)
+    task = ray.get_runtime_context().get_task_id() or ""
+    return Heartbeat(lambda done, total: lifeline.ping.remote(task, done, total), every_s=2.0)
+
+
+class Lane:
+    """A queue of jobs and the threads that run them, `slots` at a time. The heavy lane runs every
+    job that is not light (THRESHER_MAX_CONCURRENT_JOBS); the light lane its own jobs beside them
+    (THRESHER_LIGHT_CONCURRENT_JOBS), so an export never waits for a training to end."""
+
+    def __init__(self, name: str, slots: int, setting: str, what: str):
+        self.name, self.slots, self.setting, self.what = name, slots, setting, what
+        self.queued: deque = deque()
+        self.cond = threading.Condition()
+        self.said: dict[str, str] = {}  # queued job -> the reason it was last given
+
+    def put(self, job_id: str | None) -> None:
+        with self.cond:
+            self.queued.append(job_id)
+            self.cond.notify()
+
+    def take(self) -> str | None:
+        with self.cond:
+            while not self.queued:
+                self.cond.wait()
+            return self.queued.popleft()
 
 
 class JobEngine:
     def __init__(self, catalog: Catalog, store: Store, config: EngineConfig, kinds: dict[str, JobKind]):
         self.catalog, self.store, self.config, self.kinds = catalog, store, config, kinds
-        self.queue: "queue.Queue[str | None]" = queue.Queue()
+        self.lanes = {"heavy": Lane("heavy", config.max_concurrent_jobs, "THRESHER_MAX_CONCURRENT_JOBS", "a job slot"),
+                      "light": Lane("light", config.light_concurrent_jobs, "THRESHER_LIGHT_CONCURRENT_JOBS",
+                                    "a light-job slot")}
+        self.running: dict[str, JobContext] = {}
+        self.light_pool = LightPool(config.light_workers, config.task_retries,
+                                    sorted({k.run.__module__ for k in kinds.values() if k.light}))
         self.cancel_events: dict[str, threading.Event] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
@@ -352,10 +612,12 @@ class JobEngine:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        for i in range(self.config.max_concurrent_jobs):
-            th = threading.Thread(target=self._worker, name=f"thresher-job-{i}", daemon=True)
-            th.start()
-            self.threads.append(th)
+        self.light_pool.start()
+        for lane in self.lanes.values():
+            for i in range(lane.slots):
+                th = threading.Thread(target=self._worker, args=(lane,), name=f"thresher-{lane.name}-job-{i}", daemon=True)
+                th.start()
+                self.threads.append(th)
         # Resume: jobs that were queued or running when the last process stopped, oldest first.
         unfinished = [j for j in self.catalog.find("jobs") if j["state"] in ("queued", "running")]
         for job in sorted(unfinished, key=lambda j: j["created_at"]):
@@ -377,10 +639,12 @@ class JobEngine:
         self._stopping = True
         for ev in list(self.cancel_events.values()):
             ev.set()
-        for _ in self.threads:
-            self.queue.put(None)
+        for lane in self.lanes.values():
+            for _ in range(lane.slots):
+                lane.put(None)
         for th in self.threads:
             th.join(timeout=10)
+        self.light_pool.stop()
 
     # -- API used by the service -----------------------------------------------------------------
     def submit(self, job: dict) -> None:
@@ -404,23 +668,114 @@ class JobEngine:
         self.catalog.update("jobs", job_id, state="cancelled", finished_at=now(), error=CANCELLED)
         return self.catalog.get("jobs", job_id)
 
+    # -- what a job reads, what earlier jobs took, what it waits for ---------------------------------
+    def docs_of(self, table: str, id_: str) -> int:
+        """Documents in a corpus, rows in a manifest; 0 for anything else or missing (the job fails
+        on it when it runs)."""
+        column = {"corpora": "num_docs", "manifests": "num_rows"}.get(table)
+        try:
+            return int(self.catalog.get(table, id_).get(column) or 0) if column else 0
+        except NotFound:
+            return 0
+
+    def input_docs(self, spec) -> int:
+        return sum(self.docs_of(table, id_) for table, id_, _ in iter_refs(spec))
+
+    def is_light(self, job: dict) -> bool:
+        kind = self.kinds[job["kind"]]
+        try:
+            spec = kind.spec.model_validate(job["spec"])
+        except ValueError:
+            return True  # it fails at once, on no resources
+        return kind.is_light(spec, self.docs_of, self.config.light_max_docs)
+
+    def stage_history(self, kind: str, tenant: str, up_to: frozenset = frozenset()) -> dict:
+        """stage -> what it took in the tenant's last HISTORY_JOBS succeeded jobs of `kind` on this
+        service: `jobs`, the median `seconds`, the median seconds per input document (`per_doc`), and
+        for a stage that may stop early the median fraction of its ceiling it used (`stop_fraction`)."""
+        rows, _ = self.catalog.page("jobs", tenant, HISTORY_JOBS, None, kind=kind, state="succeeded")
+        seen: dict[str, dict[str, list]] = {}
+        for job in rows:
+            prog = job["progress"] or {}
+            for s in prog.get("stages") or []:
+                if s.get("seconds") is None:
+                    continue
+                h = seen.setdefault(s["stage"], {"seconds": [], "per_doc": [], "stop": []})
+                h["seconds"].append(s["seconds"])
+                if prog.get("input_docs"):
+                    h["per_doc"].append(s["seconds"] / prog["input_docs"])
+                if s["stage"] in up_to and s.get("up_to"):
+                    h["stop"].append(min(1.0, s.get("done", 0) / s["up_to"]))
+        median = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+        return {stage: {"jobs": len(h["seconds"]), "seconds": median(h["seconds"]), "per_doc": median(h["per_doc"]),
+                        "stop_fraction": median(h["stop"])} for stage, h in seen.items()}
+
+    def cpu_wait(self, ctx: JobContext, stage: str, res: Resources) -> str | None:
+        """Why a task of `stage` has not started: the cluster has less free than it needs, and the
+        jobs whose tasks are seen running hold it. None when Ray has room (it is starting) or when no
+        job of this service is known to hold the CPUs (nothing honest to name)."""
+        need, free, whole = res.ray_options(), ray.available_resources(), ray.cluster_resources()
+        gpu = bool(need.get("num_gpus"))
+        if free.get("CPU", 0) >= need.get("num_cpus", 0) and (not gpu or free.get("GPU", 0) >= need["num_gpus"]):
+            return None
+        with self.lock:
+            holders = [c for c in self.running.values() if c is not ctx and c.holding]
+        if not holders:
+            return None
+        what = "a GPU" if gpu else "CPUs"
+        held = ", ".join(f"job {c.job_id} ({c.holding}, {c.job['kind']})" for c in holders)
+        return (f"waiting for {what} held by {held}: a {stage} task needs {need.get('num_gpus') if gpu else need.get('num_cpus')}, "
+                f"{free.get('GPU' if gpu else 'CPU', 0):g} of {whole.get('GPU' if gpu else 'CPU', 0):g} free")
+
+    def _say_why_queued(self, lane: Lane) -> None:
+        """Write into each queued job of `lane` why it waits: the lane's slots are all taken."""
+        with self.lock:
+            running = [c.job_id for c in self.running.values() if c.lane is lane]
+        with lane.cond:
+            queued = [j for j in lane.queued if j is not None]
+        if len(running) < lane.slots:
+            return  # a thread is about to take the first
+        ahead = 0
+        for job_id in queued:
+            try:
+                job = self.catalog.get("jobs", job_id)
+            except NotFound:
+                continue
+            if job["state"] != "queued":
+                continue  # cancelled while queued
+            msg = (f"waiting for {lane.what}: {len(running)} job{'s' * (len(running) != 1)} running "
+                   f"({'; '.join(filter(None, (', '.join(running), f'{lane.setting}={lane.slots}')))})"
+                   + (f", {ahead} queued before it" if ahead else ""))
+            ahead += 1
+            if lane.said.get(job_id) != msg:
+                lane.said[job_id] = msg
+                self.catalog.update("jobs", job_id, progress={**(job["progress"] or {}), "waiting": msg})
+
     # -- internals -------------------------------------------------------------------------------
     def _enqueue(self, job_id: str) -> None:
         with self.lock:
             self.cancel_events.setdefault(job_id, threading.Event())
-        self.queue.put(job_id)
+        try:
+            job = self.catalog.get("jobs", job_id)
+        except NotFound:
+            return
+        lane = self.lanes["light" if self.is_light(job) else "heavy"]
+        lane.put(job_id)
+        self._say_why_queued(lane)
 
-    def _worker(self) -> None:
+    def _worker(self, lane: Lane) -> None:
         while True:
-            job_id = self.queue.get()
+            job_id = lane.take()
             if job_id is None:
                 return
+            lane.said.pop(job_id, None)
             try:
-                self._run(job_id)
+                self._run(job_id, lane)
             except Exception:  # noqa: BLE001 - a bug in one job must not kill the worker thread
                 log.exception("job %s crashed the engine", job_id)
+            self._say_why_queued(lane)
 
-    def _run(self, job_id: str) -> None:
+    def _run(self, job_id: str, lane: Lane) -> None:
         try:
             job = self.catalog.get("jobs", job_id)
         except NotFound:
@@ -435,11 +790,16 @@ class JobEngine:
         # Counted when the job starts running, uncounted when it stops for an orderly shutdown:
         # what is left counts the times its service died under it.
         attempts = (job["attempts"] or 0) + 1
-        self.catalog.update("jobs", job_id, state="running", started_at=job["started_at"] or now(), attempts=attempts)
-        ctx = JobContext(self, job, ev)
+        self.catalog.update("jobs", job_id, state="running", started_at=job["started_at"] or now(), attempts=attempts,
+                            progress={k: v for k, v in (job["progress"] or {}).items() if k != "waiting"})
+        ctx = JobContext(self, job, ev, light=lane.name == "light", lane=lane)
+        with self.lock:
+            self.running[job_id] = ctx
+        self._say_why_queued(lane)
         try:
             spec = kind.spec.model_validate(job["spec"])
             check_limits(spec, self.config.limits)  # the settings may have changed since it was submitted
+            ctx.begin(spec)
             result = kind.run(ctx, spec)
         except Cancelled:
             if self._stopping and self.catalog.get("jobs", job_id)["state"] == "running":
@@ -451,11 +811,15 @@ class JobEngine:
             self._finish(ctx, "failed", error={"code": e.code, "message": e.message})
         except Exception as e:  # noqa: BLE001 - report, don't crash
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            self._finish(ctx, "failed", error={"code": "job_error", "message": f"{type(e).__name__}: {e}"})
+            failed = storage_error(e)  # the storage full or not answering: say so, not its raw error
+            self._finish(ctx, "failed", error={"code": failed.code, "message": failed.message} if failed else
+                         {"code": "job_error", "message": f"{type(e).__name__}: {e}"})
         else:
             self._finish(ctx, "succeeded", result=result)
         finally:
             ctx.release()
+            with self.lock:
+                self.running.pop(job_id, None)
             self.cancel_events.pop(job_id, None)
 
     def _finish(self, ctx: JobContext, state: str, result=None, error=None) -> None:
@@ -470,8 +834,4 @@ class JobEngine:
             if ctx.nodes:  # where the work ran: for operators, apart from the user's summary
                 result["nodes"] = ctx.nodes
             fields["result"] = result
-        prog = ctx.catalog.get("jobs", ctx.job_id)["progress"]
-        if prog and state == "succeeded":
-            prog.update(eta_s=0.0)
-            fields["progress"] = prog
-        self.catalog.update("jobs", ctx.job_id, **fields)
+        self.catalog.update("jobs", ctx.job_id, progress=ctx.final_progress(state == "succeeded"), **fields)

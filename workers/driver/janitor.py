@@ -11,6 +11,9 @@ writing this very second:
 - temporaries `.tmp-*` anywhere in a local store (an object store publishes objects whole);
 - `/readyz` probe files under `.probe/`;
 - DuckDB spill directories under `<home>/tmp`.
+
+A store that fails (no bucket, not answering) does not stop the service from starting (its
+/readyz says why it is not ready): what lies in the store is swept at the next start.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import pyarrow.fs as pafs
 
 from storage import layout
 from storage.catalog import Catalog
+from storage.errors import DomainError
 from storage.fs import TMP_PREFIX, Store
 
 log = logging.getLogger("thresher.janitor")
@@ -98,11 +102,15 @@ def _temporaries(store: Store, started: float) -> int:
 def sweep(catalog: Catalog, store: Store, *, spool_dir: str, scratch_dir: str, started: float) -> Swept:
     """Remove the leftovers described above; returns what was removed."""
     swept = Swept()
-    swept.spool_files = _local_leftovers(spool_dir, started) + _store_leftovers(store, layout.uploads(), started)
-    swept.corpora = _orphan_corpora(catalog, store, started)
-    swept.probes = _store_leftovers(store, layout.probes(), started)
-    swept.temporaries = _temporaries(store, started)
+    swept.spool_files = _local_leftovers(spool_dir, started)
     swept.scratch = _local_leftovers(scratch_dir, started)
+    try:
+        swept.spool_files += _store_leftovers(store, layout.uploads(), started)
+        swept.corpora = _orphan_corpora(catalog, store, started)
+        swept.probes = _store_leftovers(store, layout.probes(), started)
+        swept.temporaries = _temporaries(store, started)
+    except (OSError, DomainError) as e:
+        log.warning("the storage failed, its leftovers are not swept: %s", e)
     if swept.total():
         log.info("janitor removed %d spool files, %d orphan corpora %s, %d temporaries, %d probe files, "
                  "%d DuckDB spill directories", swept.spool_files, len(swept.corpora), swept.corpora,

@@ -6,7 +6,8 @@ produce something. A resource becomes visible (a catalog row in its final state)
 its files are in storage, so a reader never sees half of one:
 
     corpus     uploaded: files written → row `ready`.  registered/exported: row `ingesting` + a job
-               → files → `ready` (commit_corpus), or `failed` with its files removed (fail_corpus)
+               → files → `ready` (commit_corpus), or `failed` with its files removed (fail_corpus);
+               filtered: the running job inserts the row `ingesting` (create_job_corpus), then the same
     job        row `queued` (submit_job) → `running` → `succeeded` | `failed` | `cancelled` (engine)
     manifest   parts written → row (commit_manifest; idempotent, a resumed job may commit again)
     model      trained: checkpoint written, meta.json last → row (commit_trained_model);
@@ -53,7 +54,8 @@ def _corpus_fields(stats: dict) -> dict:
 
 
 def _corpus_meta(stats: dict) -> dict:
-    return {"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated")}
+    return {"empty_ids": stats.get("empty_ids", []), "ids_generated": stats.get("ids_generated"),
+            "fields": stats.get("fields", {}), "json_fields": stats.get("json_fields", [])}
 
 
 def create_uploaded_corpus(catalog: Catalog, corpus_id: str, tenant: str, name: str, stats: dict,
@@ -73,6 +75,14 @@ def create_corpus_by_job(engine, tenant: str, name: str, kind: str, job_name: st
                                       "created_at": now(), "job_id": job["id"], "sources": {}})
     engine.submit(job)
     return engine.catalog.get("corpora", corpus_id), engine.catalog.get("jobs", job["id"])
+
+
+def create_job_corpus(catalog: Catalog, job: dict, corpus_id: str, name: str) -> dict:
+    """A corpus a running job makes itself (`filter`): `ingesting` until the job commits it;
+    inserted once (a resumed job finds its own)."""
+    return _insert_once(catalog, "corpora", {"id": corpus_id, "tenant": job["tenant"], "name": name,
+                                             "state": "ingesting", "created_at": now(), "job_id": job["id"],
+                                             "sources": {}})
 
 
 def commit_corpus(catalog: Catalog, corpus_id: str, stats: dict) -> None:

@@ -146,8 +146,8 @@ def run_curriculum(ctx: JobContext, spec: CurriculumSpec) -> dict:
 KINDS = [
     JobKind("reweight", ReweightSpec, run_reweight,
             "per-sample loss weights (LinUpper / Quadratic / Extremes) for a seeded batch order",
-            stages={"score": SCORER, "weights": SHARD_TASK}),
+            stages={"score": SCORER, "weights": SHARD_TASK}, skip={"score": lambda s: s.model is None}),
     JobKind("curriculum", CurriculumSpec, run_curriculum,
             "a SeTa or InfoBatch curriculum run that a training loop drives over HTTP",
-            stages={"score": SCORER}),
+            stages={"score": SCORER}, skip={"score": lambda s: s.model is None}),
 ]

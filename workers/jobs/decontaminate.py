@@ -24,7 +24,7 @@ from storage.manifests import dataset, manifest_files
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.jobs.cleaning import (CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, commit_cleaning, doc_columns,
                                    manifest_id, non_empty, uids)
-from workers.kind import SHARD_TASK, JobKind
+from workers.kind import SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId
 
@@ -104,13 +104,12 @@ def run_decontaminate(ctx: JobContext, spec: DecontaminateSpec) -> dict:
     corpora = [spec.pool, *spec.against]
     for c in corpora:
         ctx.corpus(c)
-    opts = ctx.options("index")
     index_tasks = []
     for i, corpus in enumerate(corpora[1:], start=1):
         for s, p in ctx.corpus_shards(corpus):
             out = layout.corpus_shard_part(ctx.job_id, "ngrams", i, s)
-            index_tasks.append(Task(out=out, key=(i, s), submit=lambda i=i, s=s, p=p, out=out: index_task.options(
-                **opts).remote(ctx.store.root, i, s, p, out, spec.n)))
+            index_tasks.append(Task(out=out, key=(i, s), submit=lambda i=i, s=s, p=p, out=out: ctx.submit(
+                "index", index_task, ctx.store.root, i, s, p, out, spec.n)))
     ctx.run_tasks("index", index_tasks)
     parts = [t.out for t in index_tasks]
     size = sum(ctx.store.parquet_file(*p).metadata.num_rows for p in parts)
@@ -122,13 +121,12 @@ def run_decontaminate(ctx: JobContext, spec: DecontaminateSpec) -> dict:
     def index_ref():
         # Built once, and only if some pool shard still needs it (a resumed job may need none).
         if not index:
-            index.append(build_index.options(**ctx.options("index")).remote(ctx.store.root, parts))
+            index.append(ctx.submit("index", build_index, ctx.store.root, parts))
         return index[0]
 
     man_id = manifest_id(ctx)
-    opts = ctx.options("score")
     tasks = [Task(out=layout.manifest_part(man_id, s), key=s,
-                  submit=lambda s=s, p=p: contamination_task.options(**opts).remote(
+                  submit=lambda s=s, p=p: ctx.submit("score", contamination_task,
                       ctx.store.root, spec.pool, s, p, layout.manifest_part(man_id, s), index_ref(), corpora,
                       spec.n, spec.min_matches, spec.min_fraction))
              for s, p in ctx.corpus_shards(spec.pool)]
@@ -153,5 +151,5 @@ def contamination_summary(ctx: JobContext, man_id: str) -> dict:
 KINDS = [
     JobKind("decontaminate", DecontaminateSpec, run_decontaminate,
             "n-gram overlap of every pool document with benchmark or validation corpora (an exact index)",
-            stages={"index": SHARD_TASK, "score": SHARD_TASK}),
+            stages={"index": SHARD_TASK, "score": SHARD_TASK}, light=small_inputs),
 ]

@@ -232,7 +232,7 @@ def keep_parts_of(ctx: JobContext, spec: DedupSpec) -> list:
     if spec.keep.column not in names or "doc_id" not in names:
         raise JobFailed("bad_keep", f"keep.column: manifest {spec.keep.manifest} has no column "
                         f"{spec.keep.column!r} (it has {', '.join(names)})")
-    if manifest_corpus(ctx, spec.keep.manifest) != spec.pool:
+    if manifest_corpus(ctx.store, spec.keep.manifest) != spec.pool:
         raise JobFailed("bad_keep", f"keep.manifest: manifest {spec.keep.manifest} is not over the pool {spec.pool}")
     return manifest_files(ctx.store, spec.keep.manifest)
 

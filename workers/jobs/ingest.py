@@ -12,6 +12,7 @@ columns before the corpus becomes ready.
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -24,13 +25,13 @@ from pydantic import Field
 from storage import layout
 from storage.duck import connection
 from storage.fs import Store
-from storage.ingest import COMPRESSED_SUFFIXES, IngestError, detect_format, ingest
-from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, shard_options
-from storage.inputs import Access, InputFile, list_inputs, open_input
-from storage.manifests import manifest_corpus as manifest_corpus_of
+from storage.ingest import COMPRESSED_SUFFIXES, SPLITS, IngestError, detect_format, ingest
+from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, field_types, shard_options, unify_shards
+from storage.inputs import Access, InputFile, fixed_prefix, list_inputs, open_input, split_uri
+from storage.manifests import manifest_corpus
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
-from workers.jobs.restrict import restriction
+from workers.jobs.restrict import Restriction, restriction
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
 from workers.specs import ManifestId, Restricted, StrictModel
@@ -63,12 +64,15 @@ class IngestSpec(StrictModel):
     limits: Limits = Limits()
     listing: ListingLimits = ListingLimits()
     compression: ShardCompression = "zstd"
+    split: Literal[SPLITS] = Field("file", description="plain text: how a file is cut into documents")
+    source_from: Literal["dir"] | None = None
 
 
 def ingest_options(spec: IngestSpec | dict) -> dict:
     s = spec if isinstance(spec, dict) else spec.model_dump()
     return {"text_field": s["text_field"], "id_field": s["id_field"], "source_field": s["source_field"],
-            "shard_size": s["shard_size"], "compression": s.get("compression", "zstd"), **(s.get("limits") or {})}
+            "shard_size": s["shard_size"], "compression": s.get("compression", "zstd"),
+            "split": s.get("split", "file"), "source_from": s.get("source_from"), **(s.get("limits") or {})}
 
 
 @ray.remote
@@ -94,7 +98,7 @@ def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, 
             raise
         if byte_range[0] > 0:    # the first range reads the whole file; the others nothing
             stats = {"num_docs": 0, "num_bytes": 0, "num_shards": 0, "num_empty": 0, "empty_ids": [], "sources": {},
-                     "ids_generated": False}
+                     "ids_generated": False, "fields": {}, "json_fields": []}
         else:
             stats = ingest(src, filename=name, store=store, dest=layout.corpus(corpus_id), format=fmt,
                            unit=tuple(unit), **options).to_dict()
@@ -162,10 +166,12 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     units = plan_units(files, spec.split_bytes, spec.format)
     # One unit checks its own ids (naming lines); many are checked once over all of them at the end.
     opts, options = ctx.options("ingest"), {**ingest_options(spec), "check_ids": len(units) == 1}
+    base = registered_base(spec.uri)
     tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
                   size=(rng[1] - rng[0]) if rng else f.size,
                   submit=lambda unit=unit, f=f, rng=rng: ingest_unit.options(**opts).remote(
-                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "path": f.path, "name": f.name}, spec.format,
+                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "path": f.path, "name": relative_name(f, base)},
+                      spec.format,
                       list(unit), rng, options, layout.ingested_unit(ctx.job_id, unit), ctx.access))
              for unit, f, rng in units]
     files_of = {}
@@ -178,6 +184,9 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     ctx.run_tasks("ingest", tasks, unit="bytes", detail=files_done)
     stats = merge_stats([json.loads(ctx.store.read_bytes(*t.out)) for t in tasks])
     stats["num_shards"] = len(ctx.corpus_shards(spec.corpus_id))
+    if len(units) > 1:     # each unit settled its own schema: now one for the corpus
+        schema = unify_shards(ctx.store, [p for _, p in ctx.corpus_shards(spec.corpus_id)], spec.compression)
+        stats["fields"], stats["json_fields"] = field_types(schema)
     if stats["num_docs"] == 0:
         raise JobFailed("empty_file", f"{spec.uri} holds no documents")
     if len(units) > 1:
@@ -189,9 +198,24 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     return {"corpus_id": spec.corpus_id, "summary": {**stats, "files": len(files), "units": len(units)}}
 
 
+def registered_base(uri: str) -> str:
+    """The directory a registration's files are named relative to (a text document's id): the
+    URI's part before any glob character; a single file's own directory."""
+    _, path, _ = split_uri(uri)
+    base = fixed_prefix(path)
+    return os.path.realpath(base) if "://" not in uri or uri.startswith("file://") else base
+
+
+def relative_name(f: InputFile, base: str) -> str:
+    rest = f.path[len(base):].lstrip("/") if f.path.startswith(base.rstrip("/") + "/") else ""
+    return rest or f.name
+
+
 def merge_stats(parts: list[dict]) -> dict:
     out = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "empty_ids": [], "sources": {},
-           "ids_generated": any(p.get("ids_generated") for p in parts)}
+           "ids_generated": any(p.get("ids_generated") for p in parts),
+           "fields": {k: v for p in parts for k, v in p.get("fields", {}).items()},
+           "json_fields": sorted({k for p in parts for k in p.get("json_fields", [])})}
     for p in parts:
         for k in ("num_docs", "num_bytes", "num_empty"):
             out[k] += p[k]
@@ -255,15 +279,20 @@ class ExportSpec(Restricted):
 
 
 @ray.remote
-def export_shard(store_root: str, corpus_part: tuple, manifest_part: tuple, out: tuple,
-                 selected_only: bool, compression: str, allowed: np.ndarray | None) -> int:
+def export_shard(store_root: str, corpus_part: tuple, out: tuple, compression: str, mask_part: tuple | None = None,
+                 sources: list[str] | None = None, allowed: np.ndarray | None = None) -> dict:
+    """One shard of a corpus written as a shard of another: the rows `mask_part`'s `selected`
+    marks (a manifest part, or a filter's mask) and `allowed` allows (a restriction's mask of the
+    shard's rows), whose `source` is one of `sources`; all if none of them."""
     store = Store(store_root)
-    docs = store.read_parquet(*corpus_part, columns=["id", "text", "source"])
-    keep = np.ones(docs.num_rows, dtype=bool) if allowed is None else allowed
-    if selected_only:
-        keep = keep & store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_numpy(zero_copy_only=False)
-    if not keep.all():
+    docs = store.read_parquet(*corpus_part)      # every column: the extra fields travel with the text
+    keep = np.ones(docs.num_rows, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
+    if mask_part is not None:
+        keep = keep & store.read_parquet(*mask_part, columns=["selected"])["selected"].to_numpy(zero_copy_only=False)
+    if mask_part is not None or allowed is not None:
         docs = docs.filter(pa.array(keep))
+    if sources is not None:
+        docs = docs.filter(pc.is_in(docs["source"], pa.array(sources, pa.string())))
     store.write_parquet(docs, *out, **shard_options(compression))  # written like an ingested shard
     return {"rows": docs.num_rows, "node": node_id()}
 
@@ -276,18 +305,18 @@ def shard_stats(docs) -> dict:
             "num_empty": int(empty.sum()), "sources": {d["values"]: d["counts"] for d in sources}}
 
 
-def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
-    corpus_id = manifest_corpus(ctx, spec.manifest)
-    if corpus_id is None:
-        raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
-    pool = restriction(ctx, corpus_id, spec.restrict)
-    opts = ctx.options("export")
+def export_documents(ctx: JobContext, corpus_id: str, new_corpus_id: str, compression: str,
+                     masks: dict[int, tuple] | None = None, sources: list[str] | None = None,
+                     restricted: Restriction | None = None) -> dict:
+    """Write the documents of `corpus_id` that `masks` (per shard), `sources` and `restricted` (the
+    rows a restriction allows) keep as the shards of `new_corpus_id` (stage `export`, a task a
+    shard, resumable); its statistics."""
+    restricted = restricted or Restriction()
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
-        out = layout.corpus_shard(spec.corpus_id, s)
-        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out: export_shard.options(**opts).remote(
-            ctx.store.root, p, layout.manifest_part(spec.manifest, s), out, spec.selected_only, spec.compression,
-            pool.allowed(s))))
+        out, mask = layout.corpus_shard(new_corpus_id, s), masks[s] if masks is not None else None
+        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out, mask=mask: ctx.submit(
+            "export", export_shard, ctx.store.root, p, out, compression, mask, sources, restricted.allowed(s))))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -297,20 +326,28 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
             stats[k] += part[k]
         for src, n in part["sources"].items():
             stats["sources"][src] = stats["sources"].get(src, 0) + n
+    source = ctx.catalog.get("corpora", corpus_id).get("meta") or {}
+    stats["fields"], stats["json_fields"] = source.get("fields", {}), source.get("json_fields", [])
+    return stats
+
+
+def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
+    corpus_id = manifest_corpus(ctx.store, spec.manifest)
+    if corpus_id is None:
+        raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
+    pool = restriction(ctx, corpus_id, spec.restrict)
+    masks = {s: layout.manifest_part(spec.manifest, s) for s, _ in ctx.corpus_shards(corpus_id)} \
+        if spec.selected_only else None
+    stats = export_documents(ctx, corpus_id, spec.corpus_id, spec.compression, masks, restricted=pool)
     if stats["num_docs"] == 0:
         raise JobFailed("empty_export", f"restrict leaves none of manifest {spec.manifest}'s documents to export")
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
     return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": {**stats, **pool.summary()}}
 
 
-def manifest_corpus(ctx: JobContext, manifest_id: str) -> str | None:
-    """The corpus a manifest's rows come from (None when it has no rows)."""
-    return manifest_corpus_of(ctx.store, manifest_id)
-
-
 KINDS = [
     JobKind("ingest", IngestSpec, run_ingest, "register server-side data as a corpus",
             stages={"ingest": SHARD_TASK, "check_ids": SHARD_TASK}, internal=True, on_end=fail_corpus),
     JobKind("export", ExportSpec, run_export, "materialise a selection's documents as a corpus",
-            stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus),
+            stages={"export": SHARD_TASK}, internal=True, on_end=fail_corpus, light=True),
 ]

@@ -7,6 +7,7 @@ score parts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -14,6 +15,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 from pydantic import Field, model_validator
@@ -25,13 +27,13 @@ from scoring.train import validation_loss
 from storage import layout
 from storage.catalog import NotFound
 from storage.fs import Store
-from storage.manifests import manifest_files, overlap_with_top, score_distribution
+from storage.manifests import (manifest_corpus, manifest_files, overlap_with_top, score_distribution,
+                               selection_overlap)
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
-from workers.jobs.ingest import manifest_corpus
 from workers.jobs.restrict import Restriction, restriction
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
-from workers.kind import HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
+from workers.kind import BOOKKEEPING, HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
 from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Restricted, Seed, StrictModel,
@@ -411,10 +413,11 @@ def arm_texts(store: Store, train_parts: list, selected_only: bool, sample_seed:
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
                match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int,
-               lifeline=None) -> dict:
+               lifeline=None, out: tuple | None = None, job_id: str | None = None) -> dict:
     """Train a proxy from scratch on the selection, or on a random subset of the pool as large as the
     selection (`match`: in documents or characters), and measure its validation loss. Stops once
-    the job's `lifeline` is gone."""
+    the job's `lifeline` is gone. With `out`, its figures are also written there (with `job_id`):
+    a random arm kept for later evaluations."""
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = TrainOptions.model_validate(opts)
@@ -424,8 +427,26 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
     model, stats = train_from_scratch(tokenizer, texts, o, on_progress=stop_when_gone(lifeline))
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
-    return {"docs": len(texts), "chars": sum(len(t) for t in texts), "train_tokens": stats["tokens"],
-            "train_loss": stats["final_loss"], "validation_loss": val}
+    result = {"docs": len(texts), "chars": sum(len(t) for t in texts), "train_tokens": stats["tokens"],
+              "train_loss": stats["final_loss"], "validation_loss": val}
+    if out is not None:
+        store.write_bytes(json.dumps({**result, "job_id": job_id}).encode(), *out)
+    return result
+
+
+@ray.remote(max_retries=2)
+def selected_chars_task(store_root: str, train_parts: list) -> int:
+    """Characters of text in a selection (what a random arm matched in characters must hold);
+    `train_parts`: per shard (corpus part, manifest part, allowed rows or None)."""
+    store = Store(store_root)
+    total = 0
+    for corpus_part, manifest_part, allowed in train_parts:
+        docs = store.read_parquet(*corpus_part, columns=["text"])["text"]
+        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"]
+        if allowed is not None:   # a restricted pool: only the selected documents it allows
+            keep = pc.and_(pc.fill_null(keep, False), pa.array(allowed))
+        total += int(pc.sum(pc.utf8_length(docs.filter(keep))).as_py() or 0)
+    return total
 
 
 class ContaminationCheck(StrictModel):
@@ -440,6 +461,9 @@ class EvaluateSpec(Restricted):
     pool_field: ClassVar[str] = "selection"
     selection: ManifestId
     validation: CorpusId
+    against: ManifestId | None = Field(None, description=(
+        "another selection to compare with head to head instead of a random subset: proxies trained on "
+        "both with the same seeds; the gain is the selection's over this one, with their overlap"))
     proxy: TrainOptions = TrainOptions()
     seed: Seed = 0
     repeats: int = Field(1, ge=1, le=16, description=(
@@ -451,48 +475,126 @@ class EvaluateSpec(Restricted):
     contamination: ContaminationCheck = ContaminationCheck()
 
 
+# Bumped when a random arm's training changes: arms kept by an older version are not reused.
+RANDOM_ARM_VERSION = 1
+
+
+def random_arm_key(pool: str, validation: str, match: str, size: int, sample_seed: int, proxy: dict,
+                   restrict: list[str] | tuple = ()) -> str:
+    """What a random arm's proxy depends on, as a digest: the pool (its documents and the shared
+    tokenizer) with its restriction (the evaluation pool's manifests: `restrict` and what the selection
+    was built on), the validation set, the size matched (documents or characters), the subset's seed
+    and the proxy's options with its seed. An unrestricted arm's key is as before restrictions."""
+    what = {"v": RANDOM_ARM_VERSION, "pool": pool, "validation": validation, "match": match, "size": size,
+            "sample_seed": sample_seed, "proxy": proxy}
+    if restrict:
+        what["restrict"] = list(restrict)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def selection_pool(ctx: JobContext, manifest_id: str, field: str) -> tuple[str, dict]:
+    """(pool corpus, manifest record) of a selection with documents."""
+    man = ctx.catalog.get("manifests", manifest_id, ctx.tenant)
+    pool = manifest_corpus(ctx.store, manifest_id)
+    if pool is None or not man["num_selected"]:
+        raise JobFailed("empty_selection", f"{field}: manifest {manifest_id} selects no documents")
+    ctx.corpus(pool)
+    return pool, man
+
+
+def selection_shards(ctx: JobContext, manifest_id: str, pool: str,
+                     restricted: Restriction | None = None) -> list[tuple]:
+    """[(corpus shard, manifest part, allowed rows or None)] of a selection over `pool`, the rows
+    `restricted` allows (all without it)."""
+    restricted = restricted or Restriction()
+    return [(p, layout.manifest_part(manifest_id, s), restricted.allowed(s)) for s, p in ctx.corpus_shards(pool)]
+
+
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
-    man = ctx.catalog.get("manifests", spec.selection, ctx.tenant)
     ctx.corpus(spec.validation)
-    pool = manifest_corpus(ctx, spec.selection)
-    if pool is None or man["num_selected"] == 0:
-        raise JobFailed("empty_selection", f"manifest {spec.selection} selects no documents")
+    pool, man = selection_pool(ctx, spec.selection, "spec.selection")
     restricted = evaluation_pool(ctx, spec, man, pool)
-    pairs = [(p, layout.manifest_part(spec.selection, s), restricted.allowed(s)) for s, p in ctx.corpus_shards(pool)]
+    pairs = selection_shards(ctx, spec.selection, pool, restricted)
     pool_parts = [p for p, _, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     res, threads = ctx.options("train_proxies"), ctx.threads("train_proxies")
-    # Per repeat r, the selection's proxy and a proxy on a random subset of equal size (documents or
-    # characters, `match`; subset seed seed + r), both from proxy seed proxy.seed + r, side by side.
+    if spec.against is not None:
+        other_pool, _ = selection_pool(ctx, spec.against, "spec.against")
+        # Over the same pool, the other selection is restricted like this one (the same cleaned pool).
+        other = selection_shards(ctx, spec.against, other_pool, restricted if other_pool == pool else None)
+    elif spec.match == "characters":
+        ref = Task(out=None, key="chars", submit=lambda: selected_chars_task.options(**ctx.options("measure")).remote(
+            ctx.store.root, pairs))
+        size = ctx.run_tasks("measure", [ref], unit="steps")["chars"]
+    else:
+        size = man["num_selected"]
+
+    def proxy(train_parts, only, sample_seed, opts, out=None):
+        return lambda: proxy_task.options(**res).remote(ctx.store.root, train_parts, only, sample_seed, spec.match,
+                                                        pool_parts, val_parts, opts, threads, ctx.lifeline(),
+                                                        out, ctx.job_id)
+    # Per repeat r, the selection's proxy and a proxy on the other selection, or on a random subset of
+    # equal size (documents or characters, `match`; subset seed seed + r), both from proxy seed
+    # proxy.seed + r, side by side (one tokenizer, trained on the selection's pool). A random arm is
+    # stored under a key of what it depends on: a task whose output exists is not run, so an arm an
+    # earlier evaluation trained is read back instead of trained again.
     tasks = []
     for r in range(spec.repeats):
         opts = spec.proxy.model_copy(update={"seed": spec.proxy.seed + r}).model_dump()
-        for arm, only, sample_seed in (("selection", True, None), ("random", False, spec.seed + r)):
-            tasks.append(Task(out=None, key=(arm, r), submit=lambda only=only, sample_seed=sample_seed, opts=opts:
-                              proxy_task.options(**res).remote(ctx.store.root, pairs, only, sample_seed, spec.match,
-                                                               pool_parts, val_parts, opts, threads,
-                                                               ctx.lifeline())))
-    out = ctx.run_tasks("train_proxies", tasks, unit="proxies")
-    summary = evaluation_summary(out, spec)
+        tasks.append(Task(out=None, key=("selection", r), submit=proxy(pairs, True, None, opts)))
+        if spec.against is not None:
+            tasks.append(Task(out=None, key=("against", r), submit=proxy(other, True, None, opts)))
+        else:
+            out = layout.random_arm(random_arm_key(pool, spec.validation, spec.match, size, spec.seed + r, opts,
+                                                   restricted.built_on))
+            tasks.append(Task(out=out, key=("random", r), submit=proxy(pairs, False, spec.seed + r, opts, out)))
+    results = ctx.run_tasks("train_proxies", tasks, unit="proxies")
+    reused = {}
+    for t in tasks:
+        if results[t.key] is None:  # kept from an earlier evaluation
+            kept = json.loads(ctx.store.read_bytes(*t.out))
+            reused[t.key[1]] = kept.pop("job_id")
+            results[t.key] = kept
+    summary = evaluation_summary(results, spec)
+    summary["proxies_trained"] = len(tasks) - len(reused)
+    if spec.against is not None:
+        summary["overlap"] = selection_overlap(ctx.store, manifest_files(ctx.store, spec.selection),
+                                               manifest_files(ctx.store, spec.against))
+    else:
+        summary["random_arm"] = random_arm_note(reused, spec.repeats)
     summary.update(restricted.summary())
     check_validity(ctx, spec, pairs, val_parts, summary)
     return {"manifest_id": spec.selection, "summary": summary}
 
 
+def random_arm_note(reused: dict[int, str], repeats: int) -> str:
+    """Where the random arm's proxies came from: trained by this job, or reused from which."""
+    if not reused:
+        return "trained"
+    jobs = ", ".join(sorted(set(reused.values())))
+    if len(reused) == repeats:
+        return f"reused from job {jobs}"
+    return (f"repeats {', '.join(str(r + 1) for r in sorted(reused))} reused from job {jobs}; "
+            f"{repeats - len(reused)} trained")
+
+
 def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
-    """`selection` and `random`: the first repeat's proxies, with `validation_loss` the mean over
-    repeats; `relative_gain` from those means. With repeats > 1 also each repeat's losses and gain,
-    and the gain's standard error (the spread of the paired gains / √repeats)."""
+    """`selection` and the arm it is compared with (`random`, or `against`): the first repeat's
+    proxies, with `validation_loss` the mean over repeats; `relative_gain` (the selection's over the
+    other arm) from those means. With repeats > 1 also each repeat's losses and gain, and the gain's
+    standard error (the spread of the paired gains / √repeats)."""
     def gain(sel: float, rnd: float) -> float | None:
         return (rnd - sel) / rnd if rnd and math.isfinite(rnd) and math.isfinite(sel) else None
 
-    arms = {arm: [out[(arm, r)] for r in range(spec.repeats)] for arm in ("selection", "random")}
+    base = "random" if spec.against is None else "against"
+    arms = {arm: [out[(arm, r)] for r in range(spec.repeats)] for arm in ("selection", base)}
     summary = {arm: {**runs[0], "validation_loss": float(np.mean([x["validation_loss"] for x in runs]))}
                for arm, runs in arms.items()}
-    summary.update(relative_gain=gain(summary["selection"]["validation_loss"], summary["random"]["validation_loss"]),
+    summary.update(relative_gain=gain(summary["selection"]["validation_loss"], summary[base]["validation_loss"]),
+                   compared_with="random" if spec.against is None else spec.against,
                    proxy=spec.proxy.preset, token_budget=spec.proxy.tokens, repeats=spec.repeats, match=spec.match)
     if spec.repeats > 1:
-        gains = [gain(s["validation_loss"], r["validation_loss"]) for s, r in zip(arms["selection"], arms["random"])]
+        gains = [gain(s["validation_loss"], r["validation_loss"]) for s, r in zip(arms["selection"], arms[base])]
         for arm, runs in arms.items():
             summary[arm]["validation_losses"] = [x["validation_loss"] for x in runs]
         summary["relative_gains"] = gains
@@ -556,14 +658,19 @@ def check_validity(ctx: JobContext, spec: EvaluateSpec, pairs: list, val_parts: 
 
 KINDS = [
     JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one",
-            stages={"train": TRAINING, "finetune": TRAINING}),
+            stages={"train": TRAINING, "finetune": TRAINING},
+            skip={"train": lambda s: s.init_model is not None, "finetune": lambda s: s.init_model is None}),
     JobKind("score", ScoreSpec, run_score, "per-document loss of a corpus under a model",
-            stages={"score": SCORER}),
+            stages={"score": SCORER, "select": BOOKKEEPING}),
     JobKind("color_filter", ColorFilterSpec, run_color_filter,
             "CoLoR-Filter: select by conditional loss reduction (prior − conditional)",
-            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER,
-                    "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK}),
+            stages={"train_prior": TRAINING, "finetune": TRAINING, "score": SCORER, "select": BOOKKEEPING,
+                    "dsir_fit": SHARD_TASK, "dsir_score": SHARD_TASK},
+            skip={"train_prior": lambda s: s.prior.model is not None, "finetune": lambda s: s.conditional.model is not None,
+                  "dsir_fit": lambda s: s.compare_with != "dsir", "dsir_score": lambda s: s.compare_with != "dsir"},
+            up_to=frozenset({"finetune"})),
     JobKind("evaluate", EvaluateSpec, run_evaluate,
-            "what a selection is worth: proxies trained on it and on a random subset of equal size",
-            stages={"train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK}),
+            "what a selection is worth: proxies trained on it and on a random subset of equal size, or on "
+            "another selection (head to head)",
+            stages={"measure": SHARD_TASK, "train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK}),
 ]

@@ -36,8 +36,8 @@ from workers.jobs.lm import model_record
 from workers.jobs.restrict import restriction
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
-from workers.specs import (MAX_COUNT, CorpusId, Docs, LimitExceeded, ModelId, Restricted, Seed, SpecLimits,
-                           StrictModel)
+from workers.specs import (MAX_COUNT, CorpusId, Docs, LimitExceeded, ModelId, Records, Restricted, Seed, SpecLimits,
+                           StrictModel, check_source_value)
 from workers.training import MAX_TRAIN_DOCS, TrainOptions, check_train_tokens, train_from_scratch
 
 # Bounds of the spec, from what the method can use:
@@ -63,8 +63,15 @@ MAX_PRICE, MAX_BUDGET = 1e9, 1e21  # with at most 1e12 documents a source, every
 class Source(Restricted):
     pool_field: ClassVar[str] = "corpus"
     corpus: CorpusId
+    source: str | None = Field(None, min_length=1, description=(
+        "only the corpus's documents whose `source` is this value: each source of a pool becomes a "
+        "projection source without being uploaded as a corpus of its own"))
     price_per_doc: float = Field(ge=0, le=MAX_PRICE)
     available_docs: Docs
+
+    def check_records(self, records: Records, field: str) -> None:
+        if self.source is not None:
+            check_source_value(records.record("corpora", self.corpus), self.source, f"{field}.source")
 
 
 def simplex_problem(p: list[float]) -> str | None:
@@ -224,6 +231,13 @@ def simplex_grid(m: int, step: float) -> list[list[float]]:
 
 # -- Ray tasks -----------------------------------------------------------------------------------
 
+def revealed_texts(store: Store, src: dict, max_docs: int | None, seed: int, allowed: list | None = None) -> list[str]:
+    """A projection source's texts: its corpus's shards (`parts`), only the documents whose
+    `source` is `source` when one is named, and (`allowed`, per shard a mask or None) only the rows
+    its restriction allows."""
+    return read_texts(store, src["parts"], max_docs, seed, allowed, source=src["source"])
+
+
 def _save_npz(store: Store, arrays: dict, *parts) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -236,12 +250,12 @@ def _load_npz(store: Store, *parts) -> dict:
 
 
 @ray.remote(max_retries=2)
-def embed_task(store_root: str, source_parts: list, validation_parts: list, opts: dict, model: dict | None,
+def embed_task(store_root: str, sources: list[dict], validation_parts: list, opts: dict, model: dict | None,
                out: tuple, seed: int, allowed: list | None = None) -> None:
     store = Store(store_root)
     o = Embedding.model_validate(opts)
-    texts = [read_texts(store, parts, o.max_points_per_source, seed + i, allowed and allowed[i])
-             for i, parts in enumerate(source_parts)]
+    texts = [revealed_texts(store, src, o.max_points_per_source, seed + i, allowed and allowed[i])
+             for i, src in enumerate(sources)]
     val = read_texts(store, validation_parts, o.validation_points, seed)
     if o.kind == "hashed":
         emb = Embedder(dim=o.dim, seed=seed).fit([t for ts in texts for t in ts] + val)
@@ -259,11 +273,10 @@ def embed_task(store_root: str, source_parts: list, validation_parts: list, opts
 
 
 @ray.remote(max_retries=2)
-def shared_tokenizer_task(store_root: str, source_parts: list, out: tuple, vocab_size: int, seed: int,
+def shared_tokenizer_task(store_root: str, sources: list[dict], out: tuple, vocab_size: int, seed: int,
                           allowed: list | None = None) -> None:
     store = Store(store_root)
-    texts = [t for i, parts in enumerate(source_parts)
-             for t in read_texts(store, parts, 3000, seed + i, allowed and allowed[i])]
+    texts = [t for i, src in enumerate(sources) for t in revealed_texts(store, src, 3000, seed + i, allowed and allowed[i])]
     store.write_bytes(train_tokenizer(texts, vocab_size=vocab_size).to_str().encode(), *out)
 
 
@@ -285,7 +298,7 @@ def pilot_documents(pools: list[list[str]], counts, seed: int) -> list[str]:
 
 
 @ray.remote(max_retries=2)
-def pilot_task(store_root: str, source_parts: list, validation_parts: list, tokenizer_file: tuple, size: int,
+def pilot_task(store_root: str, sources: list[dict], validation_parts: list, tokenizer_file: tuple, size: int,
                mixture: list[float], opts: dict, out: tuple, seed: int, lifeline=None,
                max_tokens: int | None = None, allowed: list | None = None) -> dict:
     """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss.
@@ -296,8 +309,8 @@ def pilot_task(store_root: str, source_parts: list, validation_parts: list, toke
     o = AutoPilots.model_validate(opts)
     tokenizer = Tokenizer.from_str(store.read_bytes(*tokenizer_file).decode())
     counts = np.floor(np.asarray(mixture) * size + 1e-9).astype(int)
-    pools = [read_texts(store, parts, None, 0, allowed and allowed[i]) if n else []
-             for i, (parts, n) in enumerate(zip(source_parts, counts))]
+    pools = [revealed_texts(store, src, None, 0, allowed and allowed[i]) if n else []
+             for i, (src, n) in enumerate(zip(sources, counts))]
     texts = pilot_documents(pools, counts, seed)
     val = tokenize_documents(tokenizer, read_texts(store, validation_parts, o.validation_docs, 0),
                              prepend_id=eos_id(tokenizer))
@@ -380,13 +393,12 @@ def fit_and_plan_task(store_root: str, job_id: str, spec: dict, pilots: list[dic
 
     best_single = plan["baselines"]["best_single_source"]
     summary = {
-        "fit": {str(n): {"r2": fits[n].r2, "loo_mae": fits[n].loo_error(), "num_pilots": fits[n].num_pilots,
-                         "no_ot": {"r2": plain[n].r2, "loo_mae": plain[n].loo_error()}} for n in s.pilot_sizes},
+        "fit": {str(n): {**fits[n].diagnostics(), "no_ot": plain[n].diagnostics()} for n in s.pilot_sizes},
         "optimum": {k: plan[k] for k in ("size", "mixture", "predicted", "docs_per_source", "cost")},
         "baselines": {
             "uniform": plan["baselines"]["uniform"],
             "best_single_source": None if best_single is None else
-            {**best_single, "source": s.sources[best_single["source"]].corpus}},
+            {**best_single, "source": s.sources[best_single["source"]].corpus, "name": names[best_single["source"]]}},
         "metric": s.metric,
         "predictions": [{"size": n, "optimum": proj.predict(n, np.asarray(plan["mixture"])),
                          "uniform": proj.predict(n, np.asarray(uniform))} for n in sorted(set(s.target_sizes))],
@@ -434,10 +446,13 @@ def source_masks(ctx: JobContext, sources: list[Source]):
 
 
 def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
-    for src in spec.sources:
-        ctx.corpus(src.corpus)
+    for i, src in enumerate(spec.sources):
+        corpus = ctx.corpus(src.corpus)
+        if src.source is not None:
+            check_source_value(corpus, src.source, f"spec.sources.{i}.source")
     ctx.corpus(spec.validation)
-    source_parts = [[p for _, p in ctx.corpus_shards(src.corpus)] for src in spec.sources]
+    source_parts = [{"parts": [p for _, p in ctx.corpus_shards(src.corpus)], "source": src.source}
+                    for src in spec.sources]
     allowed = source_masks(ctx, spec.sources)
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     opts = ctx.options("embed")
@@ -483,7 +498,8 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
     ot_values = [v for i in range(len(chunks)) for v in ot_chunks[i]]
 
     man_id = derived_id("man", ctx.job_id)
-    names = [ctx.corpus(src.corpus)["name"] for src in spec.sources]
+    names = [ctx.corpus(src.corpus)["name"] + (f":{src.source}" if src.source is not None else "")
+             for src in spec.sources]
     fit = [Task(out=None, key="fit", submit=lambda: fit_and_plan_task.options(**ctx.options("fit")).remote(
         ctx.store.root, ctx.job_id, spec.model_dump(), pilots, ot_values, names, man_id))]
     out = ctx.run_tasks("fit", fit, unit="steps")["fit"]
@@ -491,7 +507,8 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         p["ot"] = v
     ctx.store.write_bytes(json.dumps(pilots).encode(), *layout.job_file(ctx.job_id, "pilots"))
     ctx.commit_manifest(man_id, "projection", out["manifest"])
-    summary = {**out["summary"], "warnings": budget_warnings(proxies) if proxies else []}
+    summary = {**out["summary"],
+               "warnings": fit_warnings(out["summary"]["fit"], spec) + (budget_warnings(proxies) if proxies else [])}
     if proxies is not None:
         summary["proxies"] = proxies
     return {"manifest_id": man_id, "summary": summary}
@@ -510,6 +527,28 @@ def proxy_report(runs: list[dict]) -> dict[str, dict]:
                           "best_tokens_max": max(best),
                           "still_improving": sum(r["best_tokens"] == r["seen_tokens"] for r in group)}
     return report
+
+
+def fit_warnings(fit: dict[str, dict], spec: ProjectionSpec) -> list[str]:
+    """A sentence for each pilot size whose fit has fewer pilots than coefficients, with what to
+    change: a finer automatic grid (repeats do not add pilots: a pilot is their median), or more
+    measured pilots."""
+    out = []
+    for n, f in fit.items():
+        if not f["underdetermined"]:
+            continue
+        need, m = f["num_coefficients"], len(spec.sources)
+        if spec.pilots == "auto":
+            k = next(k for k in range(1, need + 1) if math.comb(k + m - 1, m - 1) >= need)
+            fix = (f"use auto.grid_step {1 / k:.3g} ({math.comb(k + m - 1, m - 1)} mixtures over {m} sources) "
+                   f"for a fit the pilots determine")
+        else:
+            fix = f"measure at least {need} pilots at each size for a fit the pilots determine"
+        loo = "not measurable" if f["loo_mae"] is None else f"{f['loo_mae']:.3g}"
+        out.append(f"At N = {n} the fit has {need} coefficients but only {f['num_pilots']} pilots: it can pass "
+                   f"through every pilot whatever the truth, so R² says nothing and is not reported; its "
+                   f"leave-one-out error is {loo}; {fix}")
+    return out
 
 
 def budget_warnings(report: dict[str, dict]) -> list[str]:
@@ -539,4 +578,5 @@ def predict(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[
 KINDS = [JobKind("projection", ProjectionSpec, run_projection,
                  "Projektor: project the metric of data mixtures and plan a purchase under a budget",
                  # Pilot proxies are small: one core each, as many in parallel as the cluster has.
-                 stages={s: SHARD_TASK for s in ("embed", "tokenizer", "pilots", "ot", "fit")})]
+                 stages={s: SHARD_TASK for s in ("embed", "tokenizer", "pilots", "ot", "fit")},
+                 skip={s: (lambda spec: spec.pilots != "auto") for s in ("tokenizer", "pilots")})]

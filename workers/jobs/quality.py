@@ -18,7 +18,7 @@ from storage.fs import Store
 from storage.manifests import dataset, duckdb_ident, manifest_files
 from workers.driver.engine import JobContext, Task
 from workers.jobs.cleaning import commit_cleaning, doc_columns, manifest_id, non_empty
-from workers.kind import SHARD_TASK, JobKind
+from workers.kind import SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId, StrictModel
 
@@ -86,9 +86,8 @@ def rejections(ctx: JobContext, man_id: str) -> dict:
 def run_quality(ctx: JobContext, spec: QualitySpec) -> dict:
     ctx.corpus(spec.pool)
     man_id = manifest_id(ctx)
-    opts = ctx.options("score")
     tasks = [Task(out=layout.manifest_part(man_id, s), key=s,
-                  submit=lambda s=s, p=p: quality_task.options(**opts).remote(
+                  submit=lambda s=s, p=p: ctx.submit("score", quality_task,
                       ctx.store.root, spec.pool, s, p, layout.manifest_part(man_id, s), spec.presets))
              for s, p in ctx.corpus_shards(spec.pool)]
     ctx.run_tasks("score", tasks)
@@ -99,5 +98,5 @@ def run_quality(ctx: JobContext, spec: QualitySpec) -> dict:
 KINDS = [
     JobKind("quality", QualitySpec, run_quality,
             "Gopher, C4 and FineWeb heuristic statistics per document, with each rule set as a boolean preset",
-            stages={"score": SHARD_TASK}),
+            stages={"score": SHARD_TASK}, light=small_inputs),
 ]

@@ -17,7 +17,7 @@ from storage.fs import Store
 from storage.manifests import dataset, manifest_files, score_part, selected_by_source, write_selection
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.jobs.restrict import Restriction, restriction
-from workers.kind import SHARD_TASK, JobKind
+from workers.kind import BOOKKEEPING, SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId, Restricted, Seed, Select, SelectMode, TargetedSelection
 
@@ -94,10 +94,9 @@ def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: i
 def run_random(ctx: JobContext, spec: RandomSpec) -> dict:
     ctx.corpus(spec.pool)
     pool = restriction(ctx, spec.pool, spec.restrict)
-    opts = ctx.options("score")
     tasks = [Task(out=layout.score_part(ctx.job_id, s), key=s,
-                  submit=lambda s=s, p=p: random_scores.options(**opts).remote(
-                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), spec.seed, pool.allowed(s)))
+                  submit=lambda s=s, p=p: ctx.submit("score", random_scores, ctx.store.root, s, p,
+                                                     layout.score_part(ctx.job_id, s), spec.seed, pool.allowed(s)))
              for s, p in ctx.corpus_shards(spec.pool)]
     ctx.run_tasks("score", tasks)
     return finish_selection(ctx, "random", spec.pool, spec.select, spec.mode, restricted=pool)
@@ -145,15 +144,14 @@ def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets
     job's own, or a derived one when another kind compares itself with DSIR), resumable. With
     `restricted`, the pool's distribution is that of the documents it allows, and only they are scored."""
     restricted = restricted or Restriction()
-    opts = ctx.options(stages[0])
     fit = []
     for role, corpus in (("pool", pool), ("target", target)):
         for s, p in ctx.corpus_shards(corpus):
             out = layout.dsir_counts(into, role, s)
             allowed = restricted.allowed(s) if role == "pool" else None
             fit.append(Task(out=out, key=(role, s),
-                            submit=lambda p=p, out=out, allowed=allowed: bucket_totals.options(**opts).remote(
-                                ctx.store.root, p, out, buckets, allowed)))
+                            submit=lambda p=p, out=out, allowed=allowed: ctx.submit(
+                                stages[0], bucket_totals, ctx.store.root, p, out, buckets, allowed)))
     ctx.run_tasks(stages[0], fit)
     ratio = layout.job_file(into, "dsir_log_ratio")
     if not ctx.store.exists(*ratio):
@@ -164,11 +162,10 @@ def dsir_scores_into(ctx: JobContext, pool: str, target: str, into: str, buckets
         # Add-one smoothing keeps unseen buckets finite.
         logp = {k: np.log((v + 1.0) / (v.sum() + buckets)) for k, v in totals.items()}
         save_array(ctx.store, logp["target"] - logp["pool"], *ratio)
-    opts = ctx.options(stages[1])
     scoring = [Task(out=layout.score_part(into, s), key=s,
-                    submit=lambda s=s, p=p: dsir_scores.options(**opts).remote(
-                        ctx.store.root, s, p, layout.score_part(into, s), ratio, buckets, seed,
-                        restricted.allowed(s)))
+                    submit=lambda s=s, p=p: ctx.submit(stages[1], dsir_scores, ctx.store.root, s, p,
+                                                       layout.score_part(into, s), ratio, buckets, seed,
+                                                       restricted.allowed(s)))
                for s, p in ctx.corpus_shards(pool)]
     ctx.run_tasks(stages[1], scoring)
 
@@ -184,7 +181,7 @@ def run_dsir(ctx: JobContext, spec: DsirSpec) -> dict:
 
 KINDS = [
     JobKind("random", RandomSpec, run_random, "uniform random selection (a baseline)",
-            stages={"score": SHARD_TASK}),
+            stages={"score": SHARD_TASK, "select": BOOKKEEPING}, light=small_inputs),
     JobKind("dsir", DsirSpec, run_dsir, "DSIR: hashed n-gram importance weights toward a target",
-            stages={"fit": SHARD_TASK, "score": SHARD_TASK}),
+            stages={"fit": SHARD_TASK, "score": SHARD_TASK, "select": BOOKKEEPING}, light=small_inputs),
 ]

@@ -5,11 +5,13 @@ import { buildForm } from "./form.js";
 import { kvTable, renderSummary } from "./summary.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const SELECTIONS = new Set(["random", "dsir", "color_filter"]);  // their summaries count by source
+// Kinds whose summaries count by source against the pool (result.corpus_id)
+const SELECTIONS = new Set(["random", "dsir", "color_filter", "dedup", "decontaminate", "quality"]);
 
 function progressCell(job) {
   const p = job.progress || {};
   if (job.state === "succeeded") return progressBar(1, 1);
+  if (p.waiting && !TERMINAL.has(job.state)) return h("span", { class: "small waiting" }, p.waiting);
   if (!p.total) return h("span", { class: "muted" }, p.stage || "");
   return h("div", {}, progressBar(p.done, p.total), h("div", { class: "small muted" }, `${p.stage || ""} ${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""}`));
 }
@@ -66,20 +68,31 @@ function resultLinks(job) {
 const fmtSeconds = (s) => (Number.isFinite(s) && s < 10 ? `${s.toFixed(1)} s` : fmtDuration(s));
 
 // Every stage the job went through, from its record (progress.stages), each with its counts and
-// how long it took; the last one is running while the job is.
+// how long it took; the last one is running while the job is. Then the stages still to come
+// (progress.plan), each with its estimate and what that rests on.
 function stageList(job) {
   const p = job.progress || {};
   const stages = p.stages && p.stages.length ? p.stages : (p.stage ? [{ stage: p.stage, done: p.done, total: p.total, unit: p.unit }] : []);
   const running = !TERMINAL.has(job.state);
-  return h("ol", { class: "stages", id: "job-stages" }, stages.map((s, i) => {
+  const plan = p.plan || [];
+  const planned = (name) => plan.find((x) => x.stage === name && x.state === "running") || {};
+  const ran = stages.map((s, i) => {
     const current = running && i === stages.length - 1;
     const failed = !running && job.state !== "succeeded" && i === stages.length - 1;
+    // A stage that may stop early: its total is a ceiling while it runs, what it used once done.
+    const ceiling = s.up_to && (current ? " (up to; it may stop early)" : s.done < s.up_to ? ` (stopped early; up to ${fmtNum(s.up_to)})` : "");
+    const est = current ? planned(s.stage) : {};
     return h("li", { class: current ? "current" : failed ? "stopped" : "done", "data-stage": s.stage },
       h("span", { class: "stage-name" }, s.stage),
-      s.total ? h("span", { class: "muted" }, ` ${fmtNum(s.done)} / ${fmtNum(s.total)} ${s.unit || ""}`) : null,
+      s.total ? h("span", { class: "muted" }, ` ${fmtNum(s.done)} / ${fmtNum(s.total)} ${s.unit || ""}${ceiling || ""}`) : null,
       Number.isFinite(s.seconds) ? h("span", { class: "stage-time" }, ` ${fmtSeconds(s.seconds)}`) : null,
-      current ? " (running)" : failed ? ` (${job.state})` : " ✓");
-  }));
+      current ? ` (running${Number.isFinite(est.eta_s) ? `, ~${fmtSeconds(est.eta_s)} left` : ""})` : failed ? ` (${job.state})` : " ✓");
+  });
+  const toCome = running ? plan.filter((x) => x.state === "pending").map((x) =>
+    h("li", { class: "pending", "data-stage": x.stage, title: x.basis || "" },
+      h("span", { class: "stage-name" }, x.stage),
+      ` (to come: ${Number.isFinite(x.eta_s) ? `~${fmtSeconds(x.eta_s)}` : "time unknown"})`)) : [];
+  return h("ol", { class: "stages", id: "job-stages" }, [...ran, ...toCome]);
 }
 
 export async function jobPage(el, jobId, { signal }) {
@@ -115,7 +128,10 @@ export async function jobPage(el, jobId, { signal }) {
           ["stage", h("span", { id: "job-stage" }, p.stage || "—")],
           ["done", p.total ? `${fmtNum(p.done)} / ${fmtNum(p.total)} ${p.unit || ""} (${(100 * frac).toFixed(1)}%)` : "—"],
           ["rate", h("span", { id: "job-rate" }, p.rate_per_s ? `${fmtNum(p.rate_per_s, 3)} ${p.unit || "units"}/s` : "—")],
-          ["ETA", h("span", { id: "job-eta" }, fmtDuration(p.eta_s))]]),
+          // The whole job's ETA: this stage's remaining time plus the stages to come; unknown when any is.
+          ["ETA (whole job)", h("span", { id: "job-eta", title: "this stage from its measured rate; stages to come from earlier jobs of this kind" },
+            Number.isFinite(p.eta_s) ? fmtDuration(p.eta_s) : "unknown")],
+          ...(p.waiting ? [["waiting", h("span", { id: "job-waiting", class: "waiting" }, p.waiting)]] : [])]),
         ["created", fmtTime(job.created_at)], ["started", fmtTime(job.started_at)], ["finished", fmtTime(job.finished_at)],
         ["elapsed", job.started_at ? fmtDuration(((job.finished_at ? new Date(job.finished_at) : new Date()) - new Date(job.started_at)) / 1000) : "—"],
       ]),

@@ -1,6 +1,7 @@
 // Manifests: the list, and a manifest's page: per-source bars, the score histogram (with the
 // threshold where the selection is a cut on score), CoLoR-Filter's loss scatter, top and bottom
-// documents, downloads and a SQL box.
+// documents, a dedup manifest's duplicate clusters with their members side by side, downloads and
+// a SQL box.
 import { api, download, query } from "./api.js";
 import { bars, chartBox, histogram, scatter, COLORS } from "./charts.js";
 import { snippet } from "./corpora.js";
@@ -118,6 +119,71 @@ function cell(v) {
   return String(v).length > 200 ? `${String(v).slice(0, 200)}…` : String(v);
 }
 
+// -- a dedup manifest's duplicate clusters ----------------------------------------------------------
+
+const MEMBERS = 8;   // members shown side by side
+const WORD = /([\p{L}\p{N}']+)/u;
+
+// The text with every word that `vocab` lacks marked.
+function marked(text, vocab) {
+  return text.split(WORD).map((part, i) => (i % 2 && !vocab.has(part.toLowerCase()) ? h("mark", {}, part) : part));
+}
+
+function verdict(d) {
+  if (d.kept) return "kept";
+  if (d.matched_corpus) return ["dropped: matches ", h("span", { class: "mono" }, d.matched_doc), " in ", link(`#/corpora/${d.matched_corpus}`, d.matched_corpus, { class: "mono" })];
+  return d.duplicate_of ? ["dropped: duplicate of ", h("span", { class: "mono" }, d.duplicate_of)] : "dropped";
+}
+
+function clusterMembers(items, clusterId) {
+  if (!items.length) return h("p", { class: "muted" }, "No members.");
+  const ref = items.find((d) => d.kept) || items[0];
+  const vocab = new Set((ref.text || "").split(WORD).filter((_, i) => i % 2).map((w) => w.toLowerCase()));
+  const size = items[0].cluster_size ?? items.length;
+  return [
+    h("p", { class: "muted small", id: "cluster-caption" },
+      `Cluster ${clusterId}: ${fmtNum(size)} pool document${size === 1 ? "" : "s"}${size > items.length ? `, the first ${items.length} shown` : ""}. ` +
+      `Marked: words the ${ref.kept ? "kept" : "first"} document (left) does not have.`),
+    h("div", { class: "side-by-side", id: "cluster-members" }, items.map((d) =>
+      h("article", { class: `member${d.kept ? " kept" : ""}`, "data-doc-id": d.doc_id, "data-kept": String(!!d.kept) },
+        h("header", {}, h("strong", { class: "mono" }, d.doc_id), d.source ? h("span", { class: "muted small" }, d.source) : null,
+          h("span", { class: "muted small" }, `${fmtNum(d.num_chars)} characters`)),
+        h("div", { class: `verdict${d.kept ? " kept" : ""}` }, verdict(d)),
+        h("div", { class: "doc-text" }, d.text === null || d.text === undefined ? h("span", { class: "muted" }, "(corpus no longer stored)")
+          : [d === ref ? d.text : marked(d.text, vocab), d.num_chars > d.text.length ? " …" : ""])))),
+  ];
+}
+
+// Pick a cluster (the largest first, or one by id) and read its members' texts side by side.
+async function clustersSection(el, id, signal) {
+  const { rows } = await query(
+    "SELECT cluster_id, max(cluster_size) AS size, any_value(matched_corpus) AS matched FROM m " +
+    "WHERE cluster_size > 1 OR matched_corpus IS NOT NULL GROUP BY cluster_id ORDER BY size DESC, cluster_id LIMIT 200", { m: id }, 200);
+  if (!rows.length) {
+    setContent(el, section("Duplicate clusters", h("p", { class: "muted", id: "cluster-caption" }, "No duplicates: every document is a cluster of its own.")));
+    return;
+  }
+  const pick = h("select", { id: "cluster-pick" }, rows.map(([c, size, matched]) =>
+    h("option", { value: c }, `cluster ${c}: ${fmtNum(size)} document${size === 1 ? "" : "s"}${matched ? `, matches ${matched}` : ""}`)));
+  const byId = h("input", { type: "number", id: "cluster-id", min: 0, step: 1, placeholder: "a cluster_id" });
+  const out = h("div", { id: "cluster" });
+  const show = async (clusterId) => {
+    out.replaceChildren(h("span", { class: "muted" }, "loading…"));
+    try {
+      const { items } = await api(`/v1/manifests/${id}/documents?cluster_id=${clusterId}&n=${MEMBERS}&snippet=4000`, { signal });
+      setContent(out, clusterMembers(items, clusterId));
+    } catch (e) {
+      if (e.name !== "AbortError") setContent(out, errorBox(e));
+    }
+  };
+  const form = h("form", { class: "cluster-pick" }, h("label", { for: "cluster-pick" }, "Largest clusters"), pick,
+    h("span", { class: "muted" }, "or by id"), byId, h("button", { type: "submit", id: "show-cluster" }, "Show"));
+  pick.addEventListener("change", () => { byId.value = ""; show(pick.value); });
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); show(byId.value || pick.value); });
+  setContent(el, section(`Duplicate clusters (${rows.length === 200 ? "the 200 largest" : fmtNum(rows.length)})`, form, out));
+  await show(rows[0][0]);
+}
+
 export async function manifestPage(el, id, { signal }) {
   const m = await api(`/v1/manifests/${id}`, { signal });
   const cols = new Set(m.columns.map((c) => c.name));
@@ -142,15 +208,16 @@ export async function manifestPage(el, id, { signal }) {
       projection ? ["projection", link(`#/projections/${m.job_id}`, "open the projection", { id: "open-projection" })] : null,
     ].filter(Boolean))),
     h("div", { id: "manifest-charts" }),
+    h("div", { id: "manifest-clusters" }),
     h("div", { id: "manifest-docs" }),
-    section("SQL", sqlBox({ m: m.id }, isDocs && hasSelected && cols.has("source")
+    section("SQL", sqlBox({ m: m.id }, cols.has("doc_id") && hasSelected && cols.has("source")
       ? "SELECT source, count(*) AS pool, count(*) FILTER (WHERE selected) AS selected\nFROM m GROUP BY source ORDER BY source"
       : "SELECT * FROM m LIMIT 20")));
 
   const charts = el.querySelector("#manifest-charts");
   const grid = h("div", { class: "two" });
   charts.append(grid);
-  if (cols.has("source") && isDocs) {
+  if (cols.has("source") && cols.has("doc_id")) {
     const { rows } = await query(`SELECT coalesce(source, '(none)') AS s, count(*)${hasSelected ? ", count(*) FILTER (WHERE selected)" : ""} ` +
                                  "FROM m GROUP BY 1 ORDER BY 1", { m: id });
     const box = chartBox("chart-sources", 300);
@@ -188,6 +255,7 @@ export async function manifestPage(el, id, { signal }) {
       { label: "selected", points: rows.filter((r) => r[2]).map((r) => ({ x: r[0], y: r[1] })), color: COLORS[0] },
     ], { xTitle: "prior loss", yTitle: "conditional loss", diagonal: true });
   }
+  if (cols.has("cluster_id") && cols.has("corpus_id")) await clustersSection(el.querySelector("#manifest-clusters"), id, signal);
   if (isDocs && cols.has("corpus_id")) {
     const docs = el.querySelector("#manifest-docs");
     try {

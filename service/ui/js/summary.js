@@ -1,6 +1,9 @@
 // A finished job's summary as tables a person reads: a view per kind (evaluate's gain with its
-// error, CoLoR-Filter's diagnostics, a selection's counts by source), every figure a view leaves
-// out in a generic key/value table, and the raw JSON behind a toggle.
+// error, CoLoR-Filter's diagnostics, a selection's counts by source, dedup's clusters and LSH
+// parameters, decontamination by corpus and source, quality rejections per preset, rule and
+// source), every figure a view leaves out in a generic key/value table, and the raw JSON behind a
+// toggle.
+import { chartBox, lines } from "./charts.js";
 import { fmtNum, h, json, link } from "./dom.js";
 
 const PAGES = { cor: "corpora", man: "manifests", mdl: "models", job: "jobs", cur: "curricula" };
@@ -121,15 +124,15 @@ function evaluateView(s) {
 // -- selections (random, dsir, score, color_filter) ----------------------------------------------
 
 // Selected documents per source against the pool's (from the corpus, or the scores by source).
-function bySource(s, pool) {
+function bySource(s, pool, noun = "selected") {
   const sel = s.selected_by_source || {};
   const names = [...new Set([...Object.keys(pool || {}), ...Object.keys(sel)])].sort();
   if (!names.length) return null;
   const total = s.num_selected || Object.values(sel).reduce((a, b) => a + b, 0);
-  return block("Selected by source", h("table", { class: "grid compact", id: "summary-by-source" },
-    h("thead", {}, h("tr", {}, h("th", {}, "source"), h("th", { class: "num" }, "selected"),
-      pool ? h("th", { class: "num" }, "in the pool") : null, pool ? h("th", { class: "num" }, "share of the source selected") : null,
-      h("th", { class: "num" }, "share of the selection"))),
+  return block(`${noun[0].toUpperCase()}${noun.slice(1)} by source`, h("table", { class: "grid compact", id: "summary-by-source" },
+    h("thead", {}, h("tr", {}, h("th", {}, "source"), h("th", { class: "num" }, noun),
+      pool ? h("th", { class: "num" }, "in the pool") : null, pool ? h("th", { class: "num" }, `share of the source ${noun}`) : null,
+      h("th", { class: "num" }, noun === "selected" ? "share of the selection" : `share of the ${noun}`))),
     h("tbody", {}, names.map((n) => h("tr", { "data-source": n }, h("td", {}, n || h("span", { class: "muted" }, "(no source)")),
       h("td", { class: "num" }, fmtNum(sel[n] || 0)),
       pool ? h("td", { class: "num" }, fmtNum(pool[n] ?? null)) : null,
@@ -197,18 +200,157 @@ function colorFilterView(s, context) {
   };
 }
 
+// -- cleaning (dedup, decontaminate, quality) -------------------------------------------------------
+
+// A table of rows [{key, cells: [node, …]}] under `head` (the first column is text, the rest numbers).
+function grid(id, head, rows, key = "data-row") {
+  return h("table", { class: "grid compact", id },
+    h("thead", {}, h("tr", {}, head.map((c, i) => h("th", { class: i ? "num" : "" }, c)))),
+    h("tbody", {}, rows.map((r) => h("tr", { [key]: r.key }, r.cells.map((c, i) => h("td", { class: i ? "num" : "" }, c))))));
+}
+
+const sourceName = (n) => n || h("span", { class: "muted" }, "(no source)");
+const shareOf = (n, d) => (d ? pct(n / d) : "—");
+
+function keptHeadline(id, s, verb, extra) {
+  const rows = s.num_rows, n = s.num_selected;
+  return h("div", { class: "headline" },
+    h("div", { class: "big-number", id }, fmtNum(n),
+      h("span", { class: "se" }, ` of ${fmtNum(rows)} documents ${verb}${rows ? ` (${pct(n / rows)})` : ""}`)),
+    extra ? h("div", { class: "small" }, extra) : null);
+}
+
+// LSH's chance that a pair of Jaccard similarity x shares at least one of b bands of r rows.
+const detection = (x, b, r) => 1 - (1 - x ** r) ** b;
+
+function lshChart(lsh, threshold) {
+  const box = chartBox("chart-lsh", 220);
+  const points = Array.from({ length: 101 }, (_, i) => ({ x: i / 100, y: detection(i / 100, lsh.bands, lsh.rows) }));
+  const marker = threshold ? { x: threshold, label: `verified at Jaccard ≥ ${threshold}` }
+    : { x: lsh.implied_threshold, label: `steepest near ${fmtNum(lsh.implied_threshold, 3)}`, color: "#64748b" };
+  // Drawn once the summary is in the page: Chart.js sizes the canvas from its box.
+  setTimeout(() => { if (box.isConnected) lines(box.querySelector("canvas"), [{ label: "chance to become a candidate pair", points }],
+    { xTitle: "Jaccard similarity of two documents' shingles", yTitle: "probability", logX: false, marker }); });
+  return box;
+}
+
+function dedupView(s, { pool, spec = {} }) {
+  const lsh = s.lsh;
+  const removed = s.num_rows - s.num_selected - (s.num_empty || 0);
+  const matched = Object.entries(s.matched_against || {});
+  const figures = [
+    ["clusters", "clusters of duplicates (2 or more pool documents)", fmtNum(s.clusters)],
+    ["largest_cluster", "largest cluster (documents)", fmtNum(s.largest_cluster)],
+    ["removed", "documents removed as duplicates", fmtNum(removed)],
+    ["exact_duplicates", "exact repeats of an earlier text (normalised)", fmtNum(s.exact_duplicates)],
+    ["num_empty", "empty documents (never kept)", fmtNum(s.num_empty)],
+    ["candidate_pairs", lsh ? "candidate pairs (a shared LSH band)" : "candidate pairs (equal text hashes)", fmtNum(s.candidate_pairs)],
+    ["verified_pairs", "pairs kept after verification", spec.threshold ? fmtNum(s.verified_pairs) : `${fmtNum(s.verified_pairs)} (no threshold: every candidate is a pair)`],
+    ["rounds", "label-propagation rounds (connected components)", fmtNum(s.rounds)],
+    ["keep", "kept member of a cluster", isObject(spec.keep) ? `highest ${spec.keep.column} of ${spec.keep.manifest}` : spec.keep || "first"],
+  ].filter(([k]) => k === "removed" || k === "keep" || s[k] !== undefined);
+  const lshRows = lsh ? [
+    ["bands", "bands × rows", `${lsh.bands} × ${lsh.rows} = ${lsh.bands * lsh.rows} MinHash values per document`],
+    ["ngram", "shingles", `${lsh.ngram}-word n-grams`],
+    ["implied_threshold", "Jaccard at the curve's steepest point, (1/b)^(1/r)", fmtNum(lsh.implied_threshold, 4)],
+    ["detection_probability_at_0.8", "chance a pair at Jaccard 0.8 becomes a candidate", pct(lsh["detection_probability_at_0.8"], 2)],
+    ["threshold", "verification (estimated Jaccard of the full signatures)", spec.threshold ? `≥ ${spec.threshold}` : "none"],
+  ] : [];
+  const kvRows = (id, rows) => h("table", { class: "kvt", id }, h("tbody", {}, rows.map(([k, l, v]) =>
+    h("tr", { "data-key": k }, h("th", {}, l), h("td", {}, v)))));
+  return {
+    used: ["num_rows", "num_selected", "selected_by_source", "clusters", "largest_cluster", "exact_duplicates", "num_empty",
+           "candidate_pairs", "verified_pairs", "rounds", "lsh", "matched_against", "method"],
+    nodes: [
+      keptHeadline("dedup-kept", s, "kept",
+        `${fmtNum(s.clusters)} clusters of duplicates, the largest of ${fmtNum(s.largest_cluster)} documents; ` +
+        `${s.method === "exact" ? "exact" : "fuzzy (MinHash-LSH)"} deduplication. The manifest page shows a cluster's members side by side.`),
+      block("Duplicates", kvRows("dedup-figures", figures)),
+      matched.length ? block("Against corpora already ingested", grid("dedup-matched", ["corpus", "pool documents dropped", "share of the pool"],
+        matched.map(([c, n]) => ({ key: c, cells: [value(c), fmtNum(n), shareOf(n, s.num_rows)] })))) : null,
+      lsh ? block("LSH parameters", h("div", { class: "two top" }, kvRows("dedup-lsh", lshRows), lshChart(lsh, spec.threshold))) : null,
+      bySource(s, pool, "kept"),
+    ],
+  };
+}
+
+function decontaminateView(s, { pool, spec = {} }) {
+  const total = s.num_rows;
+  const byCorpus = Object.entries(s.contaminated_by_corpus || {}).sort((a, b) => b[1] - a[1]);
+  const bySrc = s.contaminated_by_source || {};
+  const kept = s.selected_by_source || {};
+  const sources = [...new Set([...Object.keys(pool || {}), ...Object.keys(bySrc), ...Object.keys(kept)])].sort();
+  const rule = `${spec.n || 13}-word n-grams; contaminated: at least ${fmtNum(spec.min_matches ?? 1)} distinct matching n-gram` +
+    `${(spec.min_matches ?? 1) === 1 ? "" : "s"}${spec.min_fraction ? ` and at least ${pct(spec.min_fraction)} of its n-grams` : ""}.`;
+  return {
+    used: ["num_rows", "num_selected", "selected_by_source", "contaminated", "contaminated_by_corpus", "contaminated_by_source", "index_ngrams"],
+    nodes: [
+      h("div", { class: "headline" },
+        h("div", { class: "big-number", id: "decon-count" }, fmtNum(s.contaminated),
+          h("span", { class: "se" }, ` of ${fmtNum(total)} documents contaminated${total ? ` (${pct(s.contaminated / total, 2)})` : ""}`)),
+        h("div", { class: "small" }, `${rule} Index: ${fmtNum(s.index_ngrams)} distinct n-grams of the compared corpora.`)),
+      block("Contaminated by corpus", byCorpus.length
+        ? grid("decon-by-corpus", ["matched corpus", "pool documents", "share of the pool"],
+          byCorpus.map(([c, n]) => ({ key: c, cells: [value(c), fmtNum(n), shareOf(n, total)] })))
+        : h("p", { class: "muted", id: "decon-by-corpus" }, "No pool document shares enough n-grams with the compared corpora.")),
+      sources.length ? block("Contaminated by source", grid("decon-by-source",
+        ["source", "contaminated", ...(pool ? ["in the pool", "share of the source"] : []), "kept"],
+        sources.map((n) => ({ key: n, cells: [sourceName(n), fmtNum(bySrc[n] || 0),
+          ...(pool ? [fmtNum(pool[n] ?? null), shareOf(bySrc[n] || 0, pool[n])] : []), fmtNum(kept[n] || 0)] })))) : null,
+    ],
+  };
+}
+
+function qualityView(s, { spec = {} }) {
+  const total = s.num_rows;
+  const presets = Object.keys(s.rejected_by_preset || s.presets || {});
+  const chosen = new Set(spec.presets || presets);
+  const allRules = Object.entries(s.rejected_by_rule || {});
+  const rules = allRules.filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+  const idle = allRules.filter(([, n]) => !n).map(([r]) => r);
+  const sources = Object.entries(s.by_source || {});
+  return {
+    used: ["num_rows", "num_selected", "selected_by_source", "rejected_by_rule", "rejected_by_preset", "by_source", "presets"],
+    nodes: [
+      keptHeadline("quality-kept", s, "pass",
+        `Selected: non-empty documents that pass ${[...chosen].join(", ")}. Every statistic is a column of the manifest.`),
+      block("Rejected per preset", grid("quality-presets", ["preset", "rejected", "share of the pool", "decides the selection"],
+        presets.map((p) => ({ key: p, cells: [p, fmtNum(s.rejected_by_preset[p]), shareOf(s.rejected_by_preset[p], total),
+                                          chosen.has(p) ? "yes" : "no"] })))),
+      block("Rejected per rule", grid("quality-rules", ["rule", "rejected", "share of the pool"],
+        rules.map(([r, n]) => ({ key: r, cells: [h("span", { class: "mono" }, r), fmtNum(n), shareOf(n, total)] }))),
+        idle.length ? h("p", { class: "small", id: "quality-rules-none" }, h("span", { class: "muted" }, `Rejected nothing (${idle.length} rules): `),
+          idle.map((r, i) => [i ? ", " : "", h("span", { class: "mono" }, r)])) : null,
+        h("p", { class: "muted small" }, "A document fails a preset when it fails any of its rules, so one document can count under several rules.")),
+      sources.length ? block("Per source", grid("quality-by-source",
+        ["source", "documents", "pass", "share passing", ...presets.map((p) => `rejected by ${p}`)],
+        sources.map(([n, r]) => ({ key: n, cells: [sourceName(n), fmtNum(r.docs), fmtNum(r.selected), shareOf(r.selected, r.docs),
+          ...presets.map((p) => fmtNum((r.rejected_by_preset || {})[p]))] }))),
+        Object.keys(s.by_source).length >= 50 ? h("p", { class: "muted small" }, "The 50 largest sources.") : null) : null,
+      s.presets ? block("Retune without measuring again",
+        h("p", { class: "muted small" }, "Each preset is SQL over the statistic columns: change a threshold and count in the manifest's SQL box, e.g. ",
+          h("code", {}, "SELECT count(*) FROM m WHERE NOT (<preset>)"), "."),
+        h("table", { class: "kvt", id: "quality-sql" }, h("tbody", {}, Object.entries(s.presets).map(([p, sql]) =>
+          h("tr", { "data-key": p }, h("th", {}, p), h("td", {}, h("code", { class: "sql" }, sql))))))) : null,
+    ],
+  };
+}
+
 const VIEWS = {
   evaluate: evaluateView,
   color_filter: colorFilterView,
   dsir: selectionView,
   random: selectionView,
+  dedup: dedupView,
+  decontaminate: decontaminateView,
+  quality: qualityView,
 };
 
 // The summary of `job` (context: {pool: {source: documents}} when the pool corpus is known).
 export function renderSummary(job, context = {}) {
   const s = (job.result && job.result.summary) || {};
   if (!Object.keys(s).length) return null;
-  const view = VIEWS[job.kind] ? VIEWS[job.kind](s, context) : { used: [], nodes: [] };
+  const view = VIEWS[job.kind] ? VIEWS[job.kind](s, { ...context, spec: job.spec || {} }) : { used: [], nodes: [] };
   const rest = Object.keys(s).filter((k) => !view.used.includes(k) && k !== "warnings" && k !== "warning");
   return h("div", { class: "summary", id: "job-summary", "data-kind": job.kind },
     warnings(s),
