@@ -124,3 +124,19 @@ def best_owner(doc: np.ndarray, owner: np.ndarray, n_docs: int) -> np.ndarray:
     first = np.r_[True, rd[1:] != rd[:-1]]
     best[rd[first]] = ro[first]
     return best
+
+
+def overlap(texts, reference, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per document of `texts`: whether its normalised text is one of `reference`'s (an exact copy),
+    and how many of its distinct n-grams occur in `reference` (none for a document of fewer than n
+    words). Exact, no false positives beyond 64-bit hash collisions."""
+    ref_h, ref_off = word_hashes(reference)
+    ref_text = text_hashes(ref_h, ref_off)
+    ref_text = np.unique(ref_text[ref_text != 0])
+    ref_grams = np.unique(ngram_hashes(ref_h, ref_off, n)[0])
+    h, offsets = word_hashes(texts)
+    text = text_hashes(h, offsets)
+    exact = (text != 0) & np.isin(text, ref_text)
+    grams, doc = distinct_ngrams(h, offsets, n)
+    matching = np.bincount(doc[np.isin(grams, ref_grams)], minlength=len(offsets) - 1)
+    return exact, matching

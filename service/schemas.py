@@ -8,7 +8,7 @@ from fastapi import Body
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from workers.registry import KINDS
-from workers.specs import MAX_STR, KnownFields
+from workers.specs import MAX_RESTRICT, MAX_STR, KnownFields
 
 MAX_NAME = 200  # the longest name of a job, corpus or model
 
@@ -241,6 +241,8 @@ class QueryResult(BaseModel):
 class ExportRequest(KnownFields):
     selected_only: bool = True
     name: Name | None = None
+    restrict: list[str] = Field(default_factory=list, max_length=MAX_RESTRICT, description=(
+        "manifests over the same corpus whose unselected documents are left out of the export"))
 
 
 def _job_request_models():

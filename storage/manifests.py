@@ -32,11 +32,31 @@ def manifest_files(store: Store, manifest_id: str) -> list[tuple[str, ...]]:
 
 
 def manifest_corpus(store: Store, manifest_id: str) -> str | None:
-    """The corpus a selection manifest's rows come from (None when it has no rows)."""
-    parts = layout.manifest_parts(store, manifest_id)
-    if not parts:
+    """The corpus a manifest's rows come from (None when it has no rows or no `corpus_id`)."""
+    parts = manifest_files(store, manifest_id)
+    if not parts or "corpus_id" not in store.parquet_file(*parts[0]).schema_arrow.names:
         return None
-    return store.read_parquet(*parts[0][1], columns=["corpus_id"])["corpus_id"][0].as_py()
+    return store.read_parquet(*parts[0], columns=["corpus_id"])["corpus_id"][0].as_py()
+
+
+EXCLUDED_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("excluded_by", pa.string())])
+
+
+def exclusions(store: Store, manifest_ids: list[str], temp_root: str | None = None) -> pa.Table:
+    """(shard, row, excluded_by) of every document that one of `manifest_ids` (all over one corpus)
+    does not select, `excluded_by` the first of them in the list that does not; sorted by shard, row."""
+    if not manifest_ids:
+        return EXCLUDED_SCHEMA.empty_table()
+    with connection(temp_root) as con:
+        for i, m in enumerate(manifest_ids):
+            con.register(f"m{i}", dataset(store, manifest_files(store, m)))
+        union = " UNION ALL ".join(f"SELECT shard, row, {i} AS k FROM m{i} WHERE selected IS NOT TRUE"
+                                   for i in range(len(manifest_ids)))
+        con.register("ids", pa.table({"k": pa.array(range(len(manifest_ids)), pa.int64()),
+                                      "excluded_by": pa.array(manifest_ids, pa.string())}))
+        return con.sql(f"""SELECT e.shard::INTEGER AS shard, e.row::BIGINT AS row, ids.excluded_by
+                           FROM (SELECT shard, row, min(k) AS k FROM ({union}) GROUP BY shard, row) e
+                           JOIN ids USING (k) ORDER BY shard, row""").to_arrow_table().cast(EXCLUDED_SCHEMA)
 
 
 def selection_size(select: dict, eligible: int) -> int:
@@ -50,24 +70,47 @@ def selection_size(select: dict, eligible: int) -> int:
     raise ValueError(f"select must have fraction, count or tau: {select}")
 
 
+def apportion(n: int, sizes: dict[int, int]) -> dict[int, int]:
+    """`n` (at most the sum of `sizes`) split over shards in proportion to their sizes, summing to
+    exactly `n` (largest remainders; ties to the lower shard)."""
+    total = sum(sizes.values())
+    if not total:
+        return {s: 0 for s in sizes}
+    exact = {s: n * c / total for s, c in sizes.items()}
+    quota = {s: int(v) for s, v in exact.items()}
+    for s in sorted(exact, key=lambda s: (quota[s] - exact[s], s))[:n - sum(quota.values())]:
+        quota[s] += 1
+    return quota
+
+
 def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_id: str, *,
                     corpus_id: str, select: dict, mode: str = "global", key: str = "score",
-                    temp_root: str | None = None, max_temp_size: str | None = None) -> dict:
+                    temp_root: str | None = None, max_temp_size: str | None = None,
+                    excluded: pa.Table | None = None) -> dict:
     """Rank the score parts by `key` (higher is better) and write the parts of manifest `manifest_id`.
 
     Rows with a NULL score (e.g. empty documents) get no rank and are never selected.
+    `excluded` (`exclusions`: shard, row, excluded_by) leaves documents out of a restricted pool:
+    they keep NULL scores, whatever the score parts hold, and carry the column `excluded_by`.
     `mode="per_shard"` applies the selection rule to each shard on its own.
     DuckDB spills (the ranking of a large pool) into a private directory under `temp_root`.
     Returns {num_rows, num_selected, num_shards, columns}.
     """
     with connection(temp_root, max_temp_size) as con:
-        con.register("scores", dataset(store, score_parts))
+        con.register("raw", dataset(store, score_parts))
+        if excluded is None:
+            con.execute("CREATE VIEW scores AS SELECT * FROM raw")
+        else:
+            con.register("excluded", excluded)
+            con.execute("""CREATE VIEW scores AS
+                SELECT s.* REPLACE (CASE WHEN e.excluded_by IS NULL THEN s.score END AS score), e.excluded_by
+                FROM raw s LEFT JOIN excluded e ON s.shard = e.shard AND s.row = e.row""")
         counts = con.execute(
             "SELECT shard, count(*) FILTER (WHERE score IS NOT NULL) FROM scores GROUP BY shard").fetchall()
         total = sum(c for _, c in counts)
         if mode == "per_shard":
             if "count" in select:  # split the count over shards in proportion to their size
-                quota = {s: int(round(select["count"] * c / total)) if total else 0 for s, c in counts}
+                quota = apportion(min(int(select["count"]), total), dict(counts))
             else:
                 quota = {s: selection_size(select, c) for s, c in counts}
             part_by = "PARTITION BY shard"
@@ -79,7 +122,8 @@ def write_selection(store: Store, score_parts: list[tuple[str, ...]], manifest_i
         extra = [d[0] for d in con.execute("SELECT * FROM scores LIMIT 0").description
                  if d[0] not in BASE_COLUMNS]
         extra_sql = "".join(f", {duckdb_ident(c)}" for c in extra)
-        order = f"{duckdb_ident(key)} DESC NULLS LAST, doc_id"
+        # A document without a score has no place in the order, whatever its key holds.
+        order = f"CASE WHEN score IS NOT NULL THEN {duckdb_ident(key)} END DESC NULLS LAST, doc_id"
         sql = f"""
             WITH ranked AS (
               SELECT *, row_number() OVER (ORDER BY {order}) AS g_rank,

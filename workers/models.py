@@ -129,7 +129,8 @@ class LossScorer:
         self.tokenizer, self.prepend = loaded[0][1], loaded[0][2]
         self.engine = DocumentLossEngine([m for m, _, _ in loaded], **engine_options)
 
-    def _table(self, shard: int, parts: tuple, rows: tuple[int, int] | None = None):
+    def _table(self, shard: int, parts: tuple, rows: tuple[int, int] | None = None,
+               allowed: np.ndarray | None = None):
         if self.refused:
             raise self.refused
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
@@ -137,11 +138,14 @@ class LossScorer:
         if rows is not None:
             first = rows[0]
             t = t.slice(rows[0], rows[1] - rows[0])
-        texts = [x or "" for x in t["text"].to_pylist()]
+            allowed = None if allowed is None else allowed[rows[0]:rows[1]]
+        # A document with no text, or one a restriction excludes, is not scored: NaN here, NULL in
+        # the manifest, never selected.
+        texts = [x if x and x.strip() and (allowed is None or allowed[i]) else ""
+                 for i, x in enumerate(t["text"].to_pylist())]
         tokens = tokenize_documents(self.tokenizer, texts, prepend_id=self.prepend)
-        # A document with no text has no loss: NaN here, NULL in the manifest, never selected.
         for i, text in enumerate(texts):
-            if not text.strip():
+            if not text:
                 tokens[i] = []
         if len(self.engine.models) == 1:
             (loss,), n_tokens = self.engine.score(tokens)
@@ -162,25 +166,28 @@ class LossScorer:
                 "actor": self.index, "dtype": str(dtype).replace("torch.", "") if dtype else "float32",
                 "node": node_id()}
 
-    def score_shard(self, shard: int, parts: tuple, out: tuple) -> dict:
-        table = self._table(shard, parts)
+    def score_shard(self, shard: int, parts: tuple, out: tuple, allowed: np.ndarray | None = None) -> dict:
+        table = self._table(shard, parts, allowed=allowed)
         self.store.write_parquet(table, *out)
         return self._info(table)
 
-    def score_rows(self, shard: int, parts: tuple, first: int, end: int) -> dict:
-        table = self._table(shard, parts, (first, end))
+    def score_rows(self, shard: int, parts: tuple, first: int, end: int, allowed: np.ndarray | None = None) -> dict:
+        table = self._table(shard, parts, (first, end), allowed)
         return {**self._info(table), "table": table}
 
 
 def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, seed: int,
-               source: str | None = None) -> list[str]:
+               allowed=None, source: str | None = None) -> list[str]:
     """Up to max_docs non-empty texts, drawn uniformly at random (seeded) from the given shards;
-    with `source`, only from the documents whose `source` is that value."""
+    with `allowed` (per shard, a boolean mask of its rows or None), only the rows it allows; with
+    `source`, only from the documents whose `source` is that value."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(shard_parts))
     texts: list[str] = []
     for i in order:
         docs = store.read_parquet(*shard_parts[i], columns=["text"] if source is None else ["text", "source"])
+        if allowed is not None and allowed[i] is not None:
+            docs = docs.filter(pa.array(allowed[i]))
         if source is not None:
             docs = docs.filter(pa.compute.equal(docs["source"], source))
         texts += [x for x in docs["text"].to_pylist() if x and x.strip()]

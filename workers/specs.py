@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator, Literal, Protocol, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Protocol, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from storage.errors import DomainError
@@ -105,7 +105,28 @@ class Select(StrictModel):
 SelectMode = Literal["global", "per_shard"]
 
 
-class TargetedSelection(StrictModel):
+MAX_RESTRICT = 16  # manifests one pool may be restricted by
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+    if twice is not None:
+        raise ValueError(f"restrict names manifest {twice!r} twice")
+    return ids
+
+
+class Restricted(StrictModel):
+    """A pool restricted by earlier manifests over the same corpus (dedup, decontaminate, quality,
+    or any selection): the documents one of them does not select are left out, never scored, and
+    recorded with `excluded_by` (workers/jobs/restrict.py). `pool_field` names the field whose
+    corpus (or a manifest's corpus) the restricting manifests must be over."""
+    pool_field: ClassVar[str] = "pool"
+    restrict: Annotated[list[ManifestId], AfterValidator(_distinct)] = Field(
+        default_factory=list, max_length=MAX_RESTRICT,
+        description="manifests over the same corpus whose unselected documents are left out of the pool")
+
+
+class TargetedSelection(Restricted):
     """A selection from `pool` toward `target` (DSIR, CoLoR-Filter)."""
     pool: CorpusId
     target: CorpusId
@@ -143,6 +164,8 @@ def iter_refs(value: Any, path: tuple = ()) -> Iterator[tuple[str, str, tuple]]:
         ref = ref_of(info) if info is not None else None
         if ref and isinstance(v, str):
             yield ref.table, v, at
+        elif ref and isinstance(v, list):   # a list of ids (`against`, `restrict`): each item
+            yield from ((ref.table, item, (*at, k)) for k, item in enumerate(v) if isinstance(item, str))
 
 
 def _each_model(spec: BaseModel, method: str, arg: Any) -> None:

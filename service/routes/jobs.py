@@ -15,6 +15,7 @@ from service.schemas import Job, JobList, JobRequest, Resolved
 from storage.manifests import dataset, manifest_corpus, manifest_files
 from workers.driver.engine import TERMINAL
 from workers.driver.lifecycle import submit_job
+from workers.jobs.restrict import check_restrictions
 from workers.specs import check_limits, check_records, iter_refs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -70,6 +71,7 @@ def create_job(request: JobRequest, tenant: str = Tenant, s=Svc,
     spec = type(request.spec).model_validate(body["spec"]) if resolved else request.spec
     check_limits(spec, s.engine.config.limits)
     check_records(spec, TenantRecords(s, tenant))
+    check_restrictions(s.store, s.catalog, tenant, spec)
     rec, new = submit_job(s.engine, tenant, request.kind, request.name, body["spec"], idempotency_key or None,
                           digest)
     if not new and rec["request_hash"] != digest:

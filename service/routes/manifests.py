@@ -9,13 +9,15 @@ from fastapi.responses import StreamingResponse
 
 from service.bodies import attachment
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page
+from service.routes.common import Limit, ResolveIds, Svc, Tenant, owned, page, resolve
 from service.routes.jobs import job_view
 from service.schemas import ExportRequest, Job, Manifest, ManifestList, ManifestShard, ShardList
 from storage import layout
 from storage.encode import MEDIA_TYPES, bounded_batches, encode
 from storage.manifests import manifest_files
 from workers.driver.lifecycle import create_corpus_by_job
+from workers.jobs.ingest import ExportSpec
+from workers.jobs.restrict import check_restrictions
 
 router = APIRouter(prefix="/v1/manifests", tags=["manifests"], responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 Format = Literal["parquet", "csv", "jsonl"]
@@ -97,7 +99,11 @@ def export_manifest(manifest_id: str, body: ExportRequest | None = None, tenant:
                        f"{'selected ' if body.selected_only else ''}rows: a corpus needs at least one document",
                        {"field": "selected_only", "manifest_id": manifest_id})
     name = body.name or f"{manifest_id}-{'selected' if body.selected_only else 'all'}"
+    spec = ExportSpec(manifest=manifest_id, corpus_id="", selected_only=body.selected_only,
+                      restrict=[resolve(s, "manifests", m, tenant, f"restrict.{i}")["id"]
+                                for i, m in enumerate(body.restrict)],
+                      compression=s.settings.shard_compression)
+    check_restrictions(s.store, s.catalog, tenant, spec, root=())
     _, job = create_corpus_by_job(s.engine, tenant, name, "export", f"export {manifest_id}",
-                                  {"manifest": manifest_id, "selected_only": body.selected_only,
-                                   "compression": s.settings.shard_compression})
+                                  spec.model_dump(exclude={"corpus_id"}))
     return job_view(job)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -30,9 +31,10 @@ from storage.inputs import Access, InputFile, fixed_prefix, list_inputs, open_in
 from storage.manifests import manifest_corpus
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task
+from workers.jobs.restrict import Restriction, restriction
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
-from workers.specs import ManifestId, StrictModel
+from workers.specs import ManifestId, Restricted, StrictModel
 
 class Limits(StrictModel):
     """Bounds on untrusted input: a document's bytes, and what a compressed file may inflate to."""
@@ -268,7 +270,8 @@ def fail_corpus(ctx: JobContext, state: str, error: dict | None) -> None:
     lifecycle.fail_corpus(ctx.catalog, ctx.store, ctx.job["spec"]["corpus_id"], error)
 
 
-class ExportSpec(StrictModel):
+class ExportSpec(Restricted):
+    pool_field: ClassVar[str] = "manifest"
     manifest: ManifestId
     corpus_id: str
     selected_only: bool = True
@@ -277,13 +280,17 @@ class ExportSpec(StrictModel):
 
 @ray.remote
 def export_shard(store_root: str, corpus_part: tuple, out: tuple, compression: str, mask_part: tuple | None = None,
-                 sources: list[str] | None = None) -> dict:
+                 sources: list[str] | None = None, allowed: np.ndarray | None = None) -> dict:
     """One shard of a corpus written as a shard of another: the rows `mask_part`'s `selected`
-    marks (a manifest part, or a filter's mask), whose `source` is one of `sources`; all if neither."""
+    marks (a manifest part, or a filter's mask) and `allowed` allows (a restriction's mask of the
+    shard's rows), whose `source` is one of `sources`; all if none of them."""
     store = Store(store_root)
     docs = store.read_parquet(*corpus_part)      # every column: the extra fields travel with the text
+    keep = np.ones(docs.num_rows, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
     if mask_part is not None:
-        docs = docs.filter(store.read_parquet(*mask_part, columns=["selected"])["selected"])
+        keep = keep & store.read_parquet(*mask_part, columns=["selected"])["selected"].to_numpy(zero_copy_only=False)
+    if mask_part is not None or allowed is not None:
+        docs = docs.filter(pa.array(keep))
     if sources is not None:
         docs = docs.filter(pc.is_in(docs["source"], pa.array(sources, pa.string())))
     store.write_parquet(docs, *out, **shard_options(compression))  # written like an ingested shard
@@ -299,14 +306,17 @@ def shard_stats(docs) -> dict:
 
 
 def export_documents(ctx: JobContext, corpus_id: str, new_corpus_id: str, compression: str,
-                     masks: dict[int, tuple] | None = None, sources: list[str] | None = None) -> dict:
-    """Write the documents of `corpus_id` that `masks` (per shard) and `sources` keep as the shards
-    of `new_corpus_id` (stage `export`, a task a shard, resumable); its statistics."""
+                     masks: dict[int, tuple] | None = None, sources: list[str] | None = None,
+                     restricted: Restriction | None = None) -> dict:
+    """Write the documents of `corpus_id` that `masks` (per shard), `sources` and `restricted` (the
+    rows a restriction allows) keep as the shards of `new_corpus_id` (stage `export`, a task a
+    shard, resumable); its statistics."""
+    restricted = restricted or Restriction()
     tasks = []
     for s, p in ctx.corpus_shards(corpus_id):
         out, mask = layout.corpus_shard(new_corpus_id, s), masks[s] if masks is not None else None
-        tasks.append(Task(out=out, key=s, submit=lambda p=p, out=out, mask=mask: ctx.submit(
-            "export", export_shard, ctx.store.root, p, out, compression, mask, sources)))
+        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out, mask=mask: ctx.submit(
+            "export", export_shard, ctx.store.root, p, out, compression, mask, sources, restricted.allowed(s))))
     ctx.run_tasks("export", tasks)
     # Count from storage: shards finished before a restart returned nothing this time.
     stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
@@ -325,11 +335,14 @@ def run_export(ctx: JobContext, spec: ExportSpec) -> dict:
     corpus_id = manifest_corpus(ctx.store, spec.manifest)
     if corpus_id is None:
         raise JobFailed("empty_manifest", f"manifest {spec.manifest} has no rows to export")
+    pool = restriction(ctx, corpus_id, spec.restrict)
     masks = {s: layout.manifest_part(spec.manifest, s) for s, _ in ctx.corpus_shards(corpus_id)} \
         if spec.selected_only else None
-    stats = export_documents(ctx, corpus_id, spec.corpus_id, spec.compression, masks)
+    stats = export_documents(ctx, corpus_id, spec.corpus_id, spec.compression, masks, restricted=pool)
+    if stats["num_docs"] == 0:
+        raise JobFailed("empty_export", f"restrict leaves none of manifest {spec.manifest}'s documents to export")
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
-    return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": stats}
+    return {"corpus_id": spec.corpus_id, "manifest_id": spec.manifest, "summary": {**stats, **pool.summary()}}
 
 
 KINDS = [

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, model_validator
 
 from scoring.lm_loss import tokenize_documents
+from scoring.ngrams import overlap
 from scoring.tokenizer import eos_id, train_tokenizer
 from scoring.train import validation_loss
 from storage import layout
@@ -30,12 +31,13 @@ from storage.manifests import (manifest_corpus, manifest_files, overlap_with_top
                                selection_overlap)
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
+from workers.jobs.restrict import Restriction, restriction
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import BOOKKEEPING, HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus
-from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Seed, StrictModel, TargetedSelection,
-                           exactly_one)
+from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Restricted, Seed, StrictModel,
+                           TargetedSelection, exactly_one)
 from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
 
 
@@ -207,11 +209,14 @@ def score_pieces(todo: list[tuple[int, tuple]], counts: dict[int, int], n_actors
     return out
 
 
-def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions) -> dict:
+def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions,
+                 restricted: Restriction | None = None) -> dict:
     """Score every shard of `corpus` once (resumable) on LossScorer actors: one per GPU, or one
     single-threaded actor per CPU of the cluster. With fewer unfinished shards than actors, shards
     are cut into row ranges scored as separate tasks and joined into the shard's one score part.
-    Returns the stage's figures (actors, actors that scored, pieces, tokens, seconds, dtype)."""
+    Documents `restricted` excludes are not scored. Returns the stage's figures (actors, actors
+    that scored, pieces, tokens, seconds, dtype)."""
+    restricted = restricted or Restriction()
     started = time.monotonic()
     threads = ctx.threads("score")
     n_actors = cluster_gpus() or max(1, cluster_cpus() // threads)
@@ -227,11 +232,13 @@ def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreO
         actor = actors[i % len(actors)]
         if s in split:
             tasks.append(Task(out=None, key=(s, a), size=b - a,
-                              submit=lambda actor=actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(s, p, a, b)))
+                              submit=lambda actor=actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(
+                                  s, p, a, b, restricted.allowed(s))))
         else:
             out = layout.score_part(ctx.job_id, s)
             tasks.append(Task(out=out, key=(s, a), size=max(1, b - a),
-                              submit=lambda actor=actor, s=s, p=p, out=out: actor.score_shard.remote(s, p, out)))
+                              submit=lambda actor=actor, s=s, p=p, out=out: actor.score_shard.remote(
+                                  s, p, out, restricted.allowed(s))))
     try:
         results = ctx.run_tasks("score", tasks, unit="documents")
     finally:
@@ -325,12 +332,13 @@ def conditional_diagnostics(prior: dict, cond: dict) -> dict:
     return out
 
 
-def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selected: int) -> dict:
-    """DSIR scored inside this job (under a derived id), its top documents by resampling key as
-    many as CoLoR-Filter selected, and how many the two selections share."""
+def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selected: int,
+                      restricted: Restriction) -> dict:
+    """DSIR scored inside this job (under a derived id, on the same restricted pool), its top
+    documents by resampling key as many as CoLoR-Filter selected, and how many the two selections share."""
     into = derived_id("job", ctx.job_id, "dsir")
     dsir_scores_into(ctx, spec.pool, spec.target, into, DsirSpec.model_fields["buckets"].default,
-                     DsirSpec.model_fields["seed"].default, stages=("dsir_fit", "dsir_score"))
+                     DsirSpec.model_fields["seed"].default, stages=("dsir_fit", "dsir_score"), restricted=restricted)
     top = overlap_with_top(ctx.store, manifest_files(ctx.store, man_id), layout.score_parts(ctx.store, into),
                            "resample_key", selected)
     return {"method": "dsir", "sampling": "gumbel", "selected": selected, "overlap": top["overlap"],
@@ -341,6 +349,7 @@ def compare_with_dsir(ctx: JobContext, spec: ColorFilterSpec, man_id: str, selec
 def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
     ctx.corpus(spec.pool)
     ctx.corpus(spec.target)
+    pool = restriction(ctx, spec.pool, spec.restrict)
     if spec.prior.model:
         prior = model_record(ctx, spec.prior.model)
     else:
@@ -349,10 +358,10 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
         cond = model_record(ctx, spec.conditional.model)
     else:
         cond = ensure_finetuned(ctx, prior, spec.target, spec.conditional.finetune, "conditional", "finetune")
-    scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring)
+    scoring = score_shards(ctx, spec.pool, [prior, cond], spec.scoring, pool)
     result = finish_selection(ctx, "color_filter", spec.pool, spec.select, spec.mode, key=spec.rank_by,
                               meta={"prior_model": prior["id"], "conditional_model": cond["id"],
-                                    "rank_by": spec.rank_by})
+                                    "rank_by": spec.rank_by}, restricted=pool)
     man_id, summary = result["manifest_id"], result["summary"]
     summary["models"] = {
         "prior": {k: prior["meta"].get(k) for k in ("preset", "params", "train_docs", "train_tokens", "budget",
@@ -363,7 +372,7 @@ def run_color_filter(ctx: JobContext, spec: ColorFilterSpec) -> dict:
     summary["scoring"] = scoring
     summary["score_by_source"] = score_distribution(ctx.store, manifest_files(ctx.store, man_id))
     if spec.compare_with == "dsir":
-        summary["compare_with"] = compare_with_dsir(ctx, spec, man_id, summary["num_selected"])
+        summary["compare_with"] = compare_with_dsir(ctx, spec, man_id, summary["num_selected"], pool)
     result["model_id"] = cond["id"]
     return result
 
@@ -383,6 +392,24 @@ def random_subset(texts: list[str], seed: int, n_docs: int, chars: int | None = 
     return [texts[i] for i in sorted(pick)]
 
 
+def arm_texts(store: Store, train_parts: list, selected_only: bool, sample_seed: int | None,
+              match: str) -> list[str]:
+    """What one proxy trains on: the selected documents, or (`sample_seed`) a random subset of the
+    pool's non-empty documents as large as the selection (`match`: in documents or characters).
+    `train_parts`: per shard (corpus part, manifest part, allowed rows or None: a restricted pool)."""
+    texts, selected_docs, selected_chars = [], 0, 0
+    for corpus_part, manifest_part, allowed in train_parts:
+        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
+        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
+        ok = [True] * len(docs) if allowed is None else allowed.tolist()
+        selected = [t for t, k, a in zip(docs, keep, ok) if k and a]
+        selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
+        texts += selected if selected_only else [t for t, a in zip(docs, ok) if a and t and t.strip()]
+    if sample_seed is not None:
+        texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
+    return texts
+
+
 @ray.remote(max_retries=2)
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
                match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int,
@@ -396,15 +423,7 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
     o = TrainOptions.model_validate(opts)
     # One tokenizer for both proxies (trained on the pool): their losses are then comparable.
     tokenizer = train_tokenizer(read_texts(store, tokenizer_parts, o.max_docs, 0), vocab_size=o.vocab_size)
-    texts, selected_docs, selected_chars = [], 0, 0
-    for corpus_part, manifest_part in train_parts:
-        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
-        keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
-        selected = [t for t, k in zip(docs, keep) if k]
-        selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
-        texts += selected if selected_only else [t for t in docs if t and t.strip()]
-    if sample_seed is not None:
-        texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
+    texts = arm_texts(store, train_parts, selected_only, sample_seed, match)
     model, stats = train_from_scratch(tokenizer, texts, o, on_progress=stop_when_gone(lifeline))
     val_texts = read_texts(store, validation_parts, None, 0)
     val = validation_loss(model, tokenize_documents(tokenizer, val_texts, prepend_id=eos_id(tokenizer)))
@@ -417,17 +436,29 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
 
 @ray.remote(max_retries=2)
 def selected_chars_task(store_root: str, train_parts: list) -> int:
-    """Characters of text in a selection (what a random arm matched in characters must hold)."""
+    """Characters of text in a selection (what a random arm matched in characters must hold);
+    `train_parts`: per shard (corpus part, manifest part, allowed rows or None)."""
     store = Store(store_root)
     total = 0
-    for corpus_part, manifest_part in train_parts:
+    for corpus_part, manifest_part, allowed in train_parts:
         docs = store.read_parquet(*corpus_part, columns=["text"])["text"]
         keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"]
+        if allowed is not None:   # a restricted pool: only the selected documents it allows
+            keep = pc.and_(pc.fill_null(keep, False), pa.array(allowed))
         total += int(pc.sum(pc.utf8_length(docs.filter(keep))).as_py() or 0)
     return total
 
 
-class EvaluateSpec(StrictModel):
+class ContaminationCheck(StrictModel):
+    """How evaluate checks that the validation corpus did not leak into what the proxies train on."""
+    n: int = Field(13, ge=3, le=64, description="words per n-gram compared with the validation corpus")
+    max_fraction: float = Field(0.0, ge=0, le=1, description=(
+        "the share of the selection's documents that may overlap the validation corpus (an exact copy or a "
+        "matching n-gram) before the gain is flagged"))
+
+
+class EvaluateSpec(Restricted):
+    pool_field: ClassVar[str] = "selection"
     selection: ManifestId
     validation: CorpusId
     against: ManifestId | None = Field(None, description=(
@@ -441,39 +472,56 @@ class EvaluateSpec(StrictModel):
     match: Literal["documents", "characters"] = Field("documents", description=(
         "what the random subset has as much of as the selection: documents, or characters of text (so "
         "a selection of longer documents is not credited for its volume alone)"))
+    contamination: ContaminationCheck = ContaminationCheck()
 
 
 # Bumped when a random arm's training changes: arms kept by an older version are not reused.
 RANDOM_ARM_VERSION = 1
 
 
-def random_arm_key(pool: str, validation: str, match: str, size: int, sample_seed: int, proxy: dict) -> str:
+def random_arm_key(pool: str, validation: str, match: str, size: int, sample_seed: int, proxy: dict,
+                   restrict: list[str] | tuple = ()) -> str:
     """What a random arm's proxy depends on, as a digest: the pool (its documents and the shared
-    tokenizer), the validation set, the size matched (documents or characters), the subset's seed
-    and the proxy's options with its seed."""
+    tokenizer) with its restriction (the evaluation pool's manifests: `restrict` and what the selection
+    was built on), the validation set, the size matched (documents or characters), the subset's seed
+    and the proxy's options with its seed. An unrestricted arm's key is as before restrictions."""
     what = {"v": RANDOM_ARM_VERSION, "pool": pool, "validation": validation, "match": match, "size": size,
             "sample_seed": sample_seed, "proxy": proxy}
+    if restrict:
+        what["restrict"] = list(restrict)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def selection_parts(ctx: JobContext, manifest_id: str, field: str) -> tuple[str, dict, list[tuple]]:
-    """(pool corpus, manifest record, [(corpus shard, manifest part)]) of a selection with documents."""
+def selection_pool(ctx: JobContext, manifest_id: str, field: str) -> tuple[str, dict]:
+    """(pool corpus, manifest record) of a selection with documents."""
     man = ctx.catalog.get("manifests", manifest_id, ctx.tenant)
     pool = manifest_corpus(ctx.store, manifest_id)
     if pool is None or not man["num_selected"]:
         raise JobFailed("empty_selection", f"{field}: manifest {manifest_id} selects no documents")
     ctx.corpus(pool)
-    return pool, man, [(p, layout.manifest_part(manifest_id, s)) for s, p in ctx.corpus_shards(pool)]
+    return pool, man
+
+
+def selection_shards(ctx: JobContext, manifest_id: str, pool: str,
+                     restricted: Restriction | None = None) -> list[tuple]:
+    """[(corpus shard, manifest part, allowed rows or None)] of a selection over `pool`, the rows
+    `restricted` allows (all without it)."""
+    restricted = restricted or Restriction()
+    return [(p, layout.manifest_part(manifest_id, s), restricted.allowed(s)) for s, p in ctx.corpus_shards(pool)]
 
 
 def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
     ctx.corpus(spec.validation)
-    pool, man, pairs = selection_parts(ctx, spec.selection, "spec.selection")
-    pool_parts = [p for p, _ in pairs]
+    pool, man = selection_pool(ctx, spec.selection, "spec.selection")
+    restricted = evaluation_pool(ctx, spec, man, pool)
+    pairs = selection_shards(ctx, spec.selection, pool, restricted)
+    pool_parts = [p for p, _, _ in pairs]
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     res, threads = ctx.options("train_proxies"), ctx.threads("train_proxies")
     if spec.against is not None:
-        other = selection_parts(ctx, spec.against, "spec.against")[2]
+        other_pool, _ = selection_pool(ctx, spec.against, "spec.against")
+        # Over the same pool, the other selection is restricted like this one (the same cleaned pool).
+        other = selection_shards(ctx, spec.against, other_pool, restricted if other_pool == pool else None)
     elif spec.match == "characters":
         ref = Task(out=None, key="chars", submit=lambda: selected_chars_task.options(**ctx.options("measure")).remote(
             ctx.store.root, pairs))
@@ -497,7 +545,8 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
         if spec.against is not None:
             tasks.append(Task(out=None, key=("against", r), submit=proxy(other, True, None, opts)))
         else:
-            out = layout.random_arm(random_arm_key(pool, spec.validation, spec.match, size, spec.seed + r, opts))
+            out = layout.random_arm(random_arm_key(pool, spec.validation, spec.match, size, spec.seed + r, opts,
+                                                   restricted.built_on))
             tasks.append(Task(out=out, key=("random", r), submit=proxy(pairs, False, spec.seed + r, opts, out)))
     results = ctx.run_tasks("train_proxies", tasks, unit="proxies")
     reused = {}
@@ -513,6 +562,8 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
                                                manifest_files(ctx.store, spec.against))
     else:
         summary["random_arm"] = random_arm_note(reused, spec.repeats)
+    summary.update(restricted.summary())
+    check_validity(ctx, spec, pairs, val_parts, summary)
     return {"manifest_id": spec.selection, "summary": summary}
 
 
@@ -553,6 +604,58 @@ def evaluation_summary(out: dict, spec: EvaluateSpec) -> dict:
     return summary
 
 
+# -- evaluate: is the gain valid? ----------------------------------------------------------------
+
+def evaluation_pool(ctx: JobContext, spec: EvaluateSpec, man: dict, pool: str) -> Restriction:
+    """The pool both arms draw from: restricted by `spec.restrict` and by what the selection itself
+    was built on, so that the random arm comes from the same cleaned pool as the selection."""
+    built_on = (man.get("meta") or {}).get("built_on") or []
+    ids = list(dict.fromkeys([*spec.restrict, *built_on]))
+    return restriction(ctx, pool, ids)
+
+
+@ray.remote
+def overlap_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None, match: str,
+                 validation_parts: list, n: int) -> dict:
+    """How many of one arm's documents are exact copies of validation documents, or share an n-gram with one."""
+    store = Store(store_root)
+    texts = arm_texts(store, train_parts, selected_only, sample_seed, match)
+    exact, matching = overlap(texts, read_texts(store, validation_parts, None, 0), n)
+    leaked = int((exact | (matching > 0)).sum())
+    return {"docs": len(texts), "exact_docs": int(exact.sum()), "ngram_docs": int((matching > 0).sum()),
+            "contaminated_docs": leaked, "fraction": leaked / len(texts) if texts else 0.0,
+            "matching_ngrams": int(matching.sum())}
+
+
+def check_validity(ctx: JobContext, spec: EvaluateSpec, pairs: list, val_parts: list, summary: dict) -> None:
+    """Add to `summary` the overlap of the selection and of the (first) random arm with the validation
+    corpus (`contamination`), and when the selection overlaps it past `contamination.max_fraction`,
+    a warning and `relative_gain_flagged`: a leak inflates the gain (issue 29)."""
+    c = spec.contamination
+    tasks = [Task(out=None, key=arm, submit=lambda only=only, seed=seed: overlap_task.options(
+        **ctx.options("check_overlap")).remote(ctx.store.root, pairs, only, seed, spec.match, val_parts, c.n))
+        for arm, only, seed in (("selection", True, None), ("random", False, spec.seed))]
+    arms = ctx.run_tasks("check_overlap", tasks, unit="arms")
+    summary["contamination"] = {"n": c.n, "max_fraction": c.max_fraction, **arms}
+    sel, rnd = arms["selection"], arms["random"]
+
+    def said(a: dict) -> str:
+        return (f"{a['contaminated_docs']:,} of {a['docs']:,} documents ({a['fraction']:.1%}: {a['exact_docs']:,} "
+                f"exact copies, {a['ngram_docs']:,} with a matching {c.n}-gram)")
+    flagged = sel["fraction"] > c.max_fraction
+    summary["relative_gain_flagged"] = flagged
+    warnings = summary.setdefault("warnings", [])
+    if flagged:
+        warnings.append(
+            f"The selection overlaps the validation corpus {spec.validation}: {said(sel)}, against {said(rnd)} in "
+            "the random arm. Its proxy was trained on validation text, so the relative gain is inflated by the "
+            "leak. Decontaminate the pool against the validation corpus (kind decontaminate) and select again "
+            "with restrict, or evaluate with restrict.")
+    elif rnd["fraction"] > c.max_fraction:
+        warnings.append(f"The random arm overlaps the validation corpus {spec.validation}: {said(rnd)}; the "
+                        "random proxy was trained on validation text, so the gain is understated.")
+
+
 KINDS = [
     JobKind("train_model", TrainModelSpec, run_train_model, "train an auxiliary LM, or fine-tune one",
             stages={"train": TRAINING, "finetune": TRAINING},
@@ -569,5 +672,5 @@ KINDS = [
     JobKind("evaluate", EvaluateSpec, run_evaluate,
             "what a selection is worth: proxies trained on it and on a random subset of equal size, or on "
             "another selection (head to head)",
-            stages={"train_proxies": HALF_TRAINING, "measure": SHARD_TASK}),
+            stages={"measure": SHARD_TASK, "train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK}),
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +33,11 @@ from storage.fs import Store
 from storage.manifests import write_table_manifest
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, stop_when_gone
 from workers.jobs.lm import model_record
+from workers.jobs.restrict import restriction
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
-from workers.specs import (MAX_COUNT, CorpusId, Docs, LimitExceeded, ModelId, Records, Seed, SpecLimits, StrictModel,
-                           check_source_value)
+from workers.specs import (MAX_COUNT, CorpusId, Docs, LimitExceeded, ModelId, Records, Restricted, Seed, SpecLimits,
+                           StrictModel, check_source_value)
 from workers.training import MAX_TRAIN_DOCS, TrainOptions, check_train_tokens, train_from_scratch
 
 # Bounds of the spec, from what the method can use:
@@ -59,7 +60,8 @@ MAX_METRIC = 1e6
 MAX_PRICE, MAX_BUDGET = 1e9, 1e21  # with at most 1e12 documents a source, every cost stays finite
 
 
-class Source(StrictModel):
+class Source(Restricted):
+    pool_field: ClassVar[str] = "corpus"
     corpus: CorpusId
     source: str | None = Field(None, min_length=1, description=(
         "only the corpus's documents whose `source` is this value: each source of a pool becomes a "
@@ -229,10 +231,11 @@ def simplex_grid(m: int, step: float) -> list[list[float]]:
 
 # -- Ray tasks -----------------------------------------------------------------------------------
 
-def revealed_texts(store: Store, src: dict, max_docs: int | None, seed: int) -> list[str]:
+def revealed_texts(store: Store, src: dict, max_docs: int | None, seed: int, allowed: list | None = None) -> list[str]:
     """A projection source's texts: its corpus's shards (`parts`), only the documents whose
-    `source` is `source` when one is named."""
-    return read_texts(store, src["parts"], max_docs, seed, source=src["source"])
+    `source` is `source` when one is named, and (`allowed`, per shard a mask or None) only the rows
+    its restriction allows."""
+    return read_texts(store, src["parts"], max_docs, seed, allowed, source=src["source"])
 
 
 def _save_npz(store: Store, arrays: dict, *parts) -> None:
@@ -248,10 +251,11 @@ def _load_npz(store: Store, *parts) -> dict:
 
 @ray.remote(max_retries=2)
 def embed_task(store_root: str, sources: list[dict], validation_parts: list, opts: dict, model: dict | None,
-               out: tuple, seed: int) -> None:
+               out: tuple, seed: int, allowed: list | None = None) -> None:
     store = Store(store_root)
     o = Embedding.model_validate(opts)
-    texts = [revealed_texts(store, src, o.max_points_per_source, seed + i) for i, src in enumerate(sources)]
+    texts = [revealed_texts(store, src, o.max_points_per_source, seed + i, allowed and allowed[i])
+             for i, src in enumerate(sources)]
     val = read_texts(store, validation_parts, o.validation_points, seed)
     if o.kind == "hashed":
         emb = Embedder(dim=o.dim, seed=seed).fit([t for ts in texts for t in ts] + val)
@@ -269,9 +273,10 @@ def embed_task(store_root: str, sources: list[dict], validation_parts: list, opt
 
 
 @ray.remote(max_retries=2)
-def shared_tokenizer_task(store_root: str, sources: list[dict], out: tuple, vocab_size: int, seed: int) -> None:
+def shared_tokenizer_task(store_root: str, sources: list[dict], out: tuple, vocab_size: int, seed: int,
+                          allowed: list | None = None) -> None:
     store = Store(store_root)
-    texts = [t for i, src in enumerate(sources) for t in revealed_texts(store, src, 3000, seed + i)]
+    texts = [t for i, src in enumerate(sources) for t in revealed_texts(store, src, 3000, seed + i, allowed and allowed[i])]
     store.write_bytes(train_tokenizer(texts, vocab_size=vocab_size).to_str().encode(), *out)
 
 
@@ -295,7 +300,7 @@ def pilot_documents(pools: list[list[str]], counts, seed: int) -> list[str]:
 @ray.remote(max_retries=2)
 def pilot_task(store_root: str, sources: list[dict], validation_parts: list, tokenizer_file: tuple, size: int,
                mixture: list[float], opts: dict, out: tuple, seed: int, lifeline=None,
-               max_tokens: int | None = None) -> dict:
+               max_tokens: int | None = None, allowed: list | None = None) -> dict:
     """Train a proxy LM from scratch on `size` documents mixed as `mixture`; its validation loss.
     `seed` fixes the draw (see pilot_documents) and the training randomness; a budget in passes
     trains at most `max_tokens`. Stops once the job's `lifeline` is gone."""
@@ -304,7 +309,8 @@ def pilot_task(store_root: str, sources: list[dict], validation_parts: list, tok
     o = AutoPilots.model_validate(opts)
     tokenizer = Tokenizer.from_str(store.read_bytes(*tokenizer_file).decode())
     counts = np.floor(np.asarray(mixture) * size + 1e-9).astype(int)
-    pools = [revealed_texts(store, src, None, 0) if n else [] for src, n in zip(sources, counts)]
+    pools = [revealed_texts(store, src, None, 0, allowed and allowed[i]) if n else []
+             for i, (src, n) in enumerate(zip(sources, counts))]
     texts = pilot_documents(pools, counts, seed)
     val = tokenize_documents(tokenizer, read_texts(store, validation_parts, o.validation_docs, 0),
                              prepend_id=eos_id(tokenizer))
@@ -427,6 +433,18 @@ def _plot(proj, plan, pilots, labelled, names, spec, sizes) -> bytes:
 
 # -- the job -------------------------------------------------------------------------------------
 
+def source_masks(ctx: JobContext, sources: list[Source]):
+    """Per source, per shard, the rows its `restrict` allows (or None), in the object store once
+    for every task; None when no source is restricted."""
+    if not any(src.restrict for src in sources):
+        return None
+    masks = []
+    for src in sources:
+        r = restriction(ctx, src.corpus, src.restrict)
+        masks.append(r.masks([s for s, _ in ctx.corpus_shards(src.corpus)]))
+    return ray.put(masks)
+
+
 def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
     for i, src in enumerate(spec.sources):
         corpus = ctx.corpus(src.corpus)
@@ -435,19 +453,21 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
     ctx.corpus(spec.validation)
     source_parts = [{"parts": [p for _, p in ctx.corpus_shards(src.corpus)], "source": src.source}
                     for src in spec.sources]
+    allowed = source_masks(ctx, spec.sources)
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
     opts = ctx.options("embed")
     model = model_record(ctx, spec.embedding.model) if spec.embedding.model else None
     emb_file = layout.job_file(ctx.job_id, "embeddings")
     ctx.run_tasks("embed", [Task(out=emb_file, key="emb", submit=lambda: embed_task.options(**opts).remote(
-        ctx.store.root, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed))],
+        ctx.store.root, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed,
+        allowed))],
         unit="steps")
 
     if spec.pilots == "auto":
         tok_file = layout.job_file(ctx.job_id, "tokenizer")
         ctx.run_tasks("tokenizer", [Task(out=tok_file, key="tok", submit=lambda: shared_tokenizer_task.options(
             **ctx.options("tokenizer")).remote(
-            ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed))], unit="steps")
+            ctx.store.root, source_parts, tok_file, spec.auto.proxy.vocab_size, spec.seed, allowed))], unit="steps")
         mixtures = simplex_grid(len(spec.sources), spec.auto.grid_step)
         # One draw seed per (mixture, repeat), the same at both sizes (see pilot_documents).
         runs = [(n, mix, spec.seed + j * spec.auto.repeats + r) for n in spec.pilot_sizes
@@ -458,7 +478,7 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
             tasks.append(Task(out=out, key=k, submit=lambda n=n, mix=mix, out=out, draw=draw: pilot_task.options(
                 **ctx.options("pilots")).remote(ctx.store.root, source_parts, val_parts, tok_file, n, mix,
                                              spec.auto.model_dump(), out, draw, ctx.lifeline(),
-                                             ctx.config.limits.max_train_tokens)))
+                                             ctx.config.limits.max_train_tokens, allowed)))
         ctx.run_tasks("pilots", tasks, unit="proxies")
         measured = [json.loads(ctx.store.read_bytes(*t.out)) for t in tasks]
         proxies = proxy_report(measured) if spec.auto.early_stopping else None

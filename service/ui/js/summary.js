@@ -99,12 +99,13 @@ function evaluateView(s) {
       h("td", { class: "num" }, signedPct(x))))))) : null;
   const armKeys = [...new Set(arms.flatMap(([, a]) => Object.keys(a)))].filter((k) => !["validation_loss", "validation_losses"].includes(k));
   return {
-    used: ["relative_gain", "relative_gain_se", "relative_gains", "repeats", "proxy", "token_budget", "match", ...arms.map(([a]) => a)],
+    used: ["relative_gain", "relative_gain_se", "relative_gains", "relative_gain_flagged", "repeats", "proxy", "token_budget", "match", ...arms.map(([a]) => a)],
     nodes: [
       h("div", { class: "headline" },
         h("div", { class: "muted small" }, "relative gain over random (lower validation loss is better)"),
         h("div", { class: "big-number", id: "eval-gain" }, signedPct(g),
           se !== null && se !== undefined ? h("span", { class: "se" }, ` ± ${pct(se, 2)}`) : null),
+        s.relative_gain_flagged ? h("div", { class: "error", role: "alert", id: "eval-flagged" }, "Flagged: the selection overlaps the validation corpus (see the warnings and contamination); this gain is inflated by the leak.") : null,
         h("div", { class: "small", id: "eval-verdict" }, verdict,
           se !== null && se !== undefined ? ` (± one standard error of the mean over ${repeats} repeats)` : "")),
       block("Proxies", h("table", { class: "grid compact", id: "eval-arms" },
