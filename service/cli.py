@@ -28,8 +28,8 @@ from thresher.client import DEFAULT_URL, Client, ThresherError
 STATE_STYLES = {"queued": "yellow", "ingesting": "yellow", "running": "cyan", "ready": "green",
                 "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 # The public job kinds (tests check this against the service's list).
-KIND_NAMES = ("random", "dsir", "train_model", "score", "color_filter", "evaluate", "reweight",
-              "curriculum", "projection")
+KIND_NAMES = ("random", "dsir", "classifier", "embedding", "train_model", "score", "color_filter", "evaluate",
+              "reweight", "curriculum", "projection")
 WIDE = 100_000   # the width of output that is not a terminal: nothing is ever cut
 
 out = Console(width=None if sys.stdout.isatty() else WIDE)
