@@ -38,10 +38,7 @@ LR_GRID = (0.1, 0.5, 1.0)
 MIN_DIM, MIN_BUCKETS = 8, 2**14  # the input matrix is then at least 512 KiB (see above)
 # fastText adds 1e-5 to each probability before its log; its outputs can pass 1 by that much.
 _PROB_FLOOR = 1e-5
-_TRAIN = """import fasttext, json, sys
-a = json.loads(sys.argv[1])
-fasttext.train_supervised(**a["args"]).save_model(a["out"])
-"""
+_CHILD = "from scoring.fasttext_classifier import fit_in_child; fit_in_child()"
 
 
 @dataclass(frozen=True)
@@ -67,9 +64,24 @@ def write_examples(path: str, texts: list[str], labels: np.ndarray, seed: int) -
             f.write(f"{POSITIVE if labels[i] else NEGATIVE} {normalise(texts[i])}\n")
 
 
-def fit_files(train_path: str, settings: list[tuple[int, float]], params: FastTextParams, out_dir: str) -> list:
-    """Fit one model per (epochs, lr) on `train_path`, each in a child process; returns, per
-    setting, the model file's path or the error (a RuntimeError) that stopped its fit."""
+def fit_in_child() -> None:
+    """A child process's one fit (argv[1]: JSON): it saves the model to `out`, or writes P(target)
+    of each line of `predict` to `probs` (a grid's fit needs only its held-out predictions, not
+    its model file: hundreds of MB at the default size)."""
+    a = json.loads(sys.argv[1])
+    model = fasttext.train_supervised(**a["args"])
+    if a.get("out"):
+        model.save_model(a["out"])
+    if a.get("predict"):
+        with open(a["predict"], encoding="utf-8") as f:
+            np.save(a["probs"], p_target(model, f.read().split("\n")[:-1]))
+
+
+def fit_files(train_path: str, settings: list[tuple[int, float]], params: FastTextParams, out_dir: str,
+              predict: str | None = None) -> list:
+    """Fit one model per (epochs, lr) on `train_path`, each in a child process, `params.workers` at
+    a time. Per setting: the model file's path, or with `predict` (a file of normalised lines)
+    their P(target); or the error (a RuntimeError) that stopped its fit."""
     if params.dim < MIN_DIM or params.buckets < MIN_BUCKETS:
         raise ValueError(f"dim must be at least {MIN_DIM} and buckets at least {MIN_BUCKETS}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,16 +94,19 @@ def fit_files(train_path: str, settings: list[tuple[int, float]], params: FastTe
         if proc.returncode:
             lines = [x for x in err.decode(errors="replace").strip().splitlines() if x.strip()]
             results[i] = RuntimeError(lines[-1] if lines else f"fastText exited with {proc.returncode}")
+        elif predict:
+            results[i] = np.load(results[i])
 
     for i, (epochs, lr) in enumerate(settings):
-        out = os.path.join(out_dir, f"model-{i}.bin")
         args = {"input": train_path, "epoch": int(epochs), "lr": float(lr), "wordNgrams": 2, "dim": params.dim,
                 "bucket": params.buckets, "minCount": params.min_count, "thread": 1, "seed": params.seed,
                 "loss": "softmax", "verbose": 0}
+        job = ({"probs": os.path.join(out_dir, f"probs-{i}.npy"), "predict": predict} if predict
+               else {"out": os.path.join(out_dir, f"model-{i}.bin")})
         while len(running) >= max(1, params.workers):
             finish(next(iter(running)))
-        results[i] = out
-        running[i] = subprocess.Popen([sys.executable, "-c", _TRAIN, json.dumps({"args": args, "out": out})],
+        results[i] = job.get("probs") or job["out"]
+        running[i] = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps({"args": args, **job})],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     while running:
         finish(next(iter(running)))
@@ -147,8 +162,8 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return held
 
 
-def evaluate(model, texts: list[str], labels: np.ndarray) -> dict:
-    p = p_target(model, texts)
+def evaluate(p: np.ndarray, labels: np.ndarray) -> dict:
+    """Held-out AUC, accuracy (at P 0.5) and log loss of predictions `p`."""
     ok = ~np.isnan(p)
     p, y = np.clip(p[ok], 1e-6, 1 - 1e-6), labels[ok]
     return {"auc": auc(p, y), "accuracy": float(np.mean((p >= 0.5) == y)) if len(y) else None,
@@ -181,13 +196,15 @@ def fit_with_holdout(texts: list[str], labels, params: FastTextParams, epochs_gr
             part = os.path.join(tmp, "train.txt")
             train_idx, held_idx = np.flatnonzero(~held), np.flatnonzero(held)
             write_examples(part, [texts[i] for i in train_idx], labels[train_idx], params.seed)
-            held_texts = [texts[i] for i in held_idx]
+            held_lines = os.path.join(tmp, "held.txt")
+            with open(held_lines, "w", encoding="utf-8") as f:
+                f.writelines(normalise(texts[i]) + "\n" for i in held_idx)
             grid = []
-            for (epochs, lr), path in zip(settings, fit_files(part, settings, params, tmp)):
-                if isinstance(path, Exception):  # e.g. "Encountered NaN": diverged at this learning rate
-                    grid.append({"epochs": epochs, "lr": lr, "error": str(path)})
+            for (epochs, lr), p in zip(settings, fit_files(part, settings, params, tmp, predict=held_lines)):
+                if isinstance(p, Exception):  # e.g. "Encountered NaN": diverged at this learning rate
+                    grid.append({"epochs": epochs, "lr": lr, "error": str(p)})
                     continue
-                grid.append({"epochs": epochs, "lr": lr, **evaluate(load(path), held_texts, labels[held_idx])})
+                grid.append({"epochs": epochs, "lr": lr, **evaluate(p, labels[held_idx])})
             best = sorted((g for g in grid if "error" not in g), key=_preference, reverse=True)
             ranked = [(g["epochs"], g["lr"]) for g in best]
             report["holdout"] = {"positives": int((held & labels).sum()), "negatives": int((held & ~labels).sum()),
