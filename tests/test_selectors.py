@@ -145,16 +145,22 @@ def test_embedding_loads_the_encoder_once_per_actor_and_ranks_the_target_first(s
     pool, target = pool_and_target
     chance = pool["sources"][TARGET] / pool["num_docs"]
     job = run_ok(service, "embedding", {"pool": pool["id"], "target": target["id"], "select": {"count": 60},
-                                        "actors": 2}, timeout=300)
+                                        "actors": 4}, timeout=300)
     s = job["result"]["summary"]
-    assert precision(s, 60) > max(0.9, 2 * chance)
+    assert precision(s, 60) > max(0.9, 2 * chance) and s["num_rows"] == 420
     emb = s["scoring"]["embedding"]
-    # Three shards on two actors: an actor that loaded per shard would report 3 loads.
-    assert emb["tasks"] == 3 and emb["actors"] == emb["actors_used"] == 2
+    # Three shards for four actors: shards are cut into row ranges, more of them than actors; an
+    # actor that loaded the encoder per range would report more loads than one.
+    assert emb["cut_shards"] >= 1 and emb["tasks"] > emb["actors"] == emb["actors_used"] == 4
     assert emb["encoder_loads"] == emb["actors"]
     assert s["path"] == "full" and s["target"]["docs"] == 40 and s["max_tokens"] == 256
-    man = service.get(f"/v1/manifests/{job['result']['manifest_id']}").json()
-    assert {"centroid", "knn"} <= {c["name"] for c in man["columns"]}  # both similarities, `score` the default
+    man_id = job["result"]["manifest_id"]
+    assert {"centroid", "knn"} <= {c["name"] for c in service.get(f"/v1/manifests/{man_id}").json()["columns"]}
+    # The joined ranges keep each row's number: pool document d<i> is row i - 200 × shard.
+    r = service.post("/v1/query", json={"sql": "SELECT doc_id, shard, row FROM m", "tables": {"m": man_id},
+                                        "limit": 1000})
+    rows = r.json()["rows"]
+    assert len(rows) == 420 and all(d == f"d{200 * shard + row}" for d, shard, row in rows), rows[:5]
 
 
 def test_embedding_betr_scores_the_pool_with_a_classifier_fitted_on_a_sample(service, pool_and_target):

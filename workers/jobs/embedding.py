@@ -32,6 +32,7 @@ from storage.manifests import score_part
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.jobs.classifier import (FastTextOptions, Rows, ensure_fasttext, fasttext_scores_into, read_rows,
                                      sample_rows)
+from workers.jobs.lm import score_pieces
 from workers.jobs.selection import empty_mask, finish_selection, load_array, save_array
 from workers.kind import CPU_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.runtime import cluster_cpus, cluster_gpus, node_id
@@ -102,16 +103,23 @@ class EmbeddingScorer:
         return {"rows": rows, "seconds": time.monotonic() - started, "loads": loads(), "actor": self.index,
                 "device": str(self.encoder.device), "node": node_id()}
 
-    def score_shard(self, shard: int, parts: tuple, out: tuple, similarity: str) -> dict:
+    def score_rows(self, shard: int, parts: tuple, similarity: str, first: int = 0, end: int | None = None,
+                   out: tuple | None = None) -> dict:
+        """The score table of rows [first, end) of a shard: written to `out` (a whole shard), or
+        returned for the driver to join with the shard's other row ranges."""
         started = time.monotonic()
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
+        t = t.slice(first, (t.num_rows if end is None else end) - first)
         sims = self._similarities(t["text"].to_pylist())
         empty = empty_mask(t["text"])
         for v in sims.values():
             v[empty] = np.nan
-        self.store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]),
-                                            sims[similarity], **sims), *out)
-        return self._info(t.num_rows, started)
+        table = score_part(t["id"], shard, t["source"], word_counts(t["text"]), sims[similarity],
+                           row=np.arange(first, first + t.num_rows, dtype=np.int64), **sims)
+        if out is not None:
+            self.store.write_parquet(table, *out)
+            return self._info(t.num_rows, started)
+        return {**self._info(t.num_rows, started), "table": table}
 
     def sample_similarities(self, shard: int, parts: tuple, rows: list[int]) -> dict:
         started = time.monotonic()
@@ -122,6 +130,11 @@ class EmbeddingScorer:
         return {**self._info(len(rows), started), "table": table}
 
 
+def scorers_wanted(ctx: JobContext, spec: EmbeddingSpec) -> int:
+    """Encoder actors for the job: `actors`, else one per GPU, else one per CPU (one thread each)."""
+    return spec.actors or cluster_gpus() or max(1, cluster_cpus() // ctx.threads("score"))
+
+
 def on_scorers(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray, calls: list[tuple],
                unit: str) -> tuple[dict, dict]:
     """Run each (key, out, size, call) on a pool of EmbeddingScorer actors, `call(actor)` starting
@@ -130,7 +143,7 @@ def on_scorers(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray, calls: 
         return {}, {"actors": 0}
     started = time.monotonic()
     threads = ctx.threads("score")
-    n = min(spec.actors or cluster_gpus() or max(1, cluster_cpus() // threads), len(calls))
+    n = min(scorers_wanted(ctx, spec), len(calls))
     matrix = ray.put(target)  # once: every actor gets the same object
     actors = [EmbeddingScorer.options(**ctx.actor_options("score")).remote(
         ctx.store.root, matrix, spec.k, threads, spec.batch_size, i) for i in range(n)]
@@ -164,13 +177,26 @@ def ensure_target(ctx: JobContext, spec: EmbeddingSpec) -> tuple[np.ndarray, dic
 
 
 def embed_pool(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> dict:
-    """Every shard of the pool embedded and scored (resumable: finished parts are skipped)."""
+    """Every shard of the pool embedded and scored (resumable: finished parts are skipped). With
+    fewer unfinished shards than actors, shards are cut into row ranges (as CoLoR-Filter's scoring
+    cuts them) so that every actor works; a cut shard's ranges are joined into its one part."""
+    counts = ctx.corpus_shard_sizes(spec.pool)
+    todo = [(s, p) for s, p in ctx.corpus_shards(spec.pool) if not ctx.store.exists(*layout.score_part(ctx.job_id, s))]
     calls = []
-    for s, p in ctx.corpus_shards(spec.pool):
-        out = layout.score_part(ctx.job_id, s)
-        if not ctx.store.exists(*out):
-            calls.append((s, out, 1, lambda a, s=s, p=p, out=out: a.score_shard.remote(s, p, out, spec.similarity)))
-    return {"path": "full", "embedding": on_scorers(ctx, spec, target, calls, "shards")[1]}
+    for s, p, a, b in score_pieces(todo, counts, scorers_wanted(ctx, spec)):
+        if (a, b) == (0, counts.get(s, 0)):  # a whole shard writes its own part
+            out = layout.score_part(ctx.job_id, s)
+            calls.append(((s, a), out, 1, lambda actor, s=s, p=p, out=out: actor.score_rows.remote(
+                s, p, spec.similarity, out=out)))
+        else:
+            calls.append(((s, a), None, 1, lambda actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(
+                s, p, spec.similarity, a, b)))
+    results, figures = on_scorers(ctx, spec, target, calls, "pieces")
+    cut = sorted({key[0] for key, out, _, _ in calls if out is None})
+    for s in cut:
+        pieces = sorted((key[1], r["table"]) for key, r in results.items() if key[0] == s)
+        ctx.store.write_parquet(pa.concat_tables([t for _, t in pieces]), *layout.score_part(ctx.job_id, s))
+    return {"path": "full", "embedding": {**figures, "cut_shards": len(cut)}}
 
 
 def betr_labels(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> tuple[Rows, Rows, dict]:
