@@ -123,6 +123,14 @@ def pool_and_target(service):
     return pool, target
 
 
+@pytest.fixture(scope="module")
+def one_shard_pool(service):
+    """200 documents: one shard, which the embedding kind cuts into row ranges for its actors."""
+    pool = upload(service, corpus(200, seed=13, min_words=8, max_words=16), name="sel-small-pool")
+    assert pool["num_shards"] == 1
+    return pool
+
+
 def precision(summary: dict, n: int) -> float:
     assert summary["num_selected"] == n == sum(summary["selected_by_source"].values())
     return summary["selected_by_source"].get(TARGET, 0) / n
@@ -141,39 +149,42 @@ def test_classifier_selects_the_target_domain_and_reports_its_held_out_check(ser
     assert s["scoring"]["tasks"] == 3 and s["scoring"]["documents"] == 420
 
 
-def test_embedding_loads_the_encoder_once_per_actor_and_ranks_the_target_first(service, pool_and_target):
-    pool, target = pool_and_target
+def test_embedding_loads_the_encoder_once_per_actor_and_ranks_the_target_first(service, pool_and_target,
+                                                                               one_shard_pool):
+    _, target = pool_and_target
+    pool = one_shard_pool
     chance = pool["sources"][TARGET] / pool["num_docs"]
-    job = run_ok(service, "embedding", {"pool": pool["id"], "target": target["id"], "select": {"count": 60},
-                                        "actors": 4}, timeout=300)
+    job = run_ok(service, "embedding", {"pool": pool["id"], "target": target["id"], "select": {"count": 30},
+                                        "actors": 2}, timeout=300)
     s = job["result"]["summary"]
-    assert precision(s, 60) > max(0.9, 2 * chance) and s["num_rows"] == 420
+    assert precision(s, 30) > max(0.9, 2 * chance) and s["num_rows"] == 200
     emb = s["scoring"]["embedding"]
-    # Three shards for four actors: shards are cut into row ranges, more of them than actors; an
-    # actor that loaded the encoder per range would report more loads than one.
-    assert emb["cut_shards"] >= 1 and emb["tasks"] > emb["actors"] == emb["actors_used"] == 4
+    # One shard for two actors: it is cut into row ranges, more of them than actors; an actor that
+    # loaded the encoder per range would report more loads than one.
+    assert emb["cut_shards"] == 1 and emb["tasks"] > emb["actors"] == emb["actors_used"] == 2
     assert emb["encoder_loads"] == emb["actors"]
     assert s["path"] == "full" and s["target"]["docs"] == 40 and s["max_tokens"] == 256
     man_id = job["result"]["manifest_id"]
     assert {"centroid", "knn"} <= {c["name"] for c in service.get(f"/v1/manifests/{man_id}").json()["columns"]}
-    # The joined ranges keep each row's number: pool document d<i> is row i - 200 × shard.
-    r = service.post("/v1/query", json={"sql": "SELECT doc_id, shard, row FROM m", "tables": {"m": man_id},
-                                        "limit": 1000})
+    # The joined ranges keep each row's number: pool document d<i> is row i.
+    r = service.post("/v1/query", json={"sql": "SELECT doc_id, row FROM m", "tables": {"m": man_id}})
     rows = r.json()["rows"]
-    assert len(rows) == 420 and all(d == f"d{200 * shard + row}" for d, shard, row in rows), rows[:5]
+    assert len(rows) == 200 and all(d == f"d{row}" for d, row in rows), rows[:5]
 
 
-def test_embedding_betr_scores_the_pool_with_a_classifier_fitted_on_a_sample(service, pool_and_target):
-    pool, target = pool_and_target
-    job = run_ok(service, "embedding", {"pool": pool["id"], "target": target["id"], "select": {"count": 60},
+def test_embedding_betr_scores_the_pool_with_a_classifier_fitted_on_a_sample(service, pool_and_target,
+                                                                            one_shard_pool):
+    _, target = pool_and_target
+    pool = one_shard_pool
+    job = run_ok(service, "embedding", {"pool": pool["id"], "target": target["id"], "select": {"count": 30},
                                         "similarity": "centroid", "actors": 1,
-                                        "betr": {"sample": 150, "positive_fraction": 0.3, "buckets": 2**14,
+                                        "betr": {"sample": 120, "positive_fraction": 0.3, "buckets": 2**14,
                                                  "dim": 32, "epochs": [20], "lr": [0.5]}}, timeout=300)
     s = job["result"]["summary"]
-    assert s["path"] == "betr" and precision(s, 60) > 0.8
+    assert s["path"] == "betr" and precision(s, 30) > 0.8
     sc = s["scoring"]
-    assert sc["sample"]["sampled"] == 150 and sc["sample"]["positives"] == 45
-    assert sc["sample"]["embedding"]["documents"] == 150 and sc["classify"]["documents"] == 420
+    assert sc["sample"]["sampled"] == 120 and sc["sample"]["positives"] == 36
+    assert sc["sample"]["embedding"]["documents"] == 120 and sc["classify"]["documents"] == 200
     assert sc["classifier"]["epochs"] == 20 and sc["classifier"]["holdout"]["auc"] > 0.8
 
 
