@@ -50,6 +50,10 @@ class BetrOptions(FastTextOptions):
 
 class EmbeddingSpec(TargetedSelection):
     seed: Seed = 0
+    # knn by default: a target made of several parts (four books, a guide's many topics) has no one
+    # centre. On bench/color_quality.py's within-domain tasks the top by knn was 0.55, 0.80 and 0.57
+    # target-part documents against 0.35, 0.55 and 0.13 by centroid; on bench/selectors.py's
+    # one-part generated task the two were level (centroid 0.71, knn 0.69).
     similarity: Similarity = Field("knn", description=(
         "centroid: cosine similarity to the target's mean embedding; knn: mean cosine similarity to the "
         "k most similar target documents"))
