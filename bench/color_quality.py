@@ -9,7 +9,8 @@
   networking, file systems, ...) and two other domains (the C library's manual pages, fortunes).
 
 For each task and seed, CoLoR-Filter (with only pool, target and select: the defaults a user gets),
-DSIR and random select from the pool through the real service; the bench reports each selection's
+DSIR, the fastText classifier, embedding similarity and random select from the pool through the
+real service (`--skip` leaves some out); the bench reports each selection's
 precision (the share of selected documents from the target's domain or part) and `evaluate`'s
 relative validation-loss gain (proxies trained on the selection and on a random subset of equal
 size, measured on held-out target documents), the CoLoR-Filter job's diagnostics and its scoring
@@ -110,7 +111,9 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
               "conditional": {"finetune": {**args.finetune, "seed": seed}}}
     jobs = {"color_filter": ("color_filter", color),
             "dsir": ("dsir", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
-            "random": ("random", {"pool": pool["id"], "select": select, "seed": seed})}
+            "random": ("random", {"pool": pool["id"], "select": select, "seed": seed}),
+            "classifier": ("classifier", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
+            "embedding": ("embedding", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed})}
     out = {"pool_docs": pool["num_docs"], "target_docs": target["num_docs"], "in_pool": in_pool,
            "fraction": task["fraction"], "methods": {}}
     for method, (kind, spec) in jobs.items():
@@ -126,6 +129,16 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
         if method == "color_filter":
             r["diagnostics"] = {k: s.get(k) for k in ("target_holdout", "models", "scoring", "score_by_source",
                                                       "compare_with")}
+        elif method == "classifier":
+            r["diagnostics"] = {"classifier": {k: v for k, v in s["classifier"].items() if k != "holdout"},
+                                "holdout": {k: v for k, v in (s["classifier"]["holdout"] or {}).items() if k != "grid"},
+                                "scoring": s["scoring"]}
+        elif method == "embedding":
+            # Both similarities are in the score parts: the precision of each one's top, from one job.
+            r["diagnostics"] = {"target": s["target"], "scoring": s["scoring"], "similarity": s["similarity"],
+                                "precision_by_similarity": {
+                                    col: top_precision(c, job["result"]["manifest_id"], col, selected, task["label"])
+                                    for col in ("centroid", "knn")}}
         if not args.no_eval:
             proxy = {"preset": "tiny", "tokens": args.proxy_tokens}
             ev = run_job(c, "evaluate", {"selection": job["result"]["manifest_id"], "validation": val["id"],
@@ -138,6 +151,15 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
         print(f"  {name} seed {seed} {method}: precision {r['precision']:.3f} gain {r.get('relative_gain')} "
               f"({r['seconds']:.0f} s)", flush=True)
     return out
+
+
+def top_precision(c, manifest_id: str, column: str, n: int, label: str) -> float:
+    """The share of `label` among the manifest's `n` documents with the highest `column`."""
+    sql = (f"SELECT avg(CASE WHEN source = '{label}' THEN 1.0 ELSE 0.0 END) FROM "
+           f"(SELECT source FROM m WHERE {column} IS NOT NULL ORDER BY {column} DESC, doc_id LIMIT {int(n)})")
+    r = c.post("/v1/query", json={"sql": sql, "tables": {"m": manifest_id}})
+    r.raise_for_status()
+    return float(r.json()["rows"][0][0])
 
 
 def main():
@@ -180,11 +202,21 @@ def report(results: dict, info: dict) -> None:
         print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
                     ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "gain_se",
                      "select_s"], rows)
-        d = r["methods"]["color_filter"]["diagnostics"]
-        held, sc = d["target_holdout"], d["scoring"]
-        print(f"  held-out target loss: prior {held.get('prior_loss')}, conditional {held.get('conditional_loss')}; "
-              f"overlap with DSIR {d['compare_with']['overlap_fraction']}; scoring {sc['seconds']} s, "
-              f"{sc['tokens_per_s']} tokens/s on {sc['actors']} actors ({sc['dtype']})")
+        if "color_filter" in r["methods"]:
+            d = r["methods"]["color_filter"]["diagnostics"]
+            held, sc = d["target_holdout"], d["scoring"]
+            print(f"  held-out target loss: prior {held.get('prior_loss')}, conditional {held.get('conditional_loss')}; "
+                  f"overlap with DSIR {d['compare_with']['overlap_fraction']}; scoring {sc['seconds']} s, "
+                  f"{sc['tokens_per_s']} tokens/s on {sc['actors']} actors ({sc['dtype']})")
+        if "classifier" in r["methods"]:
+            d = r["methods"]["classifier"]["diagnostics"]
+            print(f"  classifier: held-out {d['holdout']}, epochs {d['classifier']['epochs']} lr {d['classifier']['lr']}, "
+                  f"trained in {d['classifier']['seconds']} s; scoring {d['scoring']['docs_per_s']} docs/s")
+        if "embedding" in r["methods"]:
+            d = r["methods"]["embedding"]["diagnostics"]
+            print(f"  embedding ({d['similarity']}): precision by similarity {d['precision_by_similarity']}; target "
+                  f"{d['target']}; pool {d['scoring']['embedding']['docs_per_s']} docs/s on "
+                  f"{d['scoring']['embedding']['actors']} actors")
     print(f"\nmachine: {info}", flush=True)
 
 

@@ -117,6 +117,10 @@ JOB_FILES = {
     "plot": ("plot.png",),                              # Projektor: the projection's plot
     "inputs": ("inputs.json",),                         # ingest: the files a registration matched
     "clusters": ("dedup", "clusters.json"),             # dedup: written last by the cluster stage
+    "classifier_model": ("classifier", "model.bin"),    # classifier, embedding (BETR): the fastText model
+    "classifier_report": ("classifier", "report.json"),  # ... its held-out check (written after the model)
+    "target_embeddings": ("embedding", "target.npy"),   # embedding: the target's unit embeddings
+    "betr_sample": ("embedding", "sample.parquet"),     # embedding (BETR): the pool sample's similarities
 }
 
 

@@ -54,6 +54,7 @@ class Resources:
 SHARD_TASK = Resources(cpus=1)                       # one shard, one core
 TRAINING = Resources(gpus=1, cpu_share=1.0)          # one model: a GPU, or the cores of a node
 HALF_TRAINING = Resources(gpus=1, cpu_share=0.5)     # two models trained side by side
+CPU_TRAINING = Resources(cpu_share=1.0)              # a CPU-only learner (fastText): a node's cores, never a GPU
 SCORER = Resources(gpus=1, cpus=1)  # a LossScorer actor: one per GPU, or one single-threaded per core
 BOOKKEEPING = Resources(cpus=0)                      # progress boards and other tiny actors
 SQL_PASS = Resources(cpu_share=0.5, max_threads=8)   # one DuckDB pass over a whole job's parts (its threads)
