@@ -3,11 +3,15 @@ against the same random arm; the table, the overlaps, the costs and the winner, 
 API; a killed service resumes a compare without redoing finished selectors; bad input is a 4xx."""
 from __future__ import annotations
 
+import re
 import signal
 import time
 
 import httpx
 import pytest
+from rich.console import Console
+
+from service import cli
 
 from tests.conftest import ALICE
 from tests.corpus_gen import corpus
@@ -16,20 +20,22 @@ from tests.net import free_port, start_service_process
 from workers.driver.engine import derived_id
 from workers.jobs.compare import SELECTORS, paired_winner
 
-FAST_TRAIN = {"preset": "tiny", "tokens": 4_000, "vocab_size": 256, "batch_size": 8, "seq_len": 32}
+# The smallest proxies and models that train: the test is about the bake-off, not the selectors' quality.
+FAST_TRAIN = {"preset": "tiny", "tokens": 1_000, "vocab_size": 256, "batch_size": 4, "seq_len": 16, "max_docs": 100}
 OPTIONS = {"classifier": {"buckets": 2**14, "dim": 16, "epochs": [5], "lr": [0.5]},
            "embedding": {"actors": 1},
            "color_filter": {"prior": {"train": FAST_TRAIN},
-                            "conditional": {"finetune": {"epochs": 1, "warmup_steps": 5, "batch_size": 8}}}}
-COUNT = 40
+                            "conditional": {"finetune": {"epochs": 1, "max_tokens": 1_000, "warmup_steps": 5,
+                                                         "batch_size": 4}}}}
+COUNT = 30
 
 
 def bench(client, name: str) -> dict:
     """A within-domain bench: a mixed pool, an astronomy target and an astronomy validation set."""
-    pool = upload(client, corpus(300, seed=21, min_words=15, max_words=30), name=f"{name}-pool")
-    target = upload(client, corpus(60, seed=22, domains=["astronomy"], min_words=15, max_words=30, prefix="t"),
+    pool = upload(client, corpus(200, seed=21, min_words=10, max_words=20), name=f"{name}-pool")
+    target = upload(client, corpus(40, seed=22, domains=["astronomy"], min_words=10, max_words=20, prefix="t"),
                     name=f"{name}-target")
-    val = upload(client, corpus(30, seed=23, domains=["astronomy"], min_words=15, max_words=30, prefix="v"),
+    val = upload(client, corpus(20, seed=23, domains=["astronomy"], min_words=10, max_words=20, prefix="v"),
                  name=f"{name}-val")
     return {"pool": pool["id"], "target": target["id"], "validation": val["id"], "select": {"count": COUNT},
             "proxy": FAST_TRAIN, "repeats": 2}
@@ -80,6 +86,22 @@ def test_compare_reports_every_selector_against_one_random_arm(service, spec):
     assert (w["selector"] is None) == (w["p_value"] >= 0.05)
 
 
+def test_the_cli_prints_gains_with_their_errors_costs_and_overlaps():
+    summary = {"table": [
+        {"selector": "random", "gain": 0.001, "gain_se": 0.004, "selected": 40, "cpu_s": 1.25, "wall_s": 2.5,
+         "manifest_id": "man_" + "a" * 20},
+        {"selector": "dsir", "gain": 0.0312, "gain_se": 0.0051, "selected": 40, "cpu_s": 3.0, "wall_s": 4.0,
+         "manifest_id": "man_" + "b" * 20}],
+        "overlap": {"random": {"random": 1.0, "dsir": 0.1}, "dsir": {"random": 0.1, "dsir": 1.0}}}
+    console = Console(record=True, width=200)
+    for table in cli.compare_tables(summary):
+        console.print(table)
+    lines = console.export_text().splitlines()
+    dsir = next(line for line in lines if "dsir" in line and "man_" in line)
+    assert re.search(r"dsir\s+│\s+0\.0312\s+│\s+0\.0051\s+│\s+40\s+│\s+3\.0\s+│\s+4\.0\s+│\s+man_b{20}", dsir), dsir
+    assert any(re.search(r"random\s+│\s+1\s+│\s+0\.1\b", line) for line in lines), lines
+
+
 def test_the_winner_is_named_only_when_the_paired_test_says_so():
     clear = paired_winner({"dsir": [0.10, 0.12, 0.11], "random": [0.0, 0.01, -0.01]})
     assert clear["selector"] == "dsir" and clear["p_value"] < 0.01 and clear["statement"].startswith("dsir wins")
@@ -125,7 +147,7 @@ def test_a_killed_service_resumes_a_compare_without_redoing_finished_selectors(t
         assert finished["state"] == "succeeded", finished
         scores = tmp_path / "store" / "jobs" / part / "scores"
         before = {f.name: f.stat().st_mtime_ns for f in scores.iterdir()}
-        assert len(before) == 3
+        assert len(before) == 2
         assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
