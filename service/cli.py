@@ -605,6 +605,45 @@ def jobs_show(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="Jo
         out.print_json(data=job.result)
 
 
+def compare_tables(summary: dict) -> list[Table]:
+    """A compare job's table (gain ± s.e. and costs per selector) and its overlap matrix."""
+    rows = summary.get("table", [])
+    table = id_table("selector", "gain", "± s.e.", "selected", "cpu s", "wall s", "manifest_id", rows=[
+        [r["selector"], format_cell(r["gain"]), format_cell(r["gain_se"]), f"{r['selected']:,}",
+         f"{r['cpu_s']:.1f}", f"{r['wall_s']:.1f}", r["manifest_id"]] for r in rows])
+    names = [r["selector"] for r in rows]
+    matrix = summary.get("overlap", {})
+    overlap = Table("overlap |A∩B|/k", *names)
+    for a in names:
+        overlap.add_row(a, *(format_cell(matrix.get(a, {}).get(b)) for b in names))
+    return [table, overlap]
+
+
+@app.command("compare")
+@reports_api_errors
+def compare(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="A compare job (submit one with "
+                                                                         "`thresher jobs submit compare`).")],
+            watch: Annotated[bool, typer.Option("--watch", help="Follow the job to its end first.")] = False,
+            as_json: JsonFlag = False):
+    """Print a compare job's table: each selector's gain ± standard error, cost, overlaps, the winner."""
+    client = client_of(ctx)
+    if watch:
+        watch_job(client, job_id)
+    job = client.jobs.get(job_id)
+    if job.kind != "compare":
+        raise typer.BadParameter(f"job {job_id} is a {job.kind} job, not a compare", param_hint="'JOB_ID'")
+    if as_json:
+        return print_raw_json(job.summary)
+    if job.state != "succeeded":
+        err.print(f"Job {job_id} is {job.state}: no table yet (--watch follows it)", style="yellow", markup=False)
+        raise typer.Exit(1)
+    for table in compare_tables(job.summary):
+        out.print(table)
+    out.print(job.summary["winner"]["statement"], markup=False, highlight=False, soft_wrap=True)
+    for w in job.summary.get("warnings", []):
+        err.print(f"warning: {w}", style="yellow", markup=False, soft_wrap=True)
+
+
 @jobs_app.command("cancel")
 @reports_api_errors
 def jobs_cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="Job id.")],

@@ -17,7 +17,7 @@ from thresher.client import ThresherError, _sse_data
 runner = CliRunner()
 
 EXPECTED_COMMANDS = {
-    ("serve",),
+    ("serve",), ("compare",),
     ("corpora", "upload"), ("corpora", "list"), ("corpora", "show"), ("corpora", "sample"),
     ("corpora", "download"), ("corpora", "delete"),
     ("jobs", "submit"),     # KIND: one command per kind the service lists

@@ -889,3 +889,31 @@ def test_manifest_documents(live, data):
     projection = live.api.get(f"/v1/jobs/{data['state']['projection']}").json()["result"]["manifest_id"]
     r = live.api.get(f"/v1/manifests/{projection}/documents")
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_a_selection"
+
+
+def test_compare_job_page_shows_gains_as_bars_with_error_bars(browser, live, data):
+    """A small compare (random and dsir, two repeats of tiny proxies): a bar per selector with its
+    ± one standard error whisker, the table, the overlaps and the winner statement."""
+    val = live.api.post("/v1/corpora", params={"name": "cmp-val", "format": "jsonl"},
+                        content=jsonl(corpus(30, seed=3, domains=["astronomy"], prefix="v"))).json()
+    r = live.api.post("/v1/jobs", json={"kind": "compare", "spec": {
+        "pool": data["pool"]["id"], "target": data["target"]["id"], "validation": val["id"], "select": {"count": 60},
+        "selectors": ["random", "dsir"], "repeats": 2,
+        "proxy": {"preset": "tiny", "tokens": 1000, "vocab_size": 256, "batch_size": 4, "seq_len": 16, "max_docs": 100}}})
+    assert r.status_code == 202, r.text
+    job = wait(live.api, r.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    s = job["result"]["summary"]
+    sign_in(browser, live, KEY_ALICE)
+    signed_in_as(browser, "alice")
+    go(browser, live, f"#/jobs/{job['id']}")
+    until(browser, lambda d: chart(d, "chart-compare-gains", "c.data.datasets[0].data.length") == 2,
+          what="the gains chart")
+    assert chart(browser, "chart-compare-gains", "c.data.labels") == ["random", "dsir"]
+    assert chart(browser, "chart-compare-gains", "c.options.plugins.whiskers.errors") == \
+        pytest.approx([row["gain_se"] for row in s["table"]])
+    rows = table_rows(browser, "#compare-table", "data-row")
+    assert set(rows) == {"random", "dsir"} and all("%" in rows[n][1] and "%" in rows[n][2] for n in rows)
+    assert table_rows(browser, "#compare-overlap", "data-row")["dsir"][2] == "100%"
+    assert text_of(browser, "#compare-statement") == s["winner"]["statement"]
+    shot(browser, "job-compare")

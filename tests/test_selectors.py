@@ -208,3 +208,41 @@ def test_a_target_without_text_fails_the_classifier_in_plain_words(service, pool
     job = wait(service, submit(service, "classifier", {"pool": pool["id"], "target": empty["id"],
                                                        "select": {"count": 5}})["id"])
     assert job["state"] == "failed" and "positive" in job["error"]["message"], job
+
+
+# -- restrict --------------------------------------------------------------------------------------
+
+def query(service, sql: str, **tables) -> list:
+    r = service.post("/v1/query", json={"sql": sql, "tables": tables, "limit": 10_000})
+    assert r.status_code == 200, r.text
+    return r.json()["rows"]
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("classifier", {"buckets": 2**14, "dim": 32, "epochs": [20], "lr": [0.5]}),
+    ("embedding", {"actors": 2}),
+    ("embedding", {"similarity": "centroid", "actors": 1,
+                   "betr": {"sample": 120, "positive_fraction": 0.3, "buckets": 2**14, "dim": 32, "epochs": [20],
+                            "lr": [0.5]}}),
+], ids=["classifier", "embedding", "embedding-betr"])
+def test_restricted_documents_are_neither_scored_nor_selected(service, pool_and_target, kind, extra):
+    pool, target = pool_and_target
+    # The restricting manifest: a random half of the pool. Its left-out half holds about half of the
+    # astronomy documents, which a selector that ignored the restriction would select.
+    keep = run_ok(service, "random", {"pool": pool["id"], "select": {"fraction": 0.5}, "seed": 5})
+    restrict = keep["result"]["manifest_id"]
+    job = run_ok(service, kind, {"pool": pool["id"], "target": target["id"], "select": {"count": 40},
+                                 "restrict": [restrict], **extra}, timeout=300)
+    s, man = job["result"]["summary"], job["result"]["manifest_id"]
+    assert s["num_selected"] == 40 and s["built_on"] == [restrict] and s["excluded_total"] == 210
+    assert query(service, "SELECT count(*), count(*) FILTER (WHERE selected) FROM s", s=man) == [[420, 40]]
+    # Exactly k survivors, none of them excluded; the excluded have no score and name the manifest.
+    assert query(service, "SELECT count(*) FROM s JOIN r USING (doc_id) WHERE s.selected AND NOT r.selected",
+                 s=man, r=restrict) == [[0]]
+    assert query(service, f"""SELECT count(*) FILTER (WHERE s.score IS NULL AND s.rank IS NULL
+                                                       AND s.excluded_by = '{restrict}'), count(*)
+                              FROM s JOIN r USING (doc_id) WHERE NOT r.selected""", s=man, r=restrict) == [[210, 210]]
+    if kind == "embedding" and "betr" not in extra:  # the encoder never saw them: no similarity at all
+        assert query(service, "SELECT count(*) FROM s WHERE excluded_by IS NOT NULL AND (knn IS NOT NULL "
+                              "OR centroid IS NOT NULL)", s=man) == [[0]]
+    assert s["selected_by_source"].get(TARGET, 0) / 40 > 0.8

@@ -32,7 +32,7 @@ from storage.fs import Store
 from storage.inputs import Access
 from storage.manifests import score_part
 from workers.kind import REQUEST_TASK
-from workers.runtime import node_id, ray_get
+from workers.runtime import actor_cpu, node_id, ray_get
 from workers.specs import LimitExceeded
 
 CACHE = os.path.join(tempfile.gettempdir(), "thresher-models")
@@ -164,7 +164,7 @@ class LossScorer:
         dtype = self.engine.dtype
         return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0),
                 "actor": self.index, "dtype": str(dtype).replace("torch.", "") if dtype else "float32",
-                "node": node_id()}
+                "node": node_id(), "cpu_s": actor_cpu(self)}
 
     def score_shard(self, shard: int, parts: tuple, out: tuple, allowed: np.ndarray | None = None) -> dict:
         table = self._table(shard, parts, allowed=allowed)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import signal
 import threading
+import time
 
 import psutil
 import ray
@@ -183,6 +185,27 @@ def cluster_gpus() -> int:
 def node_id() -> str:
     """The Ray node this code runs on (tasks return it, so a job can say where its shards ran)."""
     return ray.get_runtime_context().get_node_id()
+
+
+def measured(fn):
+    """A task body whose dict result gets `cpu_s`: the CPU seconds its process spent on it, all
+    threads (torch's, DuckDB's) counted. Ray runs one task at a time in a worker process, so the
+    process's CPU time over the call is the task's; reserved cores × wall time would count idle
+    cores (a compare job reports what each selector cost)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        started = time.process_time()
+        out = fn(*args, **kwargs)
+        return {**out, "cpu_s": time.process_time() - started} if isinstance(out, dict) else out
+    return wrapper
+
+
+def actor_cpu(actor) -> float:
+    """An actor's CPU seconds since its previous call of this (the first: since its process started,
+    which is the actor's own: loading its model is part of what it cost)."""
+    now = time.process_time()
+    spent, actor._cpu_mark = now - getattr(actor, "_cpu_mark", 0.0), now
+    return spent
 
 
 def ray_reachable() -> bool:

@@ -149,6 +149,7 @@ class JobContext:
     job: dict
     cancel_event: threading.Event
     nodes: dict = field(default_factory=dict)     # stage -> {Ray node id: tasks finished there}
+    cpu_s: float = 0.0                            # CPU seconds its tasks measured (workers.runtime.measured)
     light: bool = False                           # runs in the light lane (tasks reserve no CPU)
     lane: Any = None                              # the Lane it runs in
     plan: list = field(default_factory=list)      # the stages this spec runs, in order (JobKind.plan)
@@ -333,7 +334,7 @@ class JobContext:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
                     t = inflight.pop(ref)
-                    results[t.key] = result = ray_get(ref, f"{stage}: task {t.key}")
+                    results[t.key] = result = self._measured(ray_get(ref, f"{stage}: task {t.key}"))
                     if isinstance(result, dict) and "node" in result:
                         per_node = self.nodes.setdefault(stage, {})
                         per_node[result["node"]] = per_node.get(result["node"], 0) + 1
@@ -356,6 +357,12 @@ class JobContext:
                 ray.cancel(ref)
         return results
 
+    def _measured(self, result):
+        """A task's result without its `cpu_s`, which is added to the job's."""
+        if isinstance(result, dict) and "cpu_s" in result:
+            self.cpu_s += result.pop("cpu_s") or 0.0
+        return result
+
     def run_long(self, stage: str, unit: str, submit: Callable[["ray.actor.ActorHandle"], "ray.ObjectRef"],
                  total: float = 1):
         """Run one long Ray task that reports its own progress (e.g. training, in tokens).
@@ -376,7 +383,7 @@ class JobContext:
                     self.progress(stage, done, total, unit)
                 self._check_waiting(stage, started=bool(total))  # the task posts once it runs
                 if ready:
-                    result = ray_get(ref, stage)
+                    result = self._measured(ray_get(ref, stage))
                     done, total = ray.get(board.get.remote())
                     # A stage that may stop early ends at what it used (its ceiling stays in `up_to`).
                     end = done if stage in self.kind.up_to and done else (total or 1)

@@ -20,6 +20,7 @@ import time
 from typing import Annotated
 
 import numpy as np
+import pyarrow as pa
 import ray
 from pydantic import Field
 
@@ -29,9 +30,10 @@ from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
 from workers.driver.engine import JobContext, JobFailed, Task
-from workers.jobs.selection import empty_mask, finish_selection
+from workers.jobs.restrict import Restriction, restriction
+from workers.jobs.selection import finish_selection, unscored
 from workers.kind import CPU_TRAINING, SHARD_TASK, JobKind
-from workers.runtime import node_id
+from workers.runtime import measured, node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
 Rows = list[tuple[tuple, list[int]]]  # (shard path, row numbers) pairs: documents to read
@@ -61,18 +63,25 @@ class ClassifierSpec(TargetedSelection, FastTextOptions):
 
 # -- shared with the embedding kind's BETR path ------------------------------------------------------
 
-def sample_rows(shards: list[tuple[int, tuple]], sizes: dict[int, int], n: int, seed: int) -> Rows:
+def sample_rows(shards: list[tuple[int, tuple]], sizes: dict[int, int], n: int, seed: int,
+                restricted: Restriction | None = None) -> Rows:
     """A seeded uniform sample of `n` rows of a corpus, as (shard path, sorted rows) per shard;
-    every row when `n` is at least the corpus's size."""
-    counts = np.array([sizes.get(s, 0) for s, _ in shards], dtype=np.int64)
+    every row when `n` is at least the corpus's size. With `restricted`, only the rows it allows
+    (an unrestricted draw is the same as before restrictions)."""
+    restricted = restricted or Restriction()
+    rows_of = []
+    for s, _ in shards:
+        mask = restricted.allowed(s)
+        rows_of.append(np.arange(sizes.get(s, 0)) if mask is None else np.flatnonzero(mask))
+    counts = np.array([len(r) for r in rows_of], dtype=np.int64)
     total = int(counts.sum())
     pick = np.arange(total) if n >= total else np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
     out = []
     for i, (_, parts) in enumerate(shards):
-        rows = pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i]
-        if len(rows):
-            out.append((parts, rows.tolist()))
+        at = pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i]
+        if len(at):
+            out.append((parts, rows_of[i][at].tolist()))
     return out
 
 
@@ -86,6 +95,7 @@ def read_rows(store: Store, rows: Rows) -> list[str]:
 
 
 @ray.remote
+@measured
 def train_fasttext(store_root: str, positives: Rows, negatives: Rows, opts: dict, seed: int, threads: int,
                    out_model: tuple, out_report: tuple) -> dict:
     """Train the classifier once and store it; the report (the held-out check) is written last. The
@@ -119,15 +129,18 @@ def load_fasttext(store: Store, parts: tuple):
 
 
 @ray.remote
-def fasttext_scores(store_root: str, shard: int, parts: tuple, out: tuple, model_parts: tuple) -> dict:
-    """One shard's P(target) under the stored classifier."""
+@measured
+def fasttext_scores(store_root: str, shard: int, parts: tuple, out: tuple, model_parts: tuple,
+                    allowed: np.ndarray | None) -> dict:
+    """One shard's P(target) under the stored classifier; the documents `allowed` leaves out are not scored."""
     t0 = time.monotonic()
     store = Store(store_root)
     model = load_fasttext(store, model_parts)
     load_s = time.monotonic() - t0
     t = store.read_parquet(*parts, columns=["id", "text", "source"])
-    p = ftc.p_target(model, t["text"].to_pylist())
-    p[empty_mask(t["text"])] = np.nan
+    keep = ~unscored(t["text"], allowed)
+    p = np.full(t.num_rows, np.nan)
+    p[keep] = ftc.p_target(model, t["text"].filter(pa.array(keep)).to_pylist())
     store.write_parquet(score_part(t["id"], shard, t["source"], word_counts(t["text"]), p), *out)
     return {"rows": t.num_rows, "load_s": load_s, "seconds": time.monotonic() - t0, "node": node_id()}
 
@@ -143,15 +156,15 @@ def ensure_fasttext(ctx: JobContext, stage: str, positives: Rows, negatives: Row
     return json.loads(ctx.store.read_bytes(*report))
 
 
-def fasttext_scores_into(ctx: JobContext, stage: str, pool: str) -> dict:
-    """Score every shard of `pool` with the job's classifier (one task per shard, resumable); the
-    stage's figures."""
+def fasttext_scores_into(ctx: JobContext, stage: str, pool: str, restricted: Restriction) -> dict:
+    """Score every shard of `pool` with the job's classifier (one task per shard, resumable), the
+    documents `restricted` allows; the stage's figures."""
     started = time.monotonic()
     model = layout.job_file(ctx.job_id, "classifier_model")
     opts = ctx.options(stage)
     tasks = [Task(out=layout.score_part(ctx.job_id, s), key=s,
                   submit=lambda s=s, p=p: fasttext_scores.options(**opts).remote(
-                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), model))
+                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), model, restricted.allowed(s)))
              for s, p in ctx.corpus_shards(pool)]
     done = [r for r in ctx.run_tasks(stage, tasks).values() if r]
     seconds = time.monotonic() - started
@@ -166,15 +179,17 @@ def fasttext_scores_into(ctx: JobContext, stage: str, pool: str) -> dict:
 def run_classifier(ctx: JobContext, spec: ClassifierSpec) -> dict:
     ctx.corpus(spec.pool)
     ctx.corpus(spec.target)
+    pool = restriction(ctx, spec.pool, spec.restrict)
     target_sizes = ctx.corpus_shard_sizes(spec.target)
     positives = sample_rows(ctx.corpus_shards(spec.target), target_sizes, spec.max_target_docs, spec.seed)
     n_pos = sum(len(r) for _, r in positives)
     # Seeded apart from the positives' draw, so a pool that is the target is not sampled row for row.
-    negatives = sample_rows(ctx.corpus_shards(spec.pool), ctx.corpus_shard_sizes(spec.pool),
-                            max(1, round(spec.negatives_per_positive * n_pos)), spec.seed + 1)
+    # Negatives come from the restricted pool: what restrict leaves out is not the pool selected from.
+    negatives = sample_rows(ctx.corpus_shards(spec.pool), pool.sizes, max(1, round(spec.negatives_per_positive * n_pos)),
+                            spec.seed + 1, pool)
     report = ensure_fasttext(ctx, "train", positives, negatives, spec, spec.seed)
-    scoring = fasttext_scores_into(ctx, "score", spec.pool)
-    result = finish_selection(ctx, "classifier", spec.pool, spec.select, spec.mode,
+    scoring = fasttext_scores_into(ctx, "score", spec.pool, pool)
+    result = finish_selection(ctx, "classifier", spec.pool, spec.select, spec.mode, restricted=pool,
                               meta={"score": "P(target) under a fastText word-bigram classifier"})
     result["summary"]["classifier"] = report
     result["summary"]["scoring"] = scoring

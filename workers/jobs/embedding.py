@@ -33,9 +33,10 @@ from workers.driver.engine import JobContext, JobFailed, Task
 from workers.jobs.classifier import (FastTextOptions, Rows, ensure_fasttext, fasttext_scores_into, read_rows,
                                      sample_rows)
 from workers.jobs.lm import score_pieces
-from workers.jobs.selection import empty_mask, finish_selection, load_array, save_array
+from workers.jobs.restrict import Restriction, restriction
+from workers.jobs.selection import empty_mask, finish_selection, load_array, save_array, unscored
 from workers.kind import CPU_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
-from workers.runtime import cluster_cpus, cluster_gpus, node_id
+from workers.runtime import actor_cpu, cluster_cpus, cluster_gpus, measured, node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
 Similarity = Literal["centroid", "knn"]
@@ -75,6 +76,7 @@ def set_threads(threads: int) -> None:
 
 
 @ray.remote
+@measured
 def embed_target(store_root: str, rows: Rows, out: tuple, threads: int, batch_size: int) -> dict:
     started = time.monotonic()
     set_threads(threads)
@@ -105,19 +107,22 @@ class EmbeddingScorer:
 
     def _info(self, rows: int, started: float) -> dict:
         return {"rows": rows, "seconds": time.monotonic() - started, "loads": loads(), "actor": self.index,
-                "device": str(self.encoder.device), "node": node_id()}
+                "device": str(self.encoder.device), "node": node_id(), "cpu_s": actor_cpu(self)}
 
-    def score_rows(self, shard: int, parts: tuple, similarity: str, first: int = 0, end: int | None = None,
-                   out: tuple | None = None) -> dict:
+    def score_rows(self, shard: int, parts: tuple, similarity: str, allowed: np.ndarray | None, first: int = 0,
+                   end: int | None = None, out: tuple | None = None) -> dict:
         """The score table of rows [first, end) of a shard: written to `out` (a whole shard), or
-        returned for the driver to join with the shard's other row ranges."""
+        returned for the driver to join with the shard's other row ranges. Only the rows `allowed`
+        (the shard's mask, None: all) are embedded; the others, and empty ones, have no score."""
         started = time.monotonic()
         t = self.store.read_parquet(*parts, columns=["id", "text", "source"])
-        t = t.slice(first, (t.num_rows if end is None else end) - first)
-        sims = self._similarities(t["text"].to_pylist())
-        empty = empty_mask(t["text"])
-        for v in sims.values():
-            v[empty] = np.nan
+        end = t.num_rows if end is None else end
+        t = t.slice(first, end - first)
+        keep = ~unscored(t["text"], None if allowed is None else allowed[first:end])
+        sims = {}
+        for name, v in self._similarities(t["text"].filter(pa.array(keep)).to_pylist()).items():
+            sims[name] = np.full(t.num_rows, np.nan, dtype=v.dtype)
+            sims[name][keep] = v
         table = score_part(t["id"], shard, t["source"], word_counts(t["text"]), sims[similarity],
                            row=np.arange(first, first + t.num_rows, dtype=np.int64), **sims)
         if out is not None:
@@ -180,8 +185,9 @@ def ensure_target(ctx: JobContext, spec: EmbeddingSpec) -> tuple[np.ndarray, dic
     return matrix, {"docs": len(matrix), **({k: info[k] for k in ("seconds", "docs_per_s")} if info else {})}
 
 
-def embed_pool(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> dict:
-    """Every shard of the pool embedded and scored (resumable: finished parts are skipped). With
+def embed_pool(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray, restricted: Restriction) -> dict:
+    """Every shard of the pool embedded and scored, the documents `restricted` allows (resumable:
+    finished parts are skipped). With
     fewer unfinished shards than actors, shards are cut into row ranges (as CoLoR-Filter's scoring
     cuts them) so that every actor works; a cut shard's ranges are joined into its one part."""
     counts = ctx.corpus_shard_sizes(spec.pool)
@@ -191,10 +197,10 @@ def embed_pool(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> dict
         if (a, b) == (0, counts.get(s, 0)):  # a whole shard writes its own part
             out = layout.score_part(ctx.job_id, s)
             calls.append(((s, a), out, 1, lambda actor, s=s, p=p, out=out: actor.score_rows.remote(
-                s, p, spec.similarity, out=out)))
+                s, p, spec.similarity, restricted.allowed(s), out=out)))
         else:
             calls.append(((s, a), None, 1, lambda actor, s=s, p=p, a=a, b=b: actor.score_rows.remote(
-                s, p, spec.similarity, a, b)))
+                s, p, spec.similarity, restricted.allowed(s), a, b)))
     results, figures = on_scorers(ctx, spec, target, calls, "pieces")
     cut = sorted({key[0] for key, out, _, _ in calls if out is None})
     for s in cut:
@@ -203,13 +209,14 @@ def embed_pool(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> dict
     return {"path": "full", "embedding": {**figures, "cut_shards": len(cut)}}
 
 
-def betr_labels(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> tuple[Rows, Rows, dict]:
+def betr_labels(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray,
+                restricted: Restriction) -> tuple[Rows, Rows, dict]:
     """The sample's similarities (stored once), and its top `positive_fraction` by the chosen
-    similarity as positives, the rest as negatives."""
+    similarity as positives, the rest as negatives; the sample is drawn from what `restricted` allows."""
     out = layout.job_file(ctx.job_id, "betr_sample")
     figures: dict = {"resumed": True}
     if not ctx.store.exists(*out):
-        rows = sample_rows(ctx.corpus_shards(spec.pool), ctx.corpus_shard_sizes(spec.pool), spec.betr.sample, spec.seed)
+        rows = sample_rows(ctx.corpus_shards(spec.pool), restricted.sizes, spec.betr.sample, spec.seed, restricted)
         shard_of = {p: s for s, p in ctx.corpus_shards(spec.pool)}
         calls = [
             (shard_of[p], None, len(r), lambda a, p=p, r=r: a.sample_similarities.remote(shard_of[p], p, r))
@@ -233,21 +240,22 @@ def betr_labels(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> tup
         "positive_threshold": threshold, "embedding": figures}
 
 
-def betr_scores(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray) -> dict:
-    positives, negatives, sample = betr_labels(ctx, spec, target)
+def betr_scores(ctx: JobContext, spec: EmbeddingSpec, target: np.ndarray, restricted: Restriction) -> dict:
+    positives, negatives, sample = betr_labels(ctx, spec, target, restricted)
     report = ensure_fasttext(ctx, "train", positives, negatives, spec.betr, spec.seed)
     return {"path": "betr", "sample": sample, "classifier": report,
-            "classify": fasttext_scores_into(ctx, "classify", spec.pool)}
+            "classify": fasttext_scores_into(ctx, "classify", spec.pool, restricted)}
 
 
 def run_embedding(ctx: JobContext, spec: EmbeddingSpec) -> dict:
     ctx.corpus(spec.pool)
     ctx.corpus(spec.target)
+    pool = restriction(ctx, spec.pool, spec.restrict)
     target, target_info = ensure_target(ctx, spec)
-    scoring = betr_scores(ctx, spec, target) if spec.betr else embed_pool(ctx, spec, target)
+    scoring = betr_scores(ctx, spec, target, pool) if spec.betr else embed_pool(ctx, spec, target, pool)
     score = ("P(similar) under a fastText classifier fitted to a sample's similarities" if spec.betr
              else f"{spec.similarity} cosine similarity to the target")
-    result = finish_selection(ctx, "embedding", spec.pool, spec.select, spec.mode, meta={
+    result = finish_selection(ctx, "embedding", spec.pool, spec.select, spec.mode, restricted=pool, meta={
         "score": score, "similarity": spec.similarity, "k": spec.k if spec.similarity == "knn" else None,
         "encoder": "all-MiniLM-L6-v2", "max_tokens": MAX_TOKENS})
     result["summary"].update(path=scoring.pop("path"), target=target_info, scoring=scoring)
@@ -257,5 +265,6 @@ def run_embedding(ctx: JobContext, spec: EmbeddingSpec) -> dict:
 KINDS = [
     JobKind("embedding", EmbeddingSpec, run_embedding,
             "similarity of sentence embeddings (all-MiniLM-L6-v2) to the target; optionally BETR's sample + classifier",
-            stages={"embed_target": TRAINING, "score": SCORER, "train": CPU_TRAINING, "classify": SHARD_TASK}),
+            stages={"embed_target": TRAINING, "score": SCORER, "train": CPU_TRAINING, "classify": SHARD_TASK},
+            skip={"train": lambda s: s.betr is None, "classify": lambda s: s.betr is None}),
 ]

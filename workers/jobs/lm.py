@@ -35,7 +35,7 @@ from workers.jobs.restrict import Restriction, restriction
 from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
 from workers.kind import BOOKKEEPING, HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
-from workers.runtime import cluster_cpus, cluster_gpus
+from workers.runtime import cluster_cpus, cluster_gpus, measured
 from workers.specs import (MAX_COUNT, CorpusId, ManifestId, ModelId, Restricted, Seed, StrictModel,
                            TargetedSelection, exactly_one)
 from workers.training import FinetuneOptions, TrainOptions, finetune_docs, token_stream, train_from_scratch
@@ -75,6 +75,7 @@ def prior_budget(opts: PriorTrainOptions, stream_tokens: int, sample_docs: int, 
 
 
 @ray.remote(max_retries=2)
+@measured
 def pretrain_task(store_root: str, opts: dict, corpus_docs: int, shard_parts: list, model_id: str, board,
                   threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
@@ -97,6 +98,7 @@ def pretrain_task(store_root: str, opts: dict, corpus_docs: int, shard_parts: li
 
 
 @ray.remote(max_retries=2)
+@measured
 def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, model_id: str, board, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
@@ -411,6 +413,7 @@ def arm_texts(store: Store, train_parts: list, selected_only: bool, sample_seed:
 
 
 @ray.remote(max_retries=2)
+@measured
 def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None,
                match: str, tokenizer_parts: list, validation_parts: list, opts: dict, threads: int,
                lifeline=None, out: tuple | None = None, job_id: str | None = None) -> dict:
@@ -615,6 +618,7 @@ def evaluation_pool(ctx: JobContext, spec: EvaluateSpec, man: dict, pool: str) -
 
 
 @ray.remote
+@measured
 def overlap_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None, match: str,
                  validation_parts: list, n: int) -> dict:
     """How many of one arm's documents are exact copies of validation documents, or share an n-gram with one."""

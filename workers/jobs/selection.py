@@ -18,7 +18,7 @@ from storage.manifests import dataset, manifest_files, score_part, selected_by_s
 from workers.driver.engine import JobContext, Task, derived_id
 from workers.jobs.restrict import Restriction, restriction
 from workers.kind import BOOKKEEPING, SHARD_TASK, JobKind, small_inputs
-from workers.runtime import node_id
+from workers.runtime import measured, node_id
 from workers.specs import CorpusId, Restricted, Seed, Select, SelectMode, TargetedSelection
 
 
@@ -81,6 +81,7 @@ class RandomSpec(Restricted):
 
 
 @ray.remote
+@measured
 def random_scores(store_root: str, shard: int, parts: tuple, out: tuple, seed: int,
                   allowed: np.ndarray | None) -> int:
     store = Store(store_root)
@@ -113,6 +114,7 @@ class DsirSpec(TargetedSelection):
 
 
 @ray.remote
+@measured
 def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int, allowed: np.ndarray | None) -> int:
     store = Store(store_root)
     t = store.read_parquet(*parts, columns=["text"])
@@ -123,6 +125,7 @@ def bucket_totals(store_root: str, parts: tuple, out: tuple, buckets: int, allow
 
 
 @ray.remote
+@measured
 def dsir_scores(store_root: str, shard: int, parts: tuple, out: tuple, ratio: tuple,
                 buckets: int, seed: int, allowed: np.ndarray | None) -> int:
     store = Store(store_root)

@@ -75,6 +75,50 @@ export function bars(canvas, labels, series, { yTitle, xTitle, horizontal = fals
   });
 }
 
+// Bars with error bars: one bar per label, `values[i]` ± `errors[i]` (null: no whisker), drawn
+// as whiskers over the bars (Chart.js has no error bars of its own).
+const whiskers = {
+  id: "whiskers",
+  afterDatasetsDraw(chart, _args, opts) {
+    const errors = (opts && opts.errors) || [];
+    const { ctx, scales } = chart;
+    const meta = chart.getDatasetMeta(0);
+    ctx.save();
+    ctx.strokeStyle = "#0f172a";
+    ctx.lineWidth = 1.5;
+    meta.data.forEach((bar, i) => {
+      const v = chart.data.datasets[0].data[i], e = errors[i];
+      if (v === null || v === undefined || e === null || e === undefined) return;
+      const top = scales.y.getPixelForValue(v + e), bottom = scales.y.getPixelForValue(v - e);
+      const w = Math.min(12, bar.width / 4);
+      ctx.beginPath();
+      ctx.moveTo(bar.x, top); ctx.lineTo(bar.x, bottom);
+      ctx.moveTo(bar.x - w, top); ctx.lineTo(bar.x + w, top);
+      ctx.moveTo(bar.x - w, bottom); ctx.lineTo(bar.x + w, bottom);
+      ctx.stroke();
+    });
+    ctx.restore();
+  },
+};
+
+export function errorBars(canvas, labels, values, errors, { yTitle, colors } = {}) {
+  // The axis holds every whisker, not only the bars.
+  const ends = values.flatMap((v, i) => (v === null ? [] : [v - (errors[i] || 0), v + (errors[i] || 0)]));
+  const pad = 0.1 * (Math.max(0, ...ends) - Math.min(0, ...ends) || 1);
+  return make(canvas, {
+    type: "bar",
+    data: { labels, datasets: [{ label: yTitle, data: values, borderRadius: 2,
+      backgroundColor: colors || labels.map((_, i) => COLORS[i % COLORS.length]) }] },
+    options: {
+      plugins: { legend: { display: false }, whiskers: { errors },
+                 tooltip: { callbacks: { label: (item) => `${item.formattedValue} ± ${errors[item.dataIndex] ?? "—"}` } } },
+      scales: { y: { min: Math.min(0, ...ends) - pad, max: Math.max(0, ...ends) + pad,
+                     title: { display: !!yTitle, text: yTitle } } },
+    },
+    plugins: [whiskers],
+  });
+}
+
 // A histogram of bins [{lo, hi, pool, selected}] stacked selected-over-rest, threshold marked.
 export function histogram(canvas, bins, { threshold, xTitle = "score", thresholdLabel } = {}) {
   const mid = (b) => (b.lo + b.hi) / 2;

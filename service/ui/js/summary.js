@@ -3,7 +3,7 @@
 // parameters, decontamination by corpus and source, quality rejections per preset, rule and
 // source), every figure a view leaves out in a generic key/value table, and the raw JSON behind a
 // toggle.
-import { chartBox, lines } from "./charts.js";
+import { chartBox, errorBars, lines } from "./charts.js";
 import { fmtNum, h, json, link } from "./dom.js";
 
 const PAGES = { cor: "corpora", man: "manifests", mdl: "models", job: "jobs", cur: "curricula" };
@@ -117,6 +117,34 @@ function evaluateView(s) {
         repeats > 1 ? h("p", { class: "muted small" }, "Documents, tokens and training loss are the first repeat's.") : null),
       perRepeat,
       block("Setup", kvTable({ proxy: s.proxy, token_budget: s.token_budget, repeats, "random subset matched in": s.match })),
+    ],
+  };
+}
+
+// -- compare --------------------------------------------------------------------------------------
+
+function compareView(s) {
+  const rows = s.table || [];
+  const names = rows.map((r) => r.selector);
+  const w = s.winner || {};
+  const box = chartBox("chart-compare-gains", 260);
+  setTimeout(() => { if (box.isConnected) errorBars(box.querySelector("canvas"), names,
+    rows.map((r) => r.gain), rows.map((r) => r.gain_se), { yTitle: "relative gain over random (± 1 s.e.)" }); }, 0);
+  const m = s.overlap || {};
+  return {
+    used: ["table", "overlap", "winner"],
+    nodes: [
+      h("div", { class: "headline" },
+        h("div", { class: "muted small" }, `${names.length} selectors on one pool, each evaluated against the same random arm over ${s.repeats} repeats`),
+        h("div", { class: w.selector ? "big-number" : "", id: "compare-winner" }, w.selector ? `${w.selector} wins` : "No clear winner"),
+        h("div", { class: "small", id: "compare-statement" }, w.statement || "")),
+      block("Gain per selector", box),
+      block("Table", grid("compare-table", ["selector", "gain", "± s.e.", "selected", "CPU s", "wall s", "selection", "evaluation"],
+        rows.map((r) => ({ key: r.selector, cells: [r.selector, signedPct(r.gain), pct(r.gain_se, 2), fmtNum(r.selected),
+          fmtNum(r.cpu_s), fmtNum(r.wall_s), value(r.manifest_id), value(r.evaluate_job_id)] }))),
+        h("p", { class: "muted small" }, "CPU seconds are measured in the tasks' processes (and the service's own share); the evaluation's cost is in its job.")),
+      block("Overlap of the selections (|A ∩ B| / k)", grid("compare-overlap", ["", ...names],
+        names.map((a) => ({ key: a, cells: [a, ...names.map((b) => pct((m[a] || {})[b], 0))] })))),
     ],
   };
 }
@@ -338,6 +366,7 @@ function qualityView(s, { spec = {} }) {
 
 const VIEWS = {
   evaluate: evaluateView,
+  compare: compareView,
   color_filter: colorFilterView,
   dsir: selectionView,
   random: selectionView,
