@@ -28,11 +28,13 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-def start_service_process(home, port, ray_address, **env) -> subprocess.Popen:
-    """`thresher serve` in a process of its own (so a test can kill it), ready when this returns."""
+def start_service_process(home, port, ray_address, preload: str | None = None, **env) -> subprocess.Popen:
+    """`thresher serve` in a process of its own (so a test can kill it), ready when this returns.
+    `preload`: Python run first in that process (a test registering a job kind of its own)."""
     from tests.conftest import KEYS
     env = {**os.environ, "THRESHER_RAY_ADDRESS": ray_address, "THRESHER_API_KEYS": ",".join(KEYS), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
+    main = ["-c", f"{preload}\nfrom service.cli import app\napp(prog_name='thresher')"] if preload else ["-m", "service.cli"]
+    proc = subprocess.Popen([sys.executable, *main, "serve", "--home", str(home), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

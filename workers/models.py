@@ -31,6 +31,7 @@ from storage.errors import DomainError
 from storage.fs import Store
 from storage.inputs import Access
 from storage.manifests import score_part
+from workers.jobs.common import empty_mask, unscored
 from workers.kind import REQUEST_TASK
 from workers.runtime import actor_cpu, node_id, ray_get
 from workers.specs import LimitExceeded
@@ -141,8 +142,7 @@ class LossScorer:
             allowed = None if allowed is None else allowed[rows[0]:rows[1]]
         # A document with no text, or one a restriction excludes, is not scored: NaN here, NULL in
         # the manifest, never selected.
-        texts = [x if x and x.strip() and (allowed is None or allowed[i]) else ""
-                 for i, x in enumerate(t["text"].to_pylist())]
+        texts = ["" if skip else x for x, skip in zip(t["text"].to_pylist(), unscored(t["text"], allowed))]
         tokens = tokenize_documents(self.tokenizer, texts, prepend_id=self.prepend)
         for i, text in enumerate(texts):
             if not text:
@@ -190,7 +190,7 @@ def read_texts(store: Store, shard_parts: list[tuple], max_docs: int | None, see
             docs = docs.filter(pa.array(allowed[i]))
         if source is not None:
             docs = docs.filter(pa.compute.equal(docs["source"], source))
-        texts += [x for x in docs["text"].to_pylist() if x and x.strip()]
+        texts += docs["text"].filter(pa.array(~empty_mask(docs["text"]))).to_pylist()
         if max_docs and len(texts) >= 4 * max_docs:
             break
     if max_docs and len(texts) > max_docs:

@@ -2,8 +2,10 @@
 
 Runs inside the service process (the Ray driver), which also owns the catalog. A job is a function
 `run(ctx, spec) -> result` of its kind (workers/jobs/, declared as a workers.kind.JobKind); it does
-its heavy work through `ctx.run_tasks`, which submits one Ray task per item with bounded in-flight
-work, retries, progress and cancellation, with the resources its kind declares for the stage. Every task writes its output under a deterministic name in storage; a task whose
+its heavy work through `ctx.map_shards` (a task per shard or item) and `ctx.run_one` (one task),
+which run plain functions `fn(store, ...)` on Ray with bounded in-flight work, retries, progress and
+cancellation, with the resources its kind declares for the stage (`ctx.run_tasks` under them). Every
+task writes its output under a deterministic name in storage; a task whose
 output already exists is not run again. That is the whole resume story: after a restart, queued and
 running jobs are started again and recompute only the shards that were not finished. A job that
 the service stopped while running `max_attempts` times (a job that kills its process would
@@ -21,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ray
 
@@ -32,7 +34,7 @@ from storage.fs import Store, storage_error
 from storage.inputs import Access
 from workers.driver import lifecycle
 from workers.kind import BOOKKEEPING, JobKind, Resources
-from workers.runtime import cluster_cpus, ray_get
+from workers.runtime import cluster_cpus, measured, ray_get
 from workers.specs import SpecLimits, check_limits, iter_refs
 
 log = logging.getLogger("thresher.engine")
@@ -398,13 +400,34 @@ class JobContext:
     def commit_manifest(self, man_id: str, kind: str, info: dict, meta: dict | None = None) -> dict:
         return lifecycle.commit_manifest(self.catalog, self.job, man_id, kind, info, meta)
 
-    def submit(self, stage: str, fn: "ray.remote_function.RemoteFunction", *args) -> "ray.ObjectRef":
-        """Start one task of `stage`: `fn(*args)` on Ray with the stage's resources, or in the light
-        lane on one of its warm workers (a fresh Ray worker takes seconds to start and import the job
-        modules, more than a light job's whole work on a loaded node)."""
+    def submit(self, stage: str, fn: Callable, *args) -> "ray.ObjectRef":
+        """Start one task of `stage`: `fn(store, *args)`, a plain function handed the job's store
+        (opened on the worker from its root: a string is all that travels), on Ray with the stage's
+        resources, or in the light lane on one of its warm workers (a fresh Ray worker takes seconds
+        to start and import the job modules, more than a light job's whole work on a loaded node)."""
         if self.light:
-            return self.engine.light_pool.run(fn, args)
-        return fn.options(**self.options(stage)).remote(*args)
+            return self.engine.light_pool.run(store_task, (fn, self.store.root, *args))
+        return on_ray(fn, self.store.root, *args, **self.options(stage))
+
+    def map_shards(self, stage: str, fn: Callable, shards: Iterable[tuple[Any, Any]], *args,
+                   out: Callable[[Any], tuple] | None = None, each: Callable[[Any], tuple] | None = None,
+                   unit: str = "shards", size: Callable[[Any], int] | None = None,
+                   detail: Callable[[set], dict] | None = None) -> dict:
+        """One task of `stage` per (key, item) of `shards`, e.g. a corpus's (shard, path) pairs:
+        `fn(store, key, item, out(key), *args, *each(key))` (see `submit`). A task whose output
+        `out(key)` exists is not run again (resume); `each(key)`, the task's own further arguments,
+        is called only when the task starts. Returns {key: result} (None for a task skipped)."""
+        def task(key, item) -> Task:
+            path = out(key) if out else None
+            return Task(out=path, key=key, size=size(key) if size else 1, submit=lambda: self.submit(
+                stage, fn, key, item, path, *args, *(each(key) if each else ())))
+        return self.run_tasks(stage, [task(key, item) for key, item in shards], unit, detail)
+
+    def run_one(self, stage: str, fn: Callable, *args, out: tuple | None = None, unit: str = "steps"):
+        """One task of `stage`: `fn(store, *args)` (see `submit`); its result, or None when its
+        output `out` exists already (a resumed job)."""
+        task = Task(out=out, key=stage, submit=lambda: self.submit(stage, fn, *args))
+        return self.run_tasks(stage, [task], unit)[stage]
 
     def threads(self, stage: str) -> int:
         """Torch threads for one task of `stage`."""
@@ -420,6 +443,19 @@ class JobContext:
         """Ray options for an actor serving `stage`: restarted (and its calls retried) if its worker dies."""
         return {"max_restarts": self.config.task_retries, "max_task_retries": self.config.task_retries,
                 **self.kind.stages[stage].ray_options(self.light)}
+
+
+@ray.remote
+def store_task(fn: Callable, store_root: str, *args):
+    """A task on a Ray worker: `fn(store, *args)`, the store opened from its root (see on_ray), its
+    CPU seconds added to a dict result (workers.runtime.measured)."""
+    return measured(fn)(Store(store_root), *args)
+
+
+def on_ray(fn: Callable, store_root: str, *args, **options) -> "ray.ObjectRef":
+    """Start `fn(store, *args)` as a Ray task with `options`, named after `fn` (what Ray shows and
+    the worker's process title, `ray::<fn>`). Jobs start theirs through JobContext.submit."""
+    return store_task.options(name=fn.__name__, **options).remote(fn, store_root, *args)
 
 
 @ray.remote

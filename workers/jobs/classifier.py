@@ -21,7 +21,6 @@ from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
-import ray
 from pydantic import Field
 
 from scoring import fasttext_classifier as ftc
@@ -29,11 +28,11 @@ from scoring.hashing import word_counts
 from storage import layout
 from storage.fs import Store
 from storage.manifests import score_part
-from workers.driver.engine import JobContext, JobFailed, Task
+from workers.driver.engine import JobContext, JobFailed
+from workers.jobs.common import empty_mask, finish_selection, unscored
 from workers.jobs.restrict import Restriction, restriction
-from workers.jobs.selection import finish_selection, unscored
 from workers.kind import CPU_TRAINING, SHARD_TASK, JobKind
-from workers.runtime import measured, node_id
+from workers.runtime import node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
 Rows = list[tuple[tuple, list[int]]]  # (shard path, row numbers) pairs: documents to read
@@ -90,18 +89,15 @@ def read_rows(store: Store, rows: Rows) -> list[str]:
     texts = []
     for parts, idx in rows:
         col = store.read_parquet(*parts, columns=["text"])["text"].take(idx).to_pylist()
-        texts += [t for t in col if t and t.strip()]
+        texts += [t for t, empty in zip(col, empty_mask(col)) if not empty]
     return texts
 
 
-@ray.remote
-@measured
-def train_fasttext(store_root: str, positives: Rows, negatives: Rows, opts: dict, seed: int, threads: int,
+def train_fasttext(store: Store, positives: Rows, negatives: Rows, opts: dict, seed: int, threads: int,
                    out_model: tuple, out_report: tuple) -> dict:
     """Train the classifier once and store it; the report (the held-out check) is written last. The
     grid's fits run `threads` at a time, each on one core (scoring/fasttext_classifier.py says why)."""
     started = time.monotonic()
-    store = Store(store_root)
     pos, neg = read_rows(store, positives), read_rows(store, negatives)
     if not pos or not neg:
         raise JobFailed("empty_corpus", f"the classifier has {len(pos)} positive and {len(neg)} negative "
@@ -128,13 +124,10 @@ def load_fasttext(store: Store, parts: tuple):
         return ftc.load(path)
 
 
-@ray.remote
-@measured
-def fasttext_scores(store_root: str, shard: int, parts: tuple, out: tuple, model_parts: tuple,
+def fasttext_scores(store: Store, shard: int, parts: tuple, out: tuple, model_parts: tuple,
                     allowed: np.ndarray | None) -> dict:
     """One shard's P(target) under the stored classifier; the documents `allowed` leaves out are not scored."""
     t0 = time.monotonic()
-    store = Store(store_root)
     model = load_fasttext(store, model_parts)
     load_s = time.monotonic() - t0
     t = store.read_parquet(*parts, columns=["id", "text", "source"])
@@ -149,10 +142,8 @@ def ensure_fasttext(ctx: JobContext, stage: str, positives: Rows, negatives: Row
                     seed: int) -> dict:
     """The job's classifier, trained once by one task (a resumed job finds its report and skips)."""
     model, report = layout.job_file(ctx.job_id, "classifier_model"), layout.job_file(ctx.job_id, "classifier_report")
-    task = Task(out=report, key="train", submit=lambda: train_fasttext.options(**ctx.options(stage)).remote(
-        ctx.store.root, positives, negatives, opts.model_dump(include=set(FastTextOptions.model_fields)), seed,
-        ctx.threads(stage), model, report))
-    ctx.run_tasks(stage, [task], unit="models")
+    ctx.run_one(stage, train_fasttext, positives, negatives, opts.model_dump(include=set(FastTextOptions.model_fields)),
+                seed, ctx.threads(stage), model, report, out=report, unit="models")
     return json.loads(ctx.store.read_bytes(*report))
 
 
@@ -161,15 +152,12 @@ def fasttext_scores_into(ctx: JobContext, stage: str, pool: str, restricted: Res
     documents `restricted` allows; the stage's figures."""
     started = time.monotonic()
     model = layout.job_file(ctx.job_id, "classifier_model")
-    opts = ctx.options(stage)
-    tasks = [Task(out=layout.score_part(ctx.job_id, s), key=s,
-                  submit=lambda s=s, p=p: fasttext_scores.options(**opts).remote(
-                      ctx.store.root, s, p, layout.score_part(ctx.job_id, s), model, restricted.allowed(s)))
-             for s, p in ctx.corpus_shards(pool)]
-    done = [r for r in ctx.run_tasks(stage, tasks).values() if r]
+    shards = ctx.corpus_shards(pool)
+    done = [r for r in ctx.map_shards(stage, fasttext_scores, shards, model, out=lambda s: layout.score_part(ctx.job_id, s),
+                                      each=lambda s: (restricted.allowed(s),)).values() if r]
     seconds = time.monotonic() - started
     rows = sum(r["rows"] for r in done)
-    return {"tasks": len(tasks), "scored_now": len(done), "documents": rows, "seconds": round(seconds, 2),
+    return {"tasks": len(shards), "scored_now": len(done), "documents": rows, "seconds": round(seconds, 2),
             "docs_per_s": round(rows / seconds, 1) if seconds > 0 and rows else None,
             "model_load_s": round(float(np.mean([r["load_s"] for r in done])), 3) if done else None}
 

@@ -1,16 +1,12 @@
 """What the cleaning kinds (dedup, decontaminate, quality) share: document positions that span
-several corpora, the manifest's leading columns, and how a cleaning job commits its manifest."""
+several corpora, and the manifest's leading columns."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from pydantic import Field, model_validator
 
-from storage.manifests import manifest_files, parts_info, selected_by_source
-from workers.driver.engine import JobContext, derived_id
-from workers.jobs.selection import empty_mask
 from workers.specs import CorpusId, StrictModel
 
 # A document's position as one BIGINT: corpus index (0 the pool, then the corpora it is compared
@@ -51,23 +47,3 @@ def doc_columns(docs: pa.Table, corpus_id: str | None, shard: int, n_tokens) -> 
     if corpus_id is None:
         del cols["corpus_id"]
     return cols
-
-
-def non_empty(docs: pa.Table) -> np.ndarray:
-    return ~empty_mask(docs["text"])
-
-
-def manifest_id(ctx: JobContext) -> str:
-    return derived_id("man", ctx.job_id)
-
-
-def commit_cleaning(ctx: JobContext, kind: str, pool: str, summary: dict, meta: dict,
-                    info: dict | None = None) -> dict:
-    """Commit the job's manifest (its parts all written) and build the job's result."""
-    man_id = manifest_id(ctx)
-    info = info or parts_info(ctx.store, man_id)
-    ctx.commit_manifest(man_id, kind, info, meta)
-    summary = {"num_rows": info["num_rows"], "num_selected": info["num_selected"],
-               "selected_by_source": selected_by_source(ctx.store, manifest_files(ctx.store, man_id),
-                                                           ctx.config.temp_root), **summary}
-    return {"manifest_id": man_id, "corpus_id": pool, "summary": summary}

@@ -9,7 +9,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import ray
 from pydantic import Field, model_validator
 
 from scoring.reweight import STRATEGIES, sample_weights
@@ -20,8 +19,9 @@ from storage.fs import Store
 from storage.manifests import dataset, manifest_files, write_table_manifest
 from workers.driver import lifecycle
 from workers.driver.curriculum_runs import create_run
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id
-from workers.jobs.lm import ScoreOptions, model_record, score_shards
+from workers.driver.engine import JobContext, JobFailed, derived_id
+from workers.jobs.common import manifest_id, model_record
+from workers.jobs.lm import ScoreOptions, score_shards
 from workers.kind import SCORER, SHARD_TASK, JobKind
 from workers.specs import CorpusId, ManifestId, ModelId, Seed, StrictModel, exactly_one
 
@@ -62,11 +62,9 @@ class ReweightSpec(LossSource):
     scoring: ScoreOptions = ScoreOptions()
 
 
-@ray.remote
-def reweight_batches(store_root: str, losses: pa.Table, manifest_id: str, corpus_id: str, strategy: str,
+def reweight_batches(store: Store, losses: pa.Table, man_id: str, corpus_id: str, strategy: str,
                      r: float, batch_size: int, seed: int) -> dict:
     """A seeded epoch order of the scored documents, cut into batches, each weighted on its own."""
-    store = Store(store_root)
     loss = losses["loss"].to_numpy(zero_copy_only=False).astype(np.float64)
     scored = np.flatnonzero(np.isfinite(loss))  # documents without a loss cannot be trained on
     order = scored[np.random.default_rng(seed).permutation(len(scored))]
@@ -81,7 +79,7 @@ def reweight_batches(store_root: str, losses: pa.Table, manifest_id: str, corpus
         "source": losses["source"].take(order),
         "batch": pa.array(np.arange(n) // batch_size), "position": pa.array(np.arange(n) % batch_size),
         "loss": pa.array(loss[order]), "weight": pa.array(weight)})
-    info = write_table_manifest(store, table, manifest_id)
+    info = write_table_manifest(store, table, man_id)
     info["skipped_unscored"] = int(len(loss) - n)
     return info
 
@@ -89,10 +87,9 @@ def reweight_batches(store_root: str, losses: pa.Table, manifest_id: str, corpus
 def run_reweight(ctx: JobContext, spec: ReweightSpec) -> dict:
     ctx.corpus(spec.corpus)
     losses = document_losses(ctx, spec.corpus, spec.model, spec.losses, spec.scoring)
-    man_id = derived_id("man", ctx.job_id)
-    task = Task(out=None, key="weights", submit=lambda: reweight_batches.options(**ctx.options("weights")).remote(
-        ctx.store.root, losses, man_id, spec.corpus, spec.strategy, spec.r, spec.batch_size, spec.seed))
-    info = ctx.run_tasks("weights", [task], unit="steps")["weights"]
+    man_id = manifest_id(ctx)
+    info = ctx.run_one("weights", reweight_batches, losses, man_id, spec.corpus, spec.strategy, spec.r,
+                       spec.batch_size, spec.seed)
     skipped = info.pop("skipped_unscored")
     ctx.commit_manifest(man_id, "reweight", info, {"strategy": spec.strategy, "r": spec.r})
     return {"manifest_id": man_id, "corpus_id": spec.corpus,

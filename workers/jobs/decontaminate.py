@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import ray
 from pydantic import Field
 
 from scoring.ngrams import best_owner, distinct_ngrams, word_hashes
 from storage import layout
 from storage.duck import connection
 from storage.fs import Store
-from storage.manifests import dataset, manifest_files
-from workers.driver.engine import JobContext, JobFailed, Task
-from workers.jobs.cleaning import (CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, commit_cleaning, doc_columns,
-                                   manifest_id, non_empty, uids)
+from storage.manifests import dataset, manifest_files, parts_info
+from workers.driver.engine import JobContext, JobFailed
+from workers.jobs.cleaning import CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, doc_columns, uids
+from workers.jobs.common import commit_selection, empty_mask, manifest_id
 from workers.kind import SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId
@@ -41,9 +40,8 @@ class DecontaminateSpec(PoolAgainst):
     min_fraction: float = Field(0.0, ge=0, le=1, description="… and at least this fraction of its n-grams")
 
 
-@ray.remote
-def index_task(store_root: str, corpus_index: int, shard: int, parts: tuple, out: tuple, n: int) -> dict:
-    store = Store(store_root)
+def index_task(store: Store, key: tuple[int, int], parts: tuple, out: tuple, n: int) -> dict:
+    corpus_index, shard = key
     docs = store.read_parquet(*parts, columns=["id", "text"])
     grams, doc = distinct_ngrams(*word_hashes(docs["text"]), n)
     owner = uids(corpus_index, shard, docs.num_rows)[doc]
@@ -52,10 +50,8 @@ def index_task(store_root: str, corpus_index: int, shard: int, parts: tuple, out
     return {"rows": docs.num_rows, "node": node_id()}
 
 
-@ray.remote
-def build_index(store_root: str, parts: list) -> dict:
+def build_index(store: Store, parts: list) -> dict:
     """{hashes (sorted, unique), owners (the smallest uid holding each), uids and doc_ids (sorted by uid)}."""
-    store = Store(store_root)
     t = dataset(store, parts).to_table()
     h = t["hash"].to_numpy()
     u = t["uid"].to_numpy()
@@ -68,10 +64,8 @@ def build_index(store_root: str, parts: list) -> dict:
             "doc_ids": t["doc_id"].take(pa.array(by_uid[1])).to_pylist()}
 
 
-@ray.remote
-def contamination_task(store_root: str, pool_id: str, shard: int, parts: tuple, out: tuple, index: dict,
-                       corpora: list, n: int, min_matches: int, min_fraction: float) -> dict:
-    store = Store(store_root)
+def contamination_task(store: Store, shard: int, parts: tuple, out: tuple, corpora: list, n: int, min_matches: int,
+                       min_fraction: float, index: dict) -> dict:
     docs = store.read_parquet(*parts, columns=["id", "text", "source"])
     size = docs.num_rows
     h, offsets = word_hashes(docs["text"])
@@ -92,11 +86,11 @@ def contamination_task(store_root: str, pool_id: str, shard: int, parts: tuple, 
     matched_corpus = np.full(size, None, dtype=object)
     matched_corpus[has] = np.asarray(corpora, dtype=object)[best[has] >> CORPUS_SHIFT]
     store.write_parquet(pa.table({
-        **doc_columns(docs, pool_id, shard, np.diff(offsets)),
+        **doc_columns(docs, corpora[0], shard, np.diff(offsets)),
         "ngrams": pa.array(total.astype(np.int64)), "matching_ngrams": pa.array(matching.astype(np.int64)),
         "match_fraction": pa.array(fraction), "contaminated": pa.array(contaminated),
         "matched_corpus": pa.array(matched_corpus, pa.string()), "matched_doc": pa.array(matched_doc, pa.string()),
-        "selected": pa.array(~contaminated & non_empty(docs))}), *out)
+        "selected": pa.array(~contaminated & ~empty_mask(docs["text"]))}), *out)
     return {"rows": size, "node": node_id()}
 
 
@@ -104,14 +98,10 @@ def run_decontaminate(ctx: JobContext, spec: DecontaminateSpec) -> dict:
     corpora = [spec.pool, *spec.against]
     for c in corpora:
         ctx.corpus(c)
-    index_tasks = []
-    for i, corpus in enumerate(corpora[1:], start=1):
-        for s, p in ctx.corpus_shards(corpus):
-            out = layout.corpus_shard_part(ctx.job_id, "ngrams", i, s)
-            index_tasks.append(Task(out=out, key=(i, s), submit=lambda i=i, s=s, p=p, out=out: ctx.submit(
-                "index", index_task, ctx.store.root, i, s, p, out, spec.n)))
-    ctx.run_tasks("index", index_tasks)
-    parts = [t.out for t in index_tasks]
+    against = [((i, s), p) for i, corpus in enumerate(corpora[1:], start=1) for s, p in ctx.corpus_shards(corpus)]
+    ngrams = lambda key: layout.corpus_shard_part(ctx.job_id, "ngrams", *key)  # noqa: E731
+    ctx.map_shards("index", index_task, against, spec.n, out=ngrams)
+    parts = [ngrams(key) for key, _ in against]
     size = sum(ctx.store.parquet_file(*p).metadata.num_rows for p in parts)
     if size > MAX_INDEX_NGRAMS:
         raise JobFailed("index_too_large", f"the against corpora hold {size:,} distinct {spec.n}-grams; the exact "
@@ -121,21 +111,17 @@ def run_decontaminate(ctx: JobContext, spec: DecontaminateSpec) -> dict:
     def index_ref():
         # Built once, and only if some pool shard still needs it (a resumed job may need none).
         if not index:
-            index.append(ctx.submit("index", build_index, ctx.store.root, parts))
+            index.append(ctx.submit("index", build_index, parts))
         return index[0]
 
     man_id = manifest_id(ctx)
-    tasks = [Task(out=layout.manifest_part(man_id, s), key=s,
-                  submit=lambda s=s, p=p: ctx.submit("score", contamination_task,
-                      ctx.store.root, spec.pool, s, p, layout.manifest_part(man_id, s), index_ref(), corpora,
-                      spec.n, spec.min_matches, spec.min_fraction))
-             for s, p in ctx.corpus_shards(spec.pool)]
-    ctx.run_tasks("score", tasks)
+    ctx.map_shards("score", contamination_task, ctx.corpus_shards(spec.pool), corpora, spec.n, spec.min_matches,
+                   spec.min_fraction, out=lambda s: layout.manifest_part(man_id, s), each=lambda s: (index_ref(),))
     summary = contamination_summary(ctx, man_id)
     summary["index_ngrams"] = size
-    return commit_cleaning(ctx, "decontaminate", spec.pool, summary,
-                           {"against": spec.against, "n": spec.n, "min_matches": spec.min_matches,
-                            "min_fraction": spec.min_fraction})
+    return commit_selection(ctx, "decontaminate", spec.pool, parts_info(ctx.store, man_id),
+                            {"against": spec.against, "n": spec.n, "min_matches": spec.min_matches,
+                             "min_fraction": spec.min_fraction}, summary)
 
 
 def contamination_summary(ctx: JobContext, man_id: str) -> dict:

@@ -20,7 +20,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import ray
 from pydantic import Field
 
 from scoring.minhash import (DEFAULT_BANDS, DEFAULT_NGRAM, DEFAULT_ROWS, band_keys, detection_probability,
@@ -29,11 +28,10 @@ from scoring.ngrams import text_hashes, word_hashes
 from storage import layout
 from storage.duck import connection
 from storage.fs import Store
-from storage.manifests import dataset, duckdb_ident, manifest_files, write_parts
-from workers.driver.engine import JobContext, JobFailed, Task
-from workers.jobs.cleaning import (CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, commit_cleaning, corpus_of_uid_sql,
-                                   doc_columns, manifest_id, non_empty, uids)
-from workers.jobs.ingest import manifest_corpus
+from storage.manifests import dataset, duckdb_ident, manifest_corpus, manifest_files, write_parts
+from workers.driver.engine import JobContext, JobFailed
+from workers.jobs.cleaning import CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, corpus_of_uid_sql, doc_columns, uids
+from workers.jobs.common import commit_selection, empty_mask, manifest_id
 from workers.kind import SHARD_TASK, SQL_PASS, JobKind
 from workers.runtime import node_id
 from workers.specs import CorpusId, ManifestId, StrictModel
@@ -74,14 +72,13 @@ def band_column(band: int) -> str:
     return "text_hash" if band == EXACT else f"b{band:02d}"
 
 
-@ray.remote
-def signature_task(store_root: str, corpus_index: int, shard: int, parts: tuple, out: tuple,
-                   fuzzy: bool, ngram: int, bands: int, rows: int, full: bool) -> dict:
-    store = Store(store_root)
+def signature_task(store: Store, key: tuple[int, int], parts: tuple, out: tuple, fuzzy: bool, ngram: int,
+                   bands: int, rows: int, full: bool) -> dict:
+    corpus_index, shard = key
     docs = store.read_parquet(*parts, columns=["id", "text", "source"])
     h, offsets = word_hashes(docs["text"])
     n_words = np.diff(offsets)
-    blank = ~non_empty(docs) | (n_words == 0)
+    blank = empty_mask(docs["text"]) | (n_words == 0)
     cols = {"uid": pa.array(uids(corpus_index, shard, docs.num_rows)), **doc_columns(docs, None, shard, n_words),
             "text_hash": pa.array(text_hashes(h, offsets).view(np.int64), mask=blank)}
     if fuzzy:
@@ -97,12 +94,10 @@ def signature_task(store_root: str, corpus_index: int, shard: int, parts: tuple,
 
 # -- 2. candidate pairs per band -----------------------------------------------------------------
 
-@ray.remote
-def band_task(store_root: str, sig_parts: list, band: int, out: tuple) -> dict:
-    """Pairs (a, b) of one band: every member a of a bucket with its smallest member b. Buckets
-    without a pool document are left out (they pair nothing the manifest shows)."""
-    store = Store(store_root)
-    key = duckdb_ident(band_column(band))
+def band_task(store: Store, band: int, column: str, out: tuple, sig_parts: list) -> dict:
+    """Pairs (a, b) of one band (its key `column`): every member a of a bucket with its smallest
+    member b. Buckets without a pool document are left out (they pair nothing the manifest shows)."""
+    key = duckdb_ident(column)
     with connection(memory_limit=BAND_MEMORY, threads=1) as con:
         con.register("sig", dataset(store, sig_parts))
         reader = con.sql(f"""
@@ -158,10 +153,8 @@ def components(con, threshold: float | None) -> dict:
     return {"candidate_pairs": int(candidates), "verified_pairs": int(verified), "rounds": rounds}
 
 
-@ray.remote
-def cluster_task(store_root: str, sig_parts: list, pair_parts: list, corpora: list, man_id: str,
+def cluster_task(store: Store, sig_parts: list, pair_parts: list, corpora: list, man_id: str,
                  keep, keep_parts: list, threshold: float | None, out: tuple, threads: int) -> dict:
-    store = Store(store_root)
     with connection(memory_limit=CLUSTER_MEMORY, threads=threads) as con:
         con.register("sig", dataset(store, sig_parts))
         if pair_parts:
@@ -243,38 +236,28 @@ def run_dedup(ctx: JobContext, spec: DedupSpec) -> dict:
         ctx.corpus(c)
     keep_parts = keep_parts_of(ctx, spec)
     fuzzy = spec.method == "fuzzy"
-    opts = ctx.options("signatures")
-    sig_tasks = []
-    for i, corpus in enumerate(corpora):
-        for s, p in ctx.corpus_shards(corpus):
-            out = layout.corpus_shard_part(ctx.job_id, "signatures", i, s)
-            sig_tasks.append(Task(out=out, key=(i, s), submit=lambda i=i, s=s, p=p, out=out: signature_task.options(
-                **opts).remote(ctx.store.root, i, s, p, out, fuzzy, spec.ngram, spec.bands, spec.rows,
-                               spec.threshold is not None)))
-    ctx.run_tasks("signatures", sig_tasks)
-    sig_parts = [t.out for t in sig_tasks]
+    shards = [((i, s), p) for i, corpus in enumerate(corpora) for s, p in ctx.corpus_shards(corpus)]
+    signatures = lambda key: layout.corpus_shard_part(ctx.job_id, "signatures", *key)  # noqa: E731
+    ctx.map_shards("signatures", signature_task, shards, fuzzy, spec.ngram, spec.bands, spec.rows,
+                   spec.threshold is not None, out=signatures)
+    sig_parts = [signatures(key) for key, _ in shards]
 
-    opts = ctx.options("bands")
-    band_tasks = [Task(out=layout.band_part(ctx.job_id, b), key=b,
-                       submit=lambda b=b: band_task.options(**opts).remote(
-                           ctx.store.root, sig_parts, b, layout.band_part(ctx.job_id, b)))
-                  for b in (range(spec.bands) if fuzzy else [EXACT])]
-    ctx.run_tasks("bands", band_tasks, unit="bands")
+    bands = range(spec.bands) if fuzzy else [EXACT]
+    ctx.map_shards("bands", band_task, [(b, band_column(b)) for b in bands], sig_parts,
+                   out=lambda b: layout.band_part(ctx.job_id, b), unit="bands")
 
     out = layout.job_file(ctx.job_id, "clusters")
-    opts = ctx.options("cluster")
     keep = spec.keep.model_dump() if isinstance(spec.keep, KeepByScore) else spec.keep
-    ctx.run_tasks("cluster", [Task(out=out, key="cluster", submit=lambda: cluster_task.options(**opts).remote(
-        ctx.store.root, sig_parts, [t.out for t in band_tasks], corpora, manifest_id(ctx), keep, keep_parts,
-        spec.threshold, out, ctx.threads("cluster")))], unit="steps")
+    ctx.run_one("cluster", cluster_task, sig_parts, [layout.band_part(ctx.job_id, b) for b in bands], corpora,
+                manifest_id(ctx), keep, keep_parts, spec.threshold, out, ctx.threads("cluster"), out=out)
     done = json.loads(ctx.store.read_bytes(*out))
     summary = {**done["summary"], "method": spec.method}
     if fuzzy:
         summary["lsh"] = {"bands": spec.bands, "rows": spec.rows, "ngram": spec.ngram,
                           "implied_threshold": round(implied_threshold(spec.bands, spec.rows), 4),
                           "detection_probability_at_0.8": round(detection_probability(0.8, spec.bands, spec.rows), 4)}
-    return commit_cleaning(ctx, "dedup", spec.pool, summary, {"against": spec.against, "method": spec.method},
-                           info=done["manifest"])
+    return commit_selection(ctx, "dedup", spec.pool, done["manifest"], {"against": spec.against, "method": spec.method},
+                            summary)
 
 
 KINDS = [

@@ -32,11 +32,10 @@ from storage.manifests import score_part
 from workers.driver.engine import JobContext, JobFailed, Task
 from workers.jobs.classifier import (FastTextOptions, Rows, ensure_fasttext, fasttext_scores_into, read_rows,
                                      sample_rows)
-from workers.jobs.lm import score_pieces
 from workers.jobs.restrict import Restriction, restriction
-from workers.jobs.selection import empty_mask, finish_selection, load_array, save_array, unscored
+from workers.jobs.common import empty_mask, finish_selection, load_array, save_array, score_pieces, unscored
 from workers.kind import CPU_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
-from workers.runtime import actor_cpu, cluster_cpus, cluster_gpus, measured, node_id
+from workers.runtime import actor_cpu, cluster_cpus, cluster_gpus, node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
 Similarity = Literal["centroid", "knn"]
@@ -75,12 +74,9 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-@ray.remote
-@measured
-def embed_target(store_root: str, rows: Rows, out: tuple, threads: int, batch_size: int) -> dict:
+def embed_target(store: Store, rows: Rows, out: tuple, threads: int, batch_size: int) -> dict:
     started = time.monotonic()
     set_threads(threads)
-    store = Store(store_root)
     texts = read_rows(store, rows)
     if not texts:
         raise JobFailed("empty_corpus", "the target has no non-empty documents")
@@ -178,9 +174,8 @@ def ensure_target(ctx: JobContext, spec: EmbeddingSpec) -> tuple[np.ndarray, dic
     out = layout.job_file(ctx.job_id, "target_embeddings")
     rows = sample_rows(ctx.corpus_shards(spec.target), ctx.corpus_shard_sizes(spec.target), spec.max_target_docs,
                        spec.seed)
-    task = Task(out=out, key="target", submit=lambda: embed_target.options(**ctx.options("embed_target")).remote(
-        ctx.store.root, rows, out, ctx.threads("embed_target"), spec.batch_size))
-    info = ctx.run_tasks("embed_target", [task], unit="tasks")["target"]
+    info = ctx.run_one("embed_target", embed_target, rows, out, ctx.threads("embed_target"), spec.batch_size,
+                       out=out, unit="tasks")
     matrix = load_array(ctx.store, *out)
     return matrix, {"docs": len(matrix), **({k: info[k] for k in ("seconds", "docs_per_s")} if info else {})}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import ray
 from pydantic import Field, model_validator
 
 from storage import layout
@@ -22,7 +21,7 @@ from storage.fs import Store
 from storage.manifests import dataset, manifest_corpus, manifest_files
 from storage.query import QueryError, matching_rows, predicate_sql
 from workers.driver import lifecycle
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id
+from workers.driver.engine import JobContext, JobFailed, derived_id
 from workers.jobs.ingest import ShardCompression, export_documents
 from workers.kind import SHARD_TASK, JobKind
 from workers.runtime import node_id
@@ -77,10 +76,8 @@ class FilterSpec(StrictModel):
                 raise QueryError(e.code, f"{field}.where: {e.message}", {**e.details, "field": f"{field}.where"}) from None
 
 
-@ray.remote
-def where_masks(store_root: str, manifest_parts: list, where: str, shard_rows: dict, job_id: str) -> dict:
+def where_masks(store: Store, manifest_parts: list, where: str, shard_rows: dict, job_id: str) -> dict:
     """Evaluate the predicate over the whole manifest; write a mask for every corpus shard."""
-    store = Store(store_root)
     rows = matching_rows(where, dataset(store, manifest_parts), timeout_s=WHERE_TIMEOUT_S)
     shards, positions = rows["shard"].to_numpy(zero_copy_only=False), rows["row"].to_numpy(zero_copy_only=False)
     for s, n in shard_rows.items():
@@ -107,8 +104,7 @@ def run_filter(ctx: JobContext, spec: FilterSpec) -> dict:
     if spec.where is not None:
         sizes = ctx.corpus_shard_sizes(source)
         parts = manifest_files(ctx.store, spec.manifest)
-        ctx.run_tasks("where", [Task(out=None, key="where", submit=lambda: ctx.submit(
-            "where", where_masks, ctx.store.root, parts, spec.where, sizes, ctx.job_id))], unit="steps")
+        ctx.run_one("where", where_masks, parts, spec.where, sizes, ctx.job_id)
         masks = {s: layout.filter_mask(ctx.job_id, s) for s in sizes}
     stats = export_documents(ctx, source, corpus_id, spec.compression, masks, spec.sources)
     if stats["num_docs"] == 0:

@@ -30,7 +30,8 @@ from storage.ingest.shards import MAX_EMPTY_IDS, SHARD_COMPRESSIONS, field_types
 from storage.inputs import Access, InputFile, fixed_prefix, list_inputs, open_input, split_uri
 from storage.manifests import manifest_corpus
 from workers.driver import lifecycle
-from workers.driver.engine import JobContext, JobFailed, Task
+from workers.driver.engine import JobContext, JobFailed, on_ray
+from workers.jobs.common import empty_mask
 from workers.jobs.restrict import Restriction, restriction
 from workers.kind import REQUEST_TASK, SHARD_TASK, JobKind
 from workers.runtime import node_id, ray_get
@@ -75,13 +76,12 @@ def ingest_options(spec: IngestSpec | dict) -> dict:
             "split": s.get("split", "file"), "source_from": s.get("source_from"), **(s.get("limits") or {})}
 
 
-@ray.remote
-def ingest_unit(store_root: str, corpus_id: str, source: dict, fmt: str | None, unit: list | None,
-                byte_range: list | None, options: dict, marker: tuple | None, access: Access = Access()) -> dict:
-    """Parse one unit into shards of the corpus; its statistics, also written to `marker` last.
-    `source`: an upload spooled in the store (`parts`), or a tenant's file (`uri`, `path`), opened
-    through `access` (checked at each open, here on the worker, not when it was registered)."""
-    store = Store(store_root)
+def ingest_unit(store: Store, unit: tuple | None, source: dict, marker: tuple | None, corpus_id: str,
+                fmt: str | None, options: dict, access: Access, byte_range: list | None) -> dict:
+    """Parse one unit (None: a whole upload) into shards of the corpus; its statistics, also written
+    to `marker` last. `source`: an upload spooled in the store (`parts`), or a tenant's file (`uri`,
+    `path`), opened through `access` (checked at each open, here on the worker, not when it was
+    registered)."""
     name = source["name"]
     src = (store.fs, store.path(*source["parts"])) if "parts" in source else \
         open_input(source["uri"], access, source["path"])
@@ -165,15 +165,11 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     files = recorded_inputs(ctx, spec)
     units = plan_units(files, spec.split_bytes, spec.format)
     # One unit checks its own ids (naming lines); many are checked once over all of them at the end.
-    opts, options = ctx.options("ingest"), {**ingest_options(spec), "check_ids": len(units) == 1}
+    options = {**ingest_options(spec), "check_ids": len(units) == 1}
     base = registered_base(spec.uri)
-    tasks = [Task(out=layout.ingested_unit(ctx.job_id, unit), key=unit,
-                  size=(rng[1] - rng[0]) if rng else f.size,
-                  submit=lambda unit=unit, f=f, rng=rng: ingest_unit.options(**opts).remote(
-                      ctx.store.root, spec.corpus_id, {"uri": f.uri, "path": f.path, "name": relative_name(f, base)},
-                      spec.format,
-                      list(unit), rng, options, layout.ingested_unit(ctx.job_id, unit), ctx.access))
-             for unit, f, rng in units]
+    sources = [(unit, {"uri": f.uri, "path": f.path, "name": relative_name(f, base)}) for unit, f, _ in units]
+    ranges = {unit: rng for unit, _, rng in units}
+    sizes = {unit: (rng[1] - rng[0]) if rng else f.size for unit, f, rng in units}
     files_of = {}
     for unit, _, _ in units:
         files_of.setdefault(unit[0], set()).add(unit)
@@ -181,8 +177,10 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     def files_done(done: set) -> dict:
         return {"files_done": sum(parts <= done for parts in files_of.values()), "files_total": len(files)}
 
-    ctx.run_tasks("ingest", tasks, unit="bytes", detail=files_done)
-    stats = merge_stats([json.loads(ctx.store.read_bytes(*t.out)) for t in tasks])
+    marker = lambda unit: layout.ingested_unit(ctx.job_id, unit)  # noqa: E731
+    ctx.map_shards("ingest", ingest_unit, sources, spec.corpus_id, spec.format, options, ctx.access, out=marker,
+                   each=lambda unit: (ranges[unit],), size=sizes.get, unit="bytes", detail=files_done)
+    stats = merge_stats([json.loads(ctx.store.read_bytes(*marker(unit))) for unit in ranges])
     stats["num_shards"] = len(ctx.corpus_shards(spec.corpus_id))
     if len(units) > 1:     # each unit settled its own schema: now one for the corpus
         schema = unify_shards(ctx.store, [p for _, p in ctx.corpus_shards(spec.corpus_id)], spec.compression)
@@ -190,10 +188,7 @@ def run_ingest(ctx: JobContext, spec: IngestSpec) -> dict:
     if stats["num_docs"] == 0:
         raise JobFailed("empty_file", f"{spec.uri} holds no documents")
     if len(units) > 1:
-        ctx.progress("check_ids", 0, 1, "steps", force=True)
-        check = Task(out=None, key="ids", submit=lambda: check_unit_ids.options(**ctx.options("check_ids")).remote(
-            ctx.store.root, spec.corpus_id, [f.name for f in files]))
-        ctx.run_tasks("check_ids", [check], unit="steps")
+        ctx.run_one("check_ids", check_unit_ids, spec.corpus_id, [f.name for f in files])
     lifecycle.commit_corpus(ctx.catalog, spec.corpus_id, stats)
     return {"corpus_id": spec.corpus_id, "summary": {**stats, "files": len(files), "units": len(units)}}
 
@@ -226,11 +221,9 @@ def merge_stats(parts: list[dict]) -> dict:
     return out
 
 
-@ray.remote
-def check_unit_ids(store_root: str, corpus_id: str, file_names: list[str]) -> None:
+def check_unit_ids(store: Store, corpus_id: str, file_names: list[str]) -> None:
     """Refuse the corpus if two units hold the same id: the error names the id and both files.
     DuckDB's aggregate spills past its memory limit, so this stays bounded however large."""
-    store = Store(store_root)
     shards = [p for _, p in layout.corpus_shards(store, corpus_id)]
     data = pads.dataset([store.path(*p) for p in shards], filesystem=store.fs, format="parquet")
     with connection() as con:
@@ -255,8 +248,8 @@ def ingest_upload(store: Store, upload: tuple, corpus_id: str, filename: str, fm
     """Parse an upload spooled into storage on a Ray worker (a parser crash cannot take the API
     process down) and store it as the corpus's shards; its statistics. Bad input raises IngestError;
     a worker that dies on the input raises IngestError too (the input is what killed it)."""
-    ref = ingest_unit.options(**REQUEST_TASK.ray_options(), max_retries=0).remote(
-        store.root, corpus_id, {"parts": list(upload), "name": filename}, fmt, None, None, options, None)
+    ref = on_ray(ingest_unit, store.root, None, {"parts": list(upload), "name": filename}, None, corpus_id, fmt,
+                 options, Access(), None, **REQUEST_TASK.ray_options(), max_retries=0)
     try:
         return ray_get(ref, "ingesting the upload")
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayActorError) as e:
@@ -278,13 +271,11 @@ class ExportSpec(Restricted):
     compression: ShardCompression = "zstd"
 
 
-@ray.remote
-def export_shard(store_root: str, corpus_part: tuple, out: tuple, compression: str, mask_part: tuple | None = None,
-                 sources: list[str] | None = None, allowed: np.ndarray | None = None) -> dict:
+def export_shard(store: Store, shard: int, corpus_part: tuple, out: tuple, compression: str,
+                 sources: list[str] | None, mask_part: tuple | None, allowed: np.ndarray | None) -> dict:
     """One shard of a corpus written as a shard of another: the rows `mask_part`'s `selected`
     marks (a manifest part, or a filter's mask) and `allowed` allows (a restriction's mask of the
     shard's rows), whose `source` is one of `sources`; all if none of them."""
-    store = Store(store_root)
     docs = store.read_parquet(*corpus_part)      # every column: the extra fields travel with the text
     keep = np.ones(docs.num_rows, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
     if mask_part is not None:
@@ -299,10 +290,9 @@ def export_shard(store_root: str, corpus_part: tuple, out: tuple, compression: s
 
 def shard_stats(docs) -> dict:
     texts = docs["text"]
-    empty = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False) == 0
     sources = pc.value_counts(pc.fill_null(docs["source"], "")).to_pylist()
     return {"num_docs": docs.num_rows, "num_bytes": int(pc.sum(pc.binary_length(texts)).as_py() or 0),
-            "num_empty": int(empty.sum()), "sources": {d["values"]: d["counts"] for d in sources}}
+            "num_empty": int(empty_mask(texts).sum()), "sources": {d["values"]: d["counts"] for d in sources}}
 
 
 def export_documents(ctx: JobContext, corpus_id: str, new_corpus_id: str, compression: str,
@@ -312,16 +302,14 @@ def export_documents(ctx: JobContext, corpus_id: str, new_corpus_id: str, compre
     rows a restriction allows) keep as the shards of `new_corpus_id` (stage `export`, a task a
     shard, resumable); its statistics."""
     restricted = restricted or Restriction()
-    tasks = []
-    for s, p in ctx.corpus_shards(corpus_id):
-        out, mask = layout.corpus_shard(new_corpus_id, s), masks[s] if masks is not None else None
-        tasks.append(Task(out=out, key=s, submit=lambda p=p, s=s, out=out, mask=mask: ctx.submit(
-            "export", export_shard, ctx.store.root, p, out, compression, mask, sources, restricted.allowed(s))))
-    ctx.run_tasks("export", tasks)
+    shards = ctx.corpus_shards(corpus_id)
+    ctx.map_shards("export", export_shard, shards, compression, sources,
+                   out=lambda s: layout.corpus_shard(new_corpus_id, s),
+                   each=lambda s: (masks[s] if masks is not None else None, restricted.allowed(s)))
     # Count from storage: shards finished before a restart returned nothing this time.
-    stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(tasks)}
-    for t in tasks:
-        part = shard_stats(ctx.store.read_parquet(*t.out, columns=["text", "source"]))
+    stats = {"num_docs": 0, "num_bytes": 0, "num_empty": 0, "sources": {}, "num_shards": len(shards)}
+    for s, _ in shards:
+        part = shard_stats(ctx.store.read_parquet(*layout.corpus_shard(new_corpus_id, s), columns=["text", "source"]))
         for k in ("num_docs", "num_bytes", "num_empty"):
             stats[k] += part[k]
         for src, n in part["sources"].items():

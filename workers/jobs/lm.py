@@ -25,14 +25,14 @@ from scoring.ngrams import overlap
 from scoring.tokenizer import eos_id, train_tokenizer
 from scoring.train import validation_loss
 from storage import layout
-from storage.catalog import NotFound
 from storage.fs import Store
 from storage.manifests import (manifest_corpus, manifest_files, overlap_with_top, score_distribution,
                                selection_overlap)
 from workers.driver import lifecycle
 from workers.driver.engine import JobContext, JobFailed, Task, derived_id, progress_reporter, stop_when_gone
+from workers.jobs.common import empty_mask, finish_selection, model_record, score_pieces
 from workers.jobs.restrict import Restriction, restriction
-from workers.jobs.selection import DsirSpec, dsir_scores_into, finish_selection
+from workers.jobs.selection import DsirSpec, dsir_scores_into
 from workers.kind import BOOKKEEPING, HALF_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.models import LossScorer, checkpoint_complete, load_for_scoring, read_texts, save_trained
 from workers.runtime import cluster_cpus, cluster_gpus, measured
@@ -121,16 +121,6 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
     return meta
 
 
-def model_record(ctx: JobContext, model_id: str) -> dict:
-    """The model's record for a worker; a registered checkpoint's carries the rule its files are
-    checked against when the worker opens them (workers.models.checked_checkpoint)."""
-    try:
-        rec = ctx.catalog.get("models", model_id, ctx.tenant)
-    except NotFound:
-        raise JobFailed("not_found", f"model {model_id} does not exist") from None
-    return {**rec, "access": ctx.access} if rec["source"] == "huggingface" else rec
-
-
 def ensure_trained(ctx: JobContext, stage: str, role: str, name: str, corpus: str, task, *args,
                    estimate: float = 1) -> dict:
     """The job's model `role`: trained by `task` on `corpus` unless a resumed job finds its
@@ -191,25 +181,6 @@ def run_train_model(ctx: JobContext, spec: TrainModelSpec) -> dict:
 
 
 # -- scoring -------------------------------------------------------------------------------------
-
-MIN_PIECE_ROWS = 64  # a shard is split into row ranges of at least this many documents
-PIECES_PER_ACTOR = 4
-
-
-def score_pieces(todo: list[tuple[int, tuple]], counts: dict[int, int], n_actors: int) -> list[tuple[int, tuple, int, int]]:
-    """(shard, path, first row, end row) of the scoring tasks: whole shards when there are at least
-    as many as actors, else row ranges of about a quarter of (all rows / actors) documents (at least
-    MIN_PIECE_ROWS), so that every actor has work, a slow one holds up little, and progress moves."""
-    if len(todo) >= n_actors:
-        return [(s, p, 0, counts.get(s, 0)) for s, p in todo]
-    piece = max(MIN_PIECE_ROWS, -(-sum(counts.get(s, 0) for s, _ in todo) // (PIECES_PER_ACTOR * n_actors)))
-    out = []
-    for s, p in todo:
-        rows = counts.get(s, 0)
-        edges = np.linspace(0, rows, max(1, round(rows / piece)) + 1).round().astype(int)
-        out += [(s, p, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-    return out
-
 
 def score_shards(ctx: JobContext, corpus: str, records: list[dict], opts: ScoreOptions,
                  restricted: Restriction | None = None) -> dict:
@@ -401,12 +372,13 @@ def arm_texts(store: Store, train_parts: list, selected_only: bool, sample_seed:
     `train_parts`: per shard (corpus part, manifest part, allowed rows or None: a restricted pool)."""
     texts, selected_docs, selected_chars = [], 0, 0
     for corpus_part, manifest_part, allowed in train_parts:
-        docs = store.read_parquet(*corpus_part, columns=["text"])["text"].to_pylist()
+        col = store.read_parquet(*corpus_part, columns=["text"])["text"]
+        docs, blank = col.to_pylist(), empty_mask(col)
         keep = store.read_parquet(*manifest_part, columns=["selected"])["selected"].to_pylist()
         ok = [True] * len(docs) if allowed is None else allowed.tolist()
         selected = [t for t, k, a in zip(docs, keep, ok) if k and a]
         selected_docs, selected_chars = selected_docs + len(selected), selected_chars + sum(map(len, selected))
-        texts += selected if selected_only else [t for t, a in zip(docs, ok) if a and t and t.strip()]
+        texts += selected if selected_only else [t for t, a, b in zip(docs, ok, blank) if a and not b]
     if sample_seed is not None:
         texts = random_subset(texts, sample_seed, selected_docs, selected_chars if match == "characters" else None)
     return texts
@@ -437,11 +409,9 @@ def proxy_task(store_root: str, train_parts: list, selected_only: bool, sample_s
     return result
 
 
-@ray.remote(max_retries=2)
-def selected_chars_task(store_root: str, train_parts: list) -> int:
+def selected_chars_task(store: Store, train_parts: list) -> int:
     """Characters of text in a selection (what a random arm matched in characters must hold);
     `train_parts`: per shard (corpus part, manifest part, allowed rows or None)."""
-    store = Store(store_root)
     total = 0
     for corpus_part, manifest_part, allowed in train_parts:
         docs = store.read_parquet(*corpus_part, columns=["text"])["text"]
@@ -526,9 +496,7 @@ def run_evaluate(ctx: JobContext, spec: EvaluateSpec) -> dict:
         # Over the same pool, the other selection is restricted like this one (the same cleaned pool).
         other = selection_shards(ctx, spec.against, other_pool, restricted if other_pool == pool else None)
     elif spec.match == "characters":
-        ref = Task(out=None, key="chars", submit=lambda: selected_chars_task.options(**ctx.options("measure")).remote(
-            ctx.store.root, pairs))
-        size = ctx.run_tasks("measure", [ref], unit="steps")["chars"]
+        size = ctx.run_one("measure", selected_chars_task, pairs)
     else:
         size = man["num_selected"]
 
@@ -617,13 +585,11 @@ def evaluation_pool(ctx: JobContext, spec: EvaluateSpec, man: dict, pool: str) -
     return restriction(ctx, pool, ids)
 
 
-@ray.remote
-@measured
-def overlap_task(store_root: str, train_parts: list, selected_only: bool, sample_seed: int | None, match: str,
+def overlap_task(store: Store, arm: str, sample_seed: int | None, out: tuple | None, train_parts: list, match: str,
                  validation_parts: list, n: int) -> dict:
-    """How many of one arm's documents are exact copies of validation documents, or share an n-gram with one."""
-    store = Store(store_root)
-    texts = arm_texts(store, train_parts, selected_only, sample_seed, match)
+    """How many of one arm's documents (the `selection`'s, or a `random` subset's drawn with
+    `sample_seed`) are exact copies of validation documents, or share an n-gram with one."""
+    texts = arm_texts(store, train_parts, arm == "selection", sample_seed, match)
     exact, matching = overlap(texts, read_texts(store, validation_parts, None, 0), n)
     leaked = int((exact | (matching > 0)).sum())
     return {"docs": len(texts), "exact_docs": int(exact.sum()), "ngram_docs": int((matching > 0).sum()),
@@ -636,10 +602,8 @@ def check_validity(ctx: JobContext, spec: EvaluateSpec, pairs: list, val_parts: 
     corpus (`contamination`), and when the selection overlaps it past `contamination.max_fraction`,
     a warning and `relative_gain_flagged`: a leak inflates the gain (issue 29)."""
     c = spec.contamination
-    tasks = [Task(out=None, key=arm, submit=lambda only=only, seed=seed: overlap_task.options(
-        **ctx.options("check_overlap")).remote(ctx.store.root, pairs, only, seed, spec.match, val_parts, c.n))
-        for arm, only, seed in (("selection", True, None), ("random", False, spec.seed))]
-    arms = ctx.run_tasks("check_overlap", tasks, unit="arms")
+    arms = ctx.map_shards("check_overlap", overlap_task, [("selection", None), ("random", spec.seed)], pairs,
+                          spec.match, val_parts, c.n, unit="arms")
     summary["contamination"] = {"n": c.n, "max_fraction": c.max_fraction, **arms}
     sel, rnd = arms["selection"], arms["random"]
 

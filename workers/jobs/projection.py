@@ -31,8 +31,8 @@ from scoring.train import EarlyStopping, validation_loss
 from storage import layout
 from storage.fs import Store
 from storage.manifests import write_table_manifest
-from workers.driver.engine import JobContext, JobFailed, Task, derived_id, stop_when_gone
-from workers.jobs.lm import model_record
+from workers.driver.engine import JobContext, JobFailed, Task, on_ray, stop_when_gone
+from workers.jobs.common import manifest_id, model_record
 from workers.jobs.restrict import restriction
 from workers.kind import SHARD_TASK, JobKind
 from workers.models import load_for_scoring, read_texts
@@ -249,10 +249,8 @@ def _load_npz(store: Store, *parts) -> dict:
         return {k: z[k] for k in z.files}
 
 
-@ray.remote(max_retries=2)
-def embed_task(store_root: str, sources: list[dict], validation_parts: list, opts: dict, model: dict | None,
-               out: tuple, seed: int, allowed: list | None = None) -> None:
-    store = Store(store_root)
+def embed_task(store: Store, sources: list[dict], validation_parts: list, opts: dict, model: dict | None,
+               out: tuple, seed: int, allowed: list | None) -> None:
     o = Embedding.model_validate(opts)
     texts = [revealed_texts(store, src, o.max_points_per_source, seed + i, allowed and allowed[i])
              for i, src in enumerate(sources)]
@@ -329,9 +327,10 @@ def pilot_task(store_root: str, sources: list[dict], validation_parts: list, tok
     return result
 
 
-@ray.remote(max_retries=2)
-def ot_task(store_root: str, embeddings: tuple, mixtures: list[list[float]], reg: float) -> list[float]:
-    arrays = _load_npz(Store(store_root), *embeddings)
+def ot_task(store: Store, chunk: int, mixtures: list[list[float]], out: tuple | None, embeddings: tuple,
+            reg: float) -> list[float]:
+    """The OT divergence of each mixture of one chunk to the validation set."""
+    arrays = _load_npz(store, *embeddings)
     m = len(arrays) - 1
     ot_fn = MixtureOT([arrays[f"source{i}"] for i in range(m)], arrays["validation"], reg=reg)
     return [ot_fn(np.asarray(p))[0] for p in mixtures]
@@ -351,12 +350,10 @@ def fit_per_size(pilots: list[dict], ot_values: list[float], sizes: list[int]):
     return fits, plain
 
 
-@ray.remote(max_retries=2)
-def fit_and_plan_task(store_root: str, job_id: str, spec: dict, pilots: list[dict], ot_values: list[float],
-                      names: list[str], manifest_id: str) -> dict:
+def fit_and_plan_task(store: Store, job_id: str, spec: dict, pilots: list[dict], ot_values: list[float],
+                      names: list[str], man_id: str) -> dict:
     """Fit per pilot size, project in log N, optimise the mixture, plan the purchase, write the
     predictions manifest, the fitted projection (for /predict) and the plot."""
-    store = Store(store_root)
     s = ProjectionSpec.model_validate(spec)
     N0, N1 = s.pilot_sizes
     arrays = _load_npz(store, *layout.job_file(job_id, "embeddings"))
@@ -388,7 +385,7 @@ def fit_and_plan_task(store_root: str, job_id: str, spec: dict, pilots: list[dic
                       "mixture": pa.array([list(map(float, r[2])) for r in rows], pa.list_(pa.float64())),
                       "predicted": [float(r[3]) for r in rows],
                       "measured": pa.array([r[4] for r in rows], pa.float64())})
-    info = write_table_manifest(store, table, manifest_id)
+    info = write_table_manifest(store, table, man_id)
     store.write_bytes(_plot(proj, plan, pilots, labelled, names, s, sizes), *layout.job_file(job_id, "plot"))
 
     best_single = plan["baselines"]["best_single_source"]
@@ -455,13 +452,10 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
                     for src in spec.sources]
     allowed = source_masks(ctx, spec.sources)
     val_parts = [p for _, p in ctx.corpus_shards(spec.validation)]
-    opts = ctx.options("embed")
     model = model_record(ctx, spec.embedding.model) if spec.embedding.model else None
     emb_file = layout.job_file(ctx.job_id, "embeddings")
-    ctx.run_tasks("embed", [Task(out=emb_file, key="emb", submit=lambda: embed_task.options(**opts).remote(
-        ctx.store.root, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed,
-        allowed))],
-        unit="steps")
+    ctx.run_one("embed", embed_task, source_parts, val_parts, spec.embedding.model_dump(), model, emb_file, spec.seed,
+                allowed, out=emb_file)
 
     if spec.pilots == "auto":
         tok_file = layout.job_file(ctx.job_id, "tokenizer")
@@ -491,18 +485,14 @@ def run_projection(ctx: JobContext, spec: ProjectionSpec) -> dict:
         pilots = [p.model_dump() for p in spec.pilots]
         proxies = None
 
-    chunks = [list(range(i, min(i + 8, len(pilots)))) for i in range(0, len(pilots), 8)]
-    ot_tasks = [Task(out=None, key=i, submit=lambda c=c: ot_task.options(**ctx.options("ot")).remote(
-        ctx.store.root, emb_file, [pilots[j]["mixture"] for j in c], spec.reg)) for i, c in enumerate(chunks)]
-    ot_chunks = ctx.run_tasks("ot", ot_tasks, unit="chunks")
+    chunks = [[p["mixture"] for p in pilots[i:i + 8]] for i in range(0, len(pilots), 8)]
+    ot_chunks = ctx.map_shards("ot", ot_task, enumerate(chunks), emb_file, spec.reg, unit="chunks")
     ot_values = [v for i in range(len(chunks)) for v in ot_chunks[i]]
 
-    man_id = derived_id("man", ctx.job_id)
+    man_id = manifest_id(ctx)
     names = [ctx.corpus(src.corpus)["name"] + (f":{src.source}" if src.source is not None else "")
              for src in spec.sources]
-    fit = [Task(out=None, key="fit", submit=lambda: fit_and_plan_task.options(**ctx.options("fit")).remote(
-        ctx.store.root, ctx.job_id, spec.model_dump(), pilots, ot_values, names, man_id))]
-    out = ctx.run_tasks("fit", fit, unit="steps")["fit"]
+    out = ctx.run_one("fit", fit_and_plan_task, ctx.job_id, spec.model_dump(), pilots, ot_values, names, man_id)
     for p, v in zip(pilots, ot_values):
         p["ot"] = v
     ctx.store.write_bytes(json.dumps(pilots).encode(), *layout.job_file(ctx.job_id, "pilots"))
@@ -557,9 +547,7 @@ def budget_warnings(report: dict[str, dict]) -> list[str]:
             for n, r in report.items() if r["still_improving"]]
 
 
-@ray.remote(max_retries=1)
-def predict_task(store_root: str, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
-    store = Store(store_root)
+def predict_task(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
     saved = json.loads(store.read_bytes(*layout.job_file(job_id, "projection")))
     arrays = _load_npz(store, *layout.job_file(job_id, "embeddings"))
     m = len(arrays) - 1
@@ -572,7 +560,7 @@ def predict_task(store_root: str, job_id: str, mixtures: list[list[float]], size
 
 def predict(store: Store, job_id: str, mixtures: list[list[float]], sizes: list[int]) -> list[dict]:
     """Predictions of a finished projection job for new mixtures and sizes (runs on Ray)."""
-    return ray.get(predict_task.remote(store.root, job_id, mixtures, sizes))
+    return ray.get(on_ray(predict_task, store.root, job_id, mixtures, sizes, max_retries=1))
 
 
 KINDS = [JobKind("projection", ProjectionSpec, run_projection,

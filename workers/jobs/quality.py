@@ -8,16 +8,16 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
-import ray
 from pydantic import Field, field_validator
 
 from scoring.quality import COLUMNS, PRESETS, preset_sql, stats_columns
 from storage import layout
 from storage.duck import connection
 from storage.fs import Store
-from storage.manifests import dataset, duckdb_ident, manifest_files
-from workers.driver.engine import JobContext, Task
-from workers.jobs.cleaning import commit_cleaning, doc_columns, manifest_id, non_empty
+from storage.manifests import dataset, duckdb_ident, manifest_files, parts_info
+from workers.driver.engine import JobContext
+from workers.jobs.cleaning import doc_columns
+from workers.jobs.common import commit_selection, empty_mask, manifest_id
 from workers.kind import SHARD_TASK, JobKind, small_inputs
 from workers.runtime import node_id
 from workers.specs import CorpusId, StrictModel
@@ -43,15 +43,13 @@ class QualitySpec(StrictModel):
 _TYPES = {int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
 
-@ray.remote
-def quality_task(store_root: str, pool_id: str, shard: int, parts: tuple, out: tuple, presets: list) -> dict:
-    store = Store(store_root)
+def quality_task(store: Store, shard: int, parts: tuple, out: tuple, pool_id: str, presets: list) -> dict:
     docs = store.read_parquet(*parts, columns=["id", "text", "source"])
     values = stats_columns(docs["text"].to_pylist())
     stats = pa.table({name: pa.array(values[name], _TYPES[kind]) for name, kind, _ in COLUMNS})
     table = pa.table({**doc_columns(docs, pool_id, shard, values["n_words"]),
                       **{c: stats[c] for c in stats.column_names if c != "n_chars"},
-                      "non_empty": pa.array(non_empty(docs))})
+                      "non_empty": pa.array(~empty_mask(docs["text"]))})
     chosen = " AND ".join(duckdb_ident(p) for p in presets)
     flags = ", ".join(f"({preset_sql(p)}) AS {duckdb_ident(p)}" for p in PRESETS)
     with connection(threads=1) as con:
@@ -86,13 +84,11 @@ def rejections(ctx: JobContext, man_id: str) -> dict:
 def run_quality(ctx: JobContext, spec: QualitySpec) -> dict:
     ctx.corpus(spec.pool)
     man_id = manifest_id(ctx)
-    tasks = [Task(out=layout.manifest_part(man_id, s), key=s,
-                  submit=lambda s=s, p=p: ctx.submit("score", quality_task,
-                      ctx.store.root, spec.pool, s, p, layout.manifest_part(man_id, s), spec.presets))
-             for s, p in ctx.corpus_shards(spec.pool)]
-    ctx.run_tasks("score", tasks)
+    ctx.map_shards("score", quality_task, ctx.corpus_shards(spec.pool), spec.pool, spec.presets,
+                   out=lambda s: layout.manifest_part(man_id, s))
     summary = {**rejections(ctx, man_id), "presets": {p: preset_sql(p) for p in PRESETS}}
-    return commit_cleaning(ctx, "quality", spec.pool, summary, {"presets": spec.presets})
+    return commit_selection(ctx, "quality", spec.pool, parts_info(ctx.store, man_id), {"presets": spec.presets},
+                            summary)
 
 
 KINDS = [
