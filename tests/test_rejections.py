@@ -9,7 +9,7 @@ import pytest
 from tests.corpus_gen import corpus
 from tests.helpers import submit, upload, wait
 from tests.test_dashboard import (KEY_ALICE, KEY_BOB, SHOTS, browser, chart, go, live, shot, sign_in,  # noqa: F401
-                                  signed_in_as, text_of, until)
+                                  signed_in_as, table_rows, text_of, until)
 
 NULL = "(none)"   # the dashboard's name for documents without a source
 
@@ -116,3 +116,56 @@ def test_bad_rejection_requests_name_the_problem(live, world):
         err = r.json()["error"]
         assert r.status_code == status and err["details"]["field"] == field and words in err["message"], r.text
     assert live.api.get(path, headers={"Authorization": f"Bearer {KEY_BOB}"}).status_code == 404
+
+
+# -- the dashboard ----------------------------------------------------------------------------------
+
+def shown_rows(driver) -> dict[str, list[str]]:
+    until(driver, lambda d: d.find_elements("css selector", "#rejections-table tbody tr"), what="the rejections table")
+    return table_rows(driver, "#rejections-table", "data-source")
+
+
+def test_the_dashboard_shows_a_selections_rejections_per_filter_and_source(browser, live, world):
+    """The restricted selection's manifest page: what it was built on, a row per source (documents
+    without a source as "(none)") and one for all of them, each filter's rejections with how many it
+    rejected first, the survivors and the selected; and bars per source."""
+    d, c, nc, nf = world["dedup"], world["decon"], world["nc"], world["nf"]
+    man = world["selection"]["result"]["manifest_id"]
+    sign_in(browser, live, KEY_ALICE)
+    signed_in_as(browser, "alice")
+    go(browser, live, f"#/manifests/{man}")
+    rows = shown_rows(browser)
+    assert text_of(browser, "#built-on") == f"{d}, {c}"
+    assert list(rows) == ["cooking", "finance", NULL, ""]
+    selected = {s: r["selected"] for s, r in per_source(rejections(live, man)).items()}   # random: not planted
+    pct = lambda n, of: f"{n} {100 * n / of:.1f}%"   # noqa: E731
+    assert rows["cooking"] == ["cooking", str(nc + 9), "5", "4", pct(nc, nc + 9), str(selected["cooking"])]
+    assert rows["finance"] == ["finance", str(nf + 5), "4", "2 (1 first)", pct(nf, nf + 5), str(selected["finance"])]
+    assert rows[NULL] == [NULL, "2", "1", "0", pct(1, 2), str(selected[None])]
+    assert rows[""] == ["all sources", str(nc + nf + 16), "10", "6 (5 first)", pct(nc + nf + 1, nc + nf + 16), "10"]
+    assert text_of(browser, "#rejections-headline") == (
+        f"{nc + nf + 1} of {nc + nf + 16} documents survive all 2 filters "
+        f"({100 * (nc + nf + 1) / (nc + nf + 16):.1f}%); 10 selected from them.")
+    assert [li.get_attribute("data-filter") for li in browser.find_elements("css selector", "#rejections-filters li")] == [d, c]
+    until(browser, lambda b: chart(b, "chart-rejections", "c.data.datasets.length") == 4, what="the rejection bars")
+    assert chart(browser, "chart-rejections", "c.data.labels") == ["cooking", "finance", NULL]
+    assert chart(browser, "chart-rejections", "c.data.datasets.map(s => s.label)") == [
+        "pool", "rejected by dedup", "rejected by decontaminate", "survive all"]
+    assert chart(browser, "chart-rejections", "c.data.datasets[2].data") == [4, 2, 0]
+    shot(browser, "manifest-rejections")
+    browser.execute_script("document.getElementById('manifest-rejections').scrollIntoView()")
+    css_shot = SHOTS / "rejections.png"
+    browser.find_element("css selector", "#manifest-rejections").screenshot(str(css_shot))
+
+
+def test_the_dashboard_shows_a_cleaning_manifests_own_rejections_and_an_exports(browser, live, world):
+    d, nc, nf = world["dedup"], world["nc"], world["nf"]
+    go(browser, live, f"#/manifests/{d}")
+    rows = shown_rows(browser)
+    assert rows["cooking"][:3] == ["cooking", str(nc + 9), "5"] and len(rows["cooking"]) == 4   # no "selected" column
+    assert text_of(browser, "#rejections-headline").startswith(f"{nc + nf + 6} of {nc + nf + 16} documents survive the filter")
+    go(browser, live, f"#/jobs/{world['export']['id']}")
+    rows = shown_rows(browser)
+    assert rows["finance"][:3] == ["finance", str(nf + 3), "3"] and rows[""][1:3] == [str(nc + nf + 10), "9"]
+    assert text_of(browser, "#rejections-table th:nth-child(2)") == "POOL (SELECTED)"
+    shot(browser, "job-export-rejections")
