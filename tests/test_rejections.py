@@ -8,8 +8,8 @@ import pytest
 
 from tests.corpus_gen import corpus
 from tests.helpers import submit, upload, wait
-from tests.test_dashboard import (KEY_ALICE, KEY_BOB, SHOTS, browser, chart, go, live, shot, sign_in,  # noqa: F401
-                                  signed_in_as, table_rows, text_of, until)
+from tests.test_dashboard import (KEY_ALICE, KEY_BOB, SHOTS, browser, chart, css, go, live, shot,  # noqa: F401
+                                  sign_in, signed_in_as, table_rows, text_of, until)
 
 NULL = "(none)"   # the dashboard's name for documents without a source
 
@@ -169,3 +169,27 @@ def test_the_dashboard_shows_a_cleaning_manifests_own_rejections_and_an_exports(
     assert rows["finance"][:3] == ["finance", str(nf + 3), "3"] and rows[""][1:3] == [str(nc + nf + 10), "9"]
     assert text_of(browser, "#rejections-table th:nth-child(2)") == "POOL (SELECTED)"
     shot(browser, "job-export-rejections")
+
+
+def test_the_job_form_takes_several_manifests_for_restrict(browser, live, world):
+    """A list of manifest ids (restrict) is a multiple select in the job form, not one id: the job
+    is submitted with each manifest chosen, and its page shows their rejections."""
+    from selenium.webdriver.support.ui import Select
+    sign_in(browser, live, KEY_ALICE)
+    signed_in_as(browser, "alice")
+    go(browser, live, "#/jobs/new/random")
+    until(browser, lambda d: d.find_elements("id", "form-random"), what="the random form")
+    assert text_of(browser, '.field[data-field="restrict"] .type') == "manifest ids"
+    Select(css(browser, "#f-pool")).select_by_value(world["pool"]["id"])
+    css(browser, "#f-select").send_keys('{"count": 5}')
+    restrict = Select(css(browser, "#f-restrict"))
+    assert restrict.is_multiple
+    for m in (world["dedup"], world["decon"]):
+        restrict.select_by_value(m)
+    css(browser, "#submit-job").click()
+    until(browser, lambda d: "#/jobs/job_" in d.current_url, what="the job page")
+    job = wait(live.api, browser.current_url.rsplit("/", 1)[1])
+    assert job["state"] == "succeeded" and sorted(job["spec"]["restrict"]) == sorted([world["dedup"], world["decon"]])
+    until(browser, lambda d: d.find_elements("css selector", "#job-rejections #rejections-table tbody tr"),
+          what="the job's rejections")
+    assert text_of(browser, "#rejections-headline").startswith(f"{world['nc'] + world['nf'] + 1} of ")
