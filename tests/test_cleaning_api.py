@@ -2,13 +2,11 @@
 duplicates, leaks and low-quality documents whose answers are known."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tests.corpus_gen import corpus
-from tests.helpers import run_ok, submit, upload, wait
-from tests.test_faults import ray_task_processes
+from tests.helpers import kill_tasks_of, run_ok, submit, upload, wait
 from tests.test_quality import GOOD
 
 
@@ -137,17 +135,8 @@ def test_killed_worker_mid_dedup_loses_nothing(service):
     copies = [{"id": f"c{i}", "text": near_copy(base[i]["text"])} for i in range(50)]
     pool = upload(service, base + copies, name="dedup-big")
     job = submit(service, "dedup", {"pool": pool["id"], "threshold": 0.6})
-    killed = 0
-    deadline = time.monotonic() + 120
-    while not killed and time.monotonic() < deadline:
-        for name in ("signature_task", "band_task", "cluster_task"):
-            for p in ray_task_processes(name):
-                p.kill()
-                killed += 1
-        if service.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("queued", "running"):
-            break
-        time.sleep(0.005)
-    assert killed, "never caught a dedup task to kill"
+    assert kill_tasks_of(service, job["id"], "signature_task", "band_task", "cluster_task"), \
+        "never caught a dedup task to kill"
     done = wait(service, job["id"], timeout=180)
     assert done["state"] == "succeeded", done
     man = done["result"]["manifest_id"]
