@@ -142,6 +142,38 @@ def parse_table_bindings(bindings: Iterable[str]) -> dict[str, str]:
     return tables
 
 
+RestrictOption = Annotated[list[str], typer.Option(
+    "--restrict", help="Leave out the documents this manifest (or the job that wrote it) does not select: a "
+                       "dedup, decontaminate or quality manifest, any selection. Repeat it, or separate ids by commas.")]
+
+
+def parse_restrict(values: Iterable[str]) -> list[str]:
+    """`--restrict a,b --restrict c` → [a, b, c]."""
+    return [i.strip() for v in values for i in v.split(",") if i.strip()]
+
+
+def put_restrict(kind, spec: dict, ids: list[str]) -> None:
+    """--restrict into a spec: its `restrict`, or, for a kind that restricts each item of a list
+    (projection's sources), every item's that --spec does not set."""
+    if not ids:
+        return
+    schema = kind.spec_schema
+    if "restrict" in schema.get("properties", {}):
+        if "restrict" in spec:
+            raise typer.BadParameter("--spec has restrict too: give it once", param_hint="'--restrict'")
+        spec["restrict"] = ids
+        return
+    defs = schema.get("$defs", {})
+    lists = [name for name, node in schema.get("properties", {}).items() if node.get("type") == "array" and "restrict" in
+             defs.get((node.get("items") or {}).get("$ref", "").rsplit("/", 1)[-1], {}).get("properties", {})]
+    if not lists:
+        raise typer.BadParameter(f"a {kind.name} job takes no restrict", param_hint="'--restrict'")
+    for name in lists:
+        for item in spec.get(name) or []:
+            if isinstance(item, dict):
+                item.setdefault("restrict", ids)
+
+
 def infer_format(path: Path) -> str:
     """The format named by the file's suffix, looking past a .gz/.zst compression suffix."""
     try:
@@ -531,13 +563,14 @@ def submit(
     name: Annotated[Optional[str], typer.Option(help="Job name; default: the kind.")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(
         help="Resubmitting the same key and body returns the same job.")] = None,
+    restrict: RestrictOption = [],
     watch: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
     as_json: JsonFlag = False,
 ):
     kind = ctx.info_name
     body = parse_spec(spec)             # a bad spec is a usage error before any request
-    kind_of(ctx, kind)
+    put_restrict(kind_of(ctx, kind), body, parse_restrict(restrict))
     client = client_of(ctx)
     job = client.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **body)
     for r in job.raw.get("resolved") or []:     # names given for ids: say which ids they meant
@@ -732,14 +765,51 @@ def manifests_export(
     ctx: typer.Context, manifest_id: Annotated[str, typer.Argument(help="Manifest id.")],
     name: Annotated[Optional[str], typer.Option(help="Name of the new corpus.")] = None,
     all_rows: Annotated[bool, typer.Option("--all", help="Every row, not only the selected ones.")] = False,
+    restrict: RestrictOption = [],
     watch: Annotated[bool, typer.Option("--watch", help="Follow the export job until it ends.")] = False,
 ):
     """Materialise the selected documents (with text) as a new corpus."""
     client = client_of(ctx)
-    job = client.manifests.export(manifest_id, selected_only=not all_rows, name=name)
+    job = client.manifests.export(manifest_id, selected_only=not all_rows, name=name, restrict=parse_restrict(restrict))
     out.print(f"Export job [bold]{job.id}[/], {styled_state(job.state)}: new corpus {job.corpus_id or ''}".rstrip(": "))
     if watch:
         watch_job(client, job.id)
+
+
+def rejected_cell(row: dict, manifest_id: str) -> str:
+    """What a filter rejects of a source, and how many of those it rejects first when an earlier
+    filter rejected some."""
+    rejected, first = row["rejected"][manifest_id], row["excluded"][manifest_id]
+    return f"{rejected:,}" + (f" ({first:,} first)" if first != rejected else "")
+
+
+@manifests_app.command("rejections")
+@reports_api_errors
+def manifests_rejections(
+    ctx: typer.Context, manifest_id: Annotated[str, typer.Argument(help="Manifest id (or the job that wrote it).")],
+    restrict: RestrictOption = [],
+    selected_only: Annotated[bool, typer.Option("--selected-only", help=(
+        "The pool is the manifest's selected documents (what an export of it draws from).") )] = False,
+    as_json: JsonFlag = False,
+):
+    """How many documents each filter rejects, per source, and how many survive them all. The
+    filters: --restrict, else what the manifest was built on, else the manifest itself (a dedup,
+    decontaminate or quality manifest)."""
+    r = client_of(ctx).manifests.rejections(manifest_id, parse_restrict(restrict), selected_only)
+    if as_json:
+        return print_raw_json(r.raw)
+    ids = [f["manifest_id"] for f in r.filters]
+    own = not r.selected_only and r.manifest_id not in ids     # its own selection, beside the filters'
+    for i, f in enumerate(r.filters, 1):
+        out.print(f"{i}. {f['kind']} {f['manifest_id']}: rejects {f['rejected']:,}, {f['excluded']:,} of them first",
+                  markup=False, highlight=False, soft_wrap=True)
+    total = {"source": "all sources", "pool": r.pool, "selected": r.selected, "survivors": r.survivors,
+             "rejected": {f["manifest_id"]: f["rejected"] for f in r.filters},
+             "excluded": {f["manifest_id"]: f["excluded"] for f in r.filters}}
+    rows = [["(none)" if s["source"] is None else s["source"], f"{s['pool']:,}", *(rejected_cell(s, m) for m in ids),
+             f"{s['survivors']:,}", *([f"{s['selected']:,}"] if own else [])] for s in [*r.by_source, total]]
+    out.print(id_table("source", "pool", *(f"{i}. {f['kind']}" for i, f in enumerate(r.filters, 1)), "survive all",
+                       *(["selected"] if own else []), rows=rows, ids=()))
 
 
 # ----------------------------------------------------------------------------- models

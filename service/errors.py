@@ -36,7 +36,7 @@ STATUS_BY_CODE = {
     "duplicate_id": 422, "missing_field": 422, "wrong_type": 422, "inconsistent_ids": 422,
     "too_many_sources": 422, "validation_error": 422, "limit_exceeded": 422, "non_finite_loss": 422, "unknown_doc_id": 422,
     "bad_uri": 422, "bad_glob": 422, "uri_option_not_allowed": 422, "too_many_files": 422, "listing_timeout": 422,
-    "not_a_file": 422,
+    "not_a_file": 422, "bad_keep": 422,
     "storage_unavailable": 503, "insufficient_storage": 507,
 }
 

@@ -140,6 +140,8 @@ class Manifest(BaseModel):
     num_selected: int = Field(description="rows with selected = true")
     columns: list[Column]
     num_shards: int = Field(description="Parquet parts, one per corpus shard")
+    built_on: list[str] = Field(default_factory=list, description=(
+        "the manifests whose unselected documents were left out of its pool (`restrict`)"))
     created_at: str
 
 

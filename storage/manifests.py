@@ -42,6 +42,13 @@ def manifest_corpus(store: Store, manifest_id: str) -> str | None:
 EXCLUDED_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("excluded_by", pa.string())])
 
 
+def unselected_sql(tables: list[str]) -> str:
+    """SQL for (shard, row, k) of every row that the k-th of `tables` (manifests over one corpus)
+    does not select (`selected` false or NULL): what a restriction leaves out of a pool."""
+    return " UNION ALL ".join(f"SELECT shard, row, {k} AS k FROM {t} WHERE selected IS NOT TRUE"
+                              for k, t in enumerate(tables))
+
+
 def exclusions(store: Store, manifest_ids: list[str], temp_root: str | None = None) -> pa.Table:
     """(shard, row, excluded_by) of every document that one of `manifest_ids` (all over one corpus)
     does not select, `excluded_by` the first of them in the list that does not; sorted by shard, row."""
@@ -50,13 +57,31 @@ def exclusions(store: Store, manifest_ids: list[str], temp_root: str | None = No
     with connection(temp_root) as con:
         for i, m in enumerate(manifest_ids):
             con.register(f"m{i}", dataset(store, manifest_files(store, m)))
-        union = " UNION ALL ".join(f"SELECT shard, row, {i} AS k FROM m{i} WHERE selected IS NOT TRUE"
-                                   for i in range(len(manifest_ids)))
+        union = unselected_sql([f"m{i}" for i in range(len(manifest_ids))])
         con.register("ids", pa.table({"k": pa.array(range(len(manifest_ids)), pa.int64()),
                                       "excluded_by": pa.array(manifest_ids, pa.string())}))
         return con.sql(f"""SELECT e.shard::INTEGER AS shard, e.row::BIGINT AS row, ids.excluded_by
                            FROM (SELECT shard, row, min(k) AS k FROM ({union}) GROUP BY shard, row) e
                            JOIN ids USING (k) ORDER BY shard, row""").to_arrow_table().cast(EXCLUDED_SCHEMA)
+
+
+def rejections_sql(filters: int, selected_only: bool) -> str:
+    """SQL for one row per source of the pool, table `p` (a manifest; only its selected rows with
+    `selected_only`), restricted by `filters` manifests over its corpus, tables f0, f1, …:
+    `source, pool, selected, survivors` (documents no filter rejects), then per filter k
+    `rejected_k` (the pool's documents it does not select) and `excluded_k` (those it is the first
+    of the filters to reject, as a restricted selection's `excluded_by` names them)."""
+    flags = "".join(f", bool_or(r.k = {k}) AS r{k}" for k in range(filters))
+    counts = "".join(f", count(*) FILTER (WHERE r{k}) AS rejected_{k}, count(*) FILTER (WHERE first = {k}) AS excluded_{k}"
+                     for k in range(filters))
+    return f"""
+        WITH rej AS ({unselected_sql([f"f{k}" for k in range(filters)])}),
+        doc AS (SELECT any_value(p.source) AS source, bool_or(p.selected) AS selected, min(r.k) AS first{flags}
+                FROM (SELECT shard, row, source, selected FROM p{" WHERE selected" if selected_only else ""}) p
+                LEFT JOIN rej r ON p.shard = r.shard AND p.row = r.row GROUP BY p.shard, p.row)
+        SELECT source, count(*) AS pool, count(*) FILTER (WHERE selected) AS selected,
+               count(*) FILTER (WHERE first IS NULL) AS survivors{counts}
+        FROM doc GROUP BY source ORDER BY source NULLS LAST"""
 
 
 def selection_size(select: dict, eligible: int) -> int:

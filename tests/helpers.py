@@ -5,6 +5,7 @@ import contextlib
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from tests.corpus_gen import jsonl
@@ -54,3 +55,31 @@ def tmpfs(path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def ray_task_processes(*names: str) -> list[psutil.Process]:
+    """The Ray worker processes running a task or actor method named one of `names`."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and p.info["cmdline"][0].startswith(tuple(f"ray::{n}" for n in names))]
+
+
+def kill_tasks_of(client, job_id: str, *names: str, timeout: float = 120) -> int:
+    """Kill the workers running tasks named `names` while the job is queued or running, until one
+    was caught (or the job ended); how many were killed."""
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while not killed and time.monotonic() < deadline:
+        for p in ray_task_processes(*names):
+            p.kill()
+            killed += 1
+        if client.get(f"/v1/jobs/{job_id}").json()["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.005)
+    return killed

@@ -28,18 +28,22 @@ def wait_for_port(port: int, proc: subprocess.Popen | None = None, timeout: floa
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-def start_service_process(home, port, ray_address, preload: str | None = None, **env) -> subprocess.Popen:
-    """`thresher serve` in a process of its own (so a test can kill it), ready when this returns.
-    `preload`: Python run first in that process (a test registering a job kind of its own)."""
+def start_service_process(home, port, ray_address: str | None, timeout: float = 90, preload: str | None = None,
+                          **env) -> subprocess.Popen:
+    """`thresher serve` in a process of its own (so a test can kill it), ready when this returns:
+    on the session's Ray at `ray_address`, or (None) starting a Ray of its own. `preload`: Python run
+    first in that process (a test registering a job kind of its own)."""
     from tests.conftest import KEYS
-    env = {**os.environ, "THRESHER_RAY_ADDRESS": ray_address, "THRESHER_API_KEYS": ",".join(KEYS), **env}
+    own = {k: v for k, v in os.environ.items() if ray_address or k not in ("RAY_ADDRESS", "THRESHER_RAY_ADDRESS")}
+    env = {**own, **({"THRESHER_RAY_ADDRESS": ray_address} if ray_address else {}), "THRESHER_API_KEYS": ",".join(KEYS),
+           **env}
     main = ["-c", f"{preload}\nfrom service.cli import app\napp(prog_name='thresher')"] if preload else ["-m", "service.cli"]
     proc = subprocess.Popen([sys.executable, *main, "serve", "--home", str(home), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass

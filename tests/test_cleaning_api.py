@@ -2,13 +2,11 @@
 duplicates, leaks and low-quality documents whose answers are known."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tests.corpus_gen import corpus
-from tests.helpers import run_ok, submit, upload, wait
-from tests.test_faults import ray_task_processes
+from tests.helpers import kill_tasks_of, run_ok, submit, upload, wait
 from tests.test_quality import GOOD
 
 
@@ -98,12 +96,24 @@ def test_dedup_keeps_the_highest_score_of_another_manifest(service, dedup_data):
                   d=job["result"]["manifest_id"], s=scores_id)
     assert wrong == []
     assert query(service, "SELECT count(*) FROM d WHERE cluster_size = 2 AND kept", d=job["result"]["manifest_id"]) == [[10]]
-    # a score manifest over another corpus, or a column it lacks, fails the job and says why
-    other = run_ok(service, "random", {"pool": seen["id"], "select": {"count": 1}})
-    for keep, words in (({"manifest": other["result"]["manifest_id"]}, "is not over the pool"),
-                        ({"manifest": scores_id, "column": "nope"}, "has no column 'nope'")):
-        done = wait(service, submit(service, "dedup", {"pool": pool["id"], "keep": {"by": "score", **keep}})["id"])
-        assert done["state"] == "failed" and done["error"]["code"] == "bad_keep" and words in done["error"]["message"]
+
+
+def test_a_bad_keep_manifest_is_refused_at_submit(service, dedup_data):
+    """keep by the score of a manifest over another corpus, or without the column: a 422 naming
+    keep.manifest or keep.column (with the manifest's corpus or columns), and no job is created."""
+    pool, seen = dedup_data
+    other = run_ok(service, "random", {"pool": seen["id"], "select": {"count": 1}})["result"]["manifest_id"]
+    scores = run_ok(service, "random", {"pool": pool["id"], "select": {"count": 1}})["result"]["manifest_id"]
+    before = service.get("/v1/jobs", params={"limit": 1000}).json()["items"]
+    cases = (({"manifest": other}, "spec.keep.manifest", f"is over corpus {seen['id']}, not the pool {pool['id']}"),
+             ({"manifest": scores, "column": "nope"}, "spec.keep.column", "has no column 'nope'; its columns are doc_id"))
+    for keep, field, words in cases:
+        r = service.post("/v1/jobs", json={"kind": "dedup", "spec": {"pool": pool["id"], "keep": {"by": "score", **keep}}})
+        err = r.json()["error"]
+        assert r.status_code == 422 and err["code"] == "bad_keep" and err["details"]["field"] == field, r.text
+        assert err["message"].startswith(f"{field}: manifest {keep['manifest']} ") and words in err["message"], err
+    assert err["details"]["columns"][:2] == ["doc_id", "corpus_id"] and "score" in err["details"]["columns"]
+    assert service.get("/v1/jobs", params={"limit": 1000}).json()["items"] == before
 
 
 def test_dedup_rejects_bad_specs(service, dedup_data):
@@ -125,17 +135,8 @@ def test_killed_worker_mid_dedup_loses_nothing(service):
     copies = [{"id": f"c{i}", "text": near_copy(base[i]["text"])} for i in range(50)]
     pool = upload(service, base + copies, name="dedup-big")
     job = submit(service, "dedup", {"pool": pool["id"], "threshold": 0.6})
-    killed = 0
-    deadline = time.monotonic() + 120
-    while not killed and time.monotonic() < deadline:
-        for name in ("signature_task", "band_task", "cluster_task"):
-            for p in ray_task_processes(name):
-                p.kill()
-                killed += 1
-        if service.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("queued", "running"):
-            break
-        time.sleep(0.005)
-    assert killed, "never caught a dedup task to kill"
+    assert kill_tasks_of(service, job["id"], "signature_task", "band_task", "cluster_task"), \
+        "never caught a dedup task to kill"
     done = wait(service, job["id"], timeout=180)
     assert done["state"] == "succeeded", done
     man = done["result"]["manifest_id"]

@@ -23,7 +23,7 @@ EXPECTED_COMMANDS = {
     ("jobs", "submit"),     # KIND: one command per kind the service lists
     ("jobs", "watch"), ("jobs", "list"), ("jobs", "show"), ("jobs", "cancel"),
     ("manifests", "list"), ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
-    ("manifests", "export"),
+    ("manifests", "export"), ("manifests", "rejections"),
     ("models", "list"), ("models", "show"), ("models", "register"),
     ("projections", "predict"), ("projections", "plot"),
     ("curricula", "show"), ("curricula", "epoch"), ("curricula", "losses"),

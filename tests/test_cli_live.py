@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -169,3 +170,45 @@ def test_serve_fails_fast_on_a_busy_port(live_service, monkeypatch):
     result = runner.invoke(cli.app, ["serve", "--port", port])
     assert result.exit_code == 2 and "already in use" in result.stderr
     assert time.monotonic() - t0 < 5
+
+
+def test_restrict_and_rejections(env, uploaded, client):
+    """--restrict (repeated or comma-separated, manifest or job ids) on a selection, a projection's
+    sources and an export; refused for a kind without restrict and beside --spec's own; and
+    `manifests rejections` prints each filter's rejections per source."""
+    pool = uploaded["id"]
+    dedup = client.dedup(pool, method="exact").wait()
+    half = client.random(pool, fraction=0.5, seed=3).wait()
+    spec = json.dumps({"pool": pool, "select": {"count": 10}})
+    job = json.loads(ok(env, "jobs", "submit", "random", "--spec", spec, "--restrict", f"{dedup.id}, {half.manifest_id}",
+                        "--json"))
+    assert job["spec"]["restrict"] == [dedup.manifest_id, half.manifest_id]
+    again = json.loads(ok(env, "jobs", "submit", "random", "--spec", spec, "--restrict", half.id, "--restrict",
+                          dedup.manifest_id, "--json"))
+    assert again["spec"]["restrict"] == [half.manifest_id, dedup.manifest_id]
+    other = client.corpora.upload(corpus(20, seed=32), name="cli-other")
+    projection = {"sources": [{"corpus": c, "price_per_doc": 1.0, "available_docs": 100} for c in (pool, other.id)],
+                  "validation": other.id, "pilot_sizes": [10, 20], "target_sizes": [40]}
+    refused = th(env, "jobs", "submit", "projection", "--spec", json.dumps(projection), "--restrict", half.id)
+    assert refused.exit_code == 1 and "spec.sources.1.restrict.0" in refused.stderr, refused.stderr  # source 0 passed
+    for args, words in ((["dedup", "--spec", json.dumps({"pool": pool})], "a dedup job takes no restrict"),
+                        (["random", "--spec", json.dumps({"pool": pool, "select": {"count": 1}, "restrict": []})],
+                         "--spec has restrict too")):
+        result = th(env, "jobs", "submit", *args, "--restrict", half.id)
+        assert result.exit_code == 2 and words in re.sub(r"[\s│]+", " ", result.output), result.output
+    exported = ok(env, "manifests", "export", half.manifest_id, "--restrict", dedup.id, "--watch")
+    export = client.jobs.get(exported.split()[2].rstrip(","))
+    assert export.summary["built_on"] == [dedup.manifest_id]
+    sel = client.jobs.get(job["id"]).wait()
+    r = client.manifests.rejections(sel)
+    printed = ok(env, "manifests", "rejections", sel.id)
+    assert f"1. dedup {dedup.manifest_id}: rejects {r.filters[0]['rejected']}" in printed
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in printed.splitlines() if line.startswith("│")}
+    for s in r.by_source:
+        assert lines[s["source"]][:2] == [str(s["pool"]), str(s["rejected"][dedup.manifest_id])]
+        assert lines[s["source"]][-2:] == [str(s["survivors"]), str(s["selected"])]
+    assert lines["all sources"][-1] == "10"
+    assert json.loads(ok(env, "manifests", "rejections", sel.id, "--json")) == r.raw
+    own = ok(env, "manifests", "rejections", dedup.id)     # a cleaning manifest is its own filter
+    assert f"1. dedup {dedup.manifest_id}: rejects 0, 0 of them first" in own and "selected" not in own

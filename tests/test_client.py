@@ -391,3 +391,41 @@ def test_submit_any_kind_the_service_lists_through_a_generated_method(client, po
     with pytest.raises(AttributeError, match="did you mean 'dedup'"):
         client.dedpu(pool)
     assert not hasattr(client, "no_such_kind") and not hasattr(Client("http://127.0.0.1:9", retries=0), "dedup")
+
+
+def test_restrict_takes_manifests_and_the_jobs_that_wrote_them_in_every_kind_method(client, pool, target):
+    """restrict= accepts manifest ids, Manifest records and Job records (the service reads a job as
+    the manifest it wrote), in generated kind methods, their select sugar, exports and rejections;
+    a job that has not finished yet is refused, saying so."""
+    import inspect
+    dedup = client.dedup(pool, method="exact").wait()
+    half = client.random(pool, fraction=0.5, seed=7).wait()    # any selection restricts a pool too
+    assert str(inspect.signature(client.dsir)).startswith("(pool, target, *, fraction=None, count=None, tau=None, restrict=None, select=None, ")
+    job = client.dsir(pool, target, count=20, restrict=[dedup, half.manifest()])
+    given = lambda select: {k: v for k, v in select.items() if v is not None}   # noqa: E731
+    assert job.spec["restrict"] == [dedup.manifest_id, half.manifest_id] and given(job.spec["select"]) == {"count": 20}
+    assert job.resolved == [{"field": "spec.restrict.0", "given": dedup.id, "id": dedup.manifest_id}]
+    job = job.wait()
+    survivors = client.query("SELECT count(*) AS n FROM d JOIN q USING (doc_id) WHERE d.selected AND q.selected",
+                             {"d": dedup, "q": half})["n"][0].as_py()
+    assert job.manifest().built_on == [dedup.manifest_id, half.manifest_id]
+    assert job.summary["num_selected"] == 20 and job.summary["excluded_total"] == 300 - survivors
+    rejections = client.manifests.rejections(job)
+    assert [f["manifest_id"] for f in rejections.filters] == [dedup.manifest_id, half.manifest_id]
+    assert (rejections.pool, rejections.survivors, rejections.selected) == (300, survivors, 20)
+    assert job.manifest().rejections(restrict=[half]).filters[0]["rejected"] == 150
+    rand = client.random(pool, tau=10, restrict=[dedup.manifest_id])
+    assert given(rand.spec["select"]) == {"tau": 10} and rand.spec["restrict"] == [dedup.manifest_id]
+    export = job.manifest().export(selected_only=False, restrict=[half]).wait()
+    assert export.summary["built_on"] == [half.manifest_id]
+    assert export.summary["num_docs"] == 150
+    with pytest.raises(InvalidArgument, match="give select or count, not both"):
+        client.random(pool, select={"count": 3}, count=3)
+    busy = client.train_model(pool, **TINY)
+    try:
+        with pytest.raises(ThresherError) as e:
+            client.random(pool, count=5, restrict=[busy])
+        assert e.value.status == 409 and e.value.code == "job_not_finished"
+        assert e.value.details["field"] == "spec.restrict.0" and "still" in e.value.message
+    finally:
+        busy.cancel()

@@ -231,7 +231,7 @@ def test_submit_dsir_from_the_form_and_follow_it(browser, live, data):
     from selenium.webdriver.support.ui import Select
     # The form comes from the spec model: its fields, with their defaults.
     labels = [e.get_attribute("data-field") for e in browser.find_elements("css selector", "#form-dsir .field[data-field]")]
-    assert labels[:3] == ["pool", "target", "select"] and "sampling" in labels
+    assert labels[:4] == ["restrict", "pool", "target", "select"] and "sampling" in labels
     assert css(browser, "#f-buckets").get_attribute("value") == "10000"
     assert Select(css(browser, "#f-sampling")).first_selected_option.text == "gumbel"
     Select(css(browser, "#f-pool")).select_by_value(data["pool"]["id"])
@@ -862,7 +862,7 @@ def test_kinds_describe_every_public_kind(live):
     kinds = {k["name"]: k for k in r.json()["items"]}
     assert set(kinds) == PUBLIC_KINDS
     dsir = kinds["dsir"]
-    assert dsir["refs"] == {"pool": "corpora", "target": "corpora"}
+    assert dsir["refs"] == {"restrict": "manifests", "pool": "corpora", "target": "corpora"}   # restrict: a list of ids
     assert dsir["spec_schema"]["properties"]["buckets"]["default"] == 10000
     assert set(dsir["spec_schema"]["required"]) == {"pool", "target", "select"}
     assert kinds["score"]["refs"] == {"corpus": "corpora", "model": "models"}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ALICE
 from tests.corpus_gen import corpus
-from tests.helpers import submit, upload, wait
+from tests.helpers import kill_tasks_of, submit, upload, wait
 from tests.net import free_port, start_service_process
 
 
@@ -57,27 +57,13 @@ def test_killed_service_resumes_job_without_loss(tmp_path, ray_address):
         proc.wait()
 
 
-def ray_task_processes(*names: str):
-    return [p for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and p.info["cmdline"][0].startswith(tuple(f"ray::{n}" for n in names))]
-
-
 def test_killed_ray_worker_still_finishes(service):
     """A 6,000-document dsir is light: its tasks run on the light lane's warm workers (actors),
     which Ray restarts, retrying the call; a heavy one's are plain tasks, which Ray retries."""
     pool = upload(service, corpus(6000, seed=13, min_words=60, max_words=90), name="big")
     target = upload(service, corpus(100, seed=14, domains=["cooking"], prefix="t"), name="t")
     job = submit(service, "dsir", {"pool": pool["id"], "target": target["id"], "select": {"fraction": 0.1}})
-    killed = 0
-    deadline = time.monotonic() + 120
-    while not killed and time.monotonic() < deadline:
-        for p in ray_task_processes("dsir_scores", "LightWorker.run"):
-            p.kill()
-            killed += 1
-        if service.get(f"/v1/jobs/{job['id']}").json()["state"] not in ("queued", "running"):
-            break
-        time.sleep(0.005)
-    assert killed, "never caught a scoring task to kill"
+    assert kill_tasks_of(service, job["id"], "dsir_scores", "LightWorker.run"), "never caught a scoring task to kill"
     done = wait(service, job["id"], timeout=180)
     assert done["state"] == "succeeded", done
     r = service.post("/v1/query", json={"sql": "SELECT count(*), count(DISTINCT doc_id) FROM m",

@@ -1,49 +1,28 @@
 """A service that started its own local Ray stops all of it when it stops (SIGTERM)."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import ALICE, KEYS
+from tests.conftest import ALICE
 from tests.corpus_gen import corpus, jsonl
-from tests.test_faults import free_port
+from tests.helpers import alive
+from tests.net import free_port, start_service_process
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def test_sigterm_stops_every_process_of_the_services_own_ray(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "THRESHER_RAY_ADDRESS")}
-    env.update(THRESHER_API_KEYS=",".join(KEYS), THRESHER_SHARD_SIZE="20")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(tmp_path / "home"),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_service_process(tmp_path / "home", port, None, timeout=180, THRESHER_SHARD_SIZE="20")   # its own Ray
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"service exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "service did not become ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         # Run a job so that Ray has started workers too.
         with httpx.Client(base_url=url, headers=ALICE, timeout=60) as c:
             pool = c.post("/v1/corpora", params={"name": "p", "format": "jsonl"}, content=jsonl(corpus(60))).json()

@@ -13,14 +13,13 @@ import sys
 import threading
 import time
 
-import httpx
 import psutil
 import pytest
 
-from tests.conftest import ALICE, KEYS, make_settings
+from tests.conftest import ALICE, make_settings
 from tests.corpus_gen import corpus, jsonl
-from tests.helpers import tmpfs, upload, wait
-from tests.net import free_port, wait_for_port
+from tests.helpers import alive, tmpfs, upload, wait
+from tests.net import free_port, start_service_process, wait_for_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -253,33 +252,12 @@ def test_a_worker_dying_while_loading_a_checkpoint_is_422(service):
 
 # -- item 15: the Ray a SIGKILLed service leaves behind ------------------------------------------
 
-def alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def test_the_next_start_stops_the_ray_of_a_killed_service(tmp_path, ray_address):
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "THRESHER_RAY_ADDRESS")}
-    env.update(THRESHER_API_KEYS=",".join(KEYS))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tree: list[psutil.Process] = []
-    reader = None
+    proc = reader = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"service exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "service did not become ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        proc = start_service_process(home, free_port(), None, timeout=120)   # with a Ray of its own
         time.sleep(2)  # the agents start a little after the raylet
         tree = psutil.Process(proc.pid).children(recursive=True)
         sessions = {m.group(0) for p in tree for a in p.cmdline()

@@ -7,7 +7,7 @@
     table = client.manifests.get(job.manifest_id).to_arrow(selected_only=True)
 """
 from thresher.client import (Client, Corpus, Curriculum, EpochPlan, InvalidArgument, Job, Kind, Manifest,
-                             Model, Page, ThresherError)
+                             Model, Page, Rejections, ThresherError)
 
 __all__ = ["Client", "ThresherError", "InvalidArgument", "Corpus", "Job", "Manifest", "Model", "Curriculum",
-           "EpochPlan", "Kind", "Page"]
+           "EpochPlan", "Kind", "Page", "Rejections"]

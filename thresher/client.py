@@ -4,9 +4,11 @@
 `projections`, `curricula`), `query()`, and a method per job kind: `client.jobs.submit(kind, **spec)`
 is the one general path; `client.<kind>(…)` submits any kind the service lists (`client.kinds()`,
 from GET /v1/kinds), its positional arguments being the spec's required fields in order
-(`client.dedup(pool, method="exact")`), and a few kinds have hand-written sugar on top
-(`client.dsir(pool, target, fraction=0.1)`). Answers are typed records (dataclasses that keep the raw JSON in `.raw`); every
-non-2xx answer raises one `ThresherError(code, message, details, status)`.
+(`client.dedup(pool, method="exact")`); a kind that selects takes `fraction=`, `count=` or `tau=`
+for its `select` (`client.dsir(pool, target, fraction=0.1)`). Spec values may be records: a
+Corpus, Manifest or Model stands for its id, a Job for the manifest it wrote
+(`restrict=[dedup_job, quality_job]`). Answers are typed records (dataclasses that keep the raw
+JSON in `.raw`); every non-2xx answer raises one `ThresherError(code, message, details, status)`.
 
 Uploads and downloads stream: a file, a file object, an iterable of dicts, a pyarrow Table or a
 pandas DataFrame goes out as a generator body in chunks (JSONL or Parquet row groups), never
@@ -323,6 +325,7 @@ class Manifest(Record):
     num_selected: int
     columns: list
     num_shards: int
+    built_on: list | None
     created_at: str
     raw: dict = field(repr=False, default_factory=dict)
     client: Any = field(repr=False, default=None, compare=False)
@@ -339,8 +342,28 @@ class Manifest(Record):
     def shards(self) -> list[dict]:
         return self.client.manifests.shards(self.id)
 
-    def export(self, selected_only: bool = True, name: str | None = None) -> Job:
-        return self.client.manifests.export(self.id, selected_only, name)
+    def export(self, selected_only: bool = True, name: str | None = None, restrict: Iterable = ()) -> Job:
+        return self.client.manifests.export(self.id, selected_only, name, restrict)
+
+    def rejections(self, restrict: Iterable = (), selected_only: bool = False) -> "Rejections":
+        return self.client.manifests.rejections(self.id, restrict, selected_only)
+
+
+@dataclass
+class Rejections(Record):
+    """What each filter (`filters`: manifest_id, kind, job_id, rejected, excluded) rejects of a
+    manifest's pool, per source (`by_source`: source, pool, selected, survivors, and `rejected`
+    and `excluded` by filter manifest), and the totals."""
+    manifest_id: str
+    corpus_id: str | None
+    selected_only: bool
+    filters: list
+    pool: int
+    selected: int
+    survivors: int
+    by_source: list
+    raw: dict = field(repr=False, default_factory=dict)
+    client: Any = field(repr=False, default=None, compare=False)
 
 
 @dataclass
@@ -637,60 +660,26 @@ class Client:
     def submit(self, kind: str, *, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
         return self.jobs.submit(kind, name=name, idempotency_key=idempotency_key, **spec)
 
-    def random(self, pool, *, fraction=None, count=None, tau=None, **spec) -> Job:
-        """Uniform random selection of `pool` (seeded)."""
-        return self.submit("random", pool=_id(pool), select=_select(fraction, count, tau, spec), **spec)
-
-    def dsir(self, pool, target, *, fraction=None, count=None, tau=None, **spec) -> Job:
-        """DSIR importance resampling of `pool` toward `target`."""
-        return self.submit("dsir", pool=_id(pool), target=_id(target), select=_select(fraction, count, tau, spec), **spec)
-
-    def color_filter(self, pool, target, *, fraction=None, count=None, tau=None, **spec) -> Job:
-        """CoLoR-Filter: keep the pool documents with the largest prior − conditional loss."""
-        return self.submit("color_filter", pool=_id(pool), target=_id(target),
-                           select=_select(fraction, count, tau, spec), **spec)
-
-    def train_model(self, corpus, **spec) -> Job:
-        return self.submit("train_model", corpus=_id(corpus), **spec)
-
-    def score(self, corpus, model, **spec) -> Job:
-        return self.submit("score", corpus=_id(corpus), model=_id(model), **spec)
-
-    def evaluate(self, selection, validation, *, against=None, **spec) -> Job:
-        """Proxies trained on `selection` and on a random subset of its pool as large, or with
-        `against` (another selection) on that one, head to head: the gain, and their overlap."""
-        if against is not None:
-            spec["against"] = _id(against)
-        return self.submit("evaluate", selection=_id(selection), validation=_id(validation), **spec)
-
-    def filter(self, corpus=None, *, sources: list[str] | None = None, manifest=None, where: str | None = None,
-               **spec) -> Job:
+    def filter(self, corpus=None, **spec) -> Job:
         """A new corpus (`job.corpus_id`) of `corpus`'s documents whose source is one of `sources`
-        and/or of the rows of `manifest` where the SQL predicate `where` holds."""
-        given = {"corpus": corpus, "sources": sources, "manifest": manifest, "where": where}
-        refs = {"corpus", "manifest"}
-        return self.submit("filter", **{k: _id(v) if k in refs else v for k, v in given.items() if v is not None},
-                           **spec)
+        and/or of the rows of `manifest` where the SQL predicate `where` holds. (Its spec requires
+        no field, so the generated method would take the corpus by name only.)"""
+        if corpus is not None:
+            spec["corpus"] = corpus
+        return _kind_method(self, self.kinds()["filter"])(**spec)
 
-    def reweight(self, corpus, **spec) -> Job:
-        for k in ("model", "losses"):
-            if k in spec and spec[k] is not None:
-                spec[k] = _id(spec[k])
-        return self.submit("reweight", corpus=_id(corpus), **spec)
 
-    def curriculum(self, corpus, method: str = "seta", **spec) -> Job:
-        return self.submit("curriculum", corpus=_id(corpus), method=method, **spec)
-
-    def projection(self, sources: list[dict], validation, **spec) -> Job:
-        sources = [{**s, "corpus": _id(s["corpus"])} for s in sources]
-        return self.submit("projection", sources=sources, validation=_id(validation), **spec)
+SELECT_SUGAR = ("fraction", "count", "tau")
 
 
 def _kind_method(client: Client, kind: Kind):
     """`client.<kind>(*required, name=None, idempotency_key=None, **spec)`: the positional arguments
     are the spec's required fields in the schema's order, the rest go by name; the service checks
-    the spec (an unknown or misspelt field is its 422, naming the field)."""
-    required = kind.required
+    the spec (an unknown or misspelt field is its 422, naming the field). A kind whose spec has
+    `select` takes it as `fraction=`, `count=` or `tau=` too (`client.dsir(pool, target, fraction=0.1)`)."""
+    props = kind.spec_schema.get("properties", {})
+    sugar = "select" in props
+    required = [f for f in kind.required if not (sugar and f == "select")]
 
     def submit(*args, name: str | None = None, idempotency_key: str | None = None, **spec) -> Job:
         if len(args) > len(required):
@@ -702,24 +691,28 @@ def _kind_method(client: Client, kind: Kind):
                 raise InvalidArgument(f"{kind.name}() got {field_name!r} twice: by position and by name",
                                       {"field": field_name})
             spec[field_name] = value
+        if sugar:
+            spec["select"] = _select(spec)
         return client.jobs.submit(kind.name, name=name, idempotency_key=idempotency_key, **spec)
 
-    props = kind.spec_schema.get("properties", {})
     P = inspect.Parameter
     params = [P(f, P.POSITIONAL_OR_KEYWORD) for f in required]
+    params += [P(f, P.KEYWORD_ONLY, default=None) for f in SELECT_SUGAR if sugar]
     params += [P(f, P.KEYWORD_ONLY, default=_unset_nulls(props[f].get("default")))
                for f in props if f not in required and f.isidentifier() and f not in ("name", "idempotency_key")]
     params += [P("name", P.KEYWORD_ONLY, default=None), P("idempotency_key", P.KEYWORD_ONLY, default=None)]
     submit.__signature__ = inspect.Signature(params, return_annotation=Job)
     submit.__name__ = submit.__qualname__ = kind.name
     submit.__doc__ = "\n".join([f"Submit a {kind.name} job: {kind.description}.", "", "Spec fields:",
-                                *(f"    {line}" for line in kind.describe())])
+                                *(f"    {line}" for line in kind.describe()),
+                                *(["", "fraction=, count= or tau= give `select`."] if sugar else [])])
     return submit
 
 
 def _ids(value):
     """Records (a Corpus, a Manifest, …) given as spec values become their ids, also within lists
-    and objects."""
+    and objects; a Job becomes its id, which the service reads as the manifest the job wrote
+    where a manifest is expected."""
     if isinstance(value, Record):
         return value.id
     if isinstance(value, (list, tuple)):
@@ -729,14 +722,17 @@ def _ids(value):
     return value
 
 
-def _select(fraction, count, tau, spec: dict) -> dict:
-    if "select" in spec:
+def _select(spec: dict) -> dict:
+    """`select` taken out of `spec`: as given, or from exactly one of fraction, count or tau."""
+    given = {k: v for k in SELECT_SUGAR if (v := spec.pop(k, None)) is not None}
+    if "select" in spec and spec["select"] is not None:
+        if given:
+            raise InvalidArgument(f"give select or {', '.join(given)}, not both", {"field": "select"})
         return spec.pop("select")
-    given = {k: v for k, v in (("fraction", fraction), ("count", count), ("tau", tau)) if v is not None}
     if len(given) != 1:
         # A misspelt fraction=/count=/tau= lands in **spec: name it rather than say none was given.
         for k in spec:
-            if hint := did_you_mean(k, ("fraction", "count", "tau")):
+            if hint := did_you_mean(k, SELECT_SUGAR):
                 raise InvalidArgument(f"unknown keyword argument {k!r}{hint}", {"field": k})
         raise InvalidArgument(f"give exactly one of fraction, count or tau (got {', '.join(given) or 'none'})",
                               {"field": "select"})
@@ -1072,10 +1068,22 @@ class Manifests(_Api):
                                 {"format": "parquet", "selected_only": str(selected_only).lower()})
         return pq.read_table(pa.BufferReader(data))
 
-    def export(self, manifest_id, selected_only: bool = True, name: str | None = None) -> Job:
-        """A job that materialises the (selected) documents as a new corpus (`job.corpus_id`)."""
-        body = {"selected_only": selected_only, **({"name": name} if name else {})}
+    def export(self, manifest_id, selected_only: bool = True, name: str | None = None,
+               restrict: Iterable = ()) -> Job:
+        """A job that materialises the (selected) documents as a new corpus (`job.corpus_id`),
+        leaving out those a manifest of `restrict` (ids, Manifests or the Jobs that wrote them)
+        does not select."""
+        body = {"selected_only": selected_only, **({"name": name} if name else {}),
+                **({"restrict": _ids(list(restrict))} if restrict else {})}
         return Job.of(self.c._json("POST", f"/v1/manifests/{_id(manifest_id)}/export", json=body), self.c)
+
+    def rejections(self, manifest_id, restrict: Iterable = (), selected_only: bool = False) -> Rejections:
+        """How many documents of the manifest's pool each filter rejects, per source, and how many
+        survive them all. Filters: `restrict` (ids, Manifests or Jobs), else what the manifest was
+        built on, else the manifest itself (a dedup, decontaminate or quality manifest);
+        `selected_only`: the pool is the manifest's selected documents (what an export draws from)."""
+        params = [("restrict", r) for r in _ids(list(restrict))] + [("selected_only", str(selected_only).lower())]
+        return Rejections.of(self.c._json("GET", f"/v1/manifests/{_id(manifest_id)}/rejections", params=params), self.c)
 
 
 class Models(_Api):

@@ -1,7 +1,7 @@
 """Small read-only endpoints that let a client (the dashboard) describe and browse what it has:
 the job kinds with their spec schemas, who the caller is, a manifest's top and bottom documents
-(or the members of one of a dedup manifest's duplicate clusters) with their text, and a curriculum
-run's samples kept per epoch."""
+(or the members of one of a dedup manifest's duplicate clusters) with their text, the documents each
+filter a manifest was built on rejected per source, and a curriculum run's samples kept per epoch."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,15 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from service.errors import ERROR_RESPONSES, ApiError
-from service.routes.common import ResolveIds, Svc, Tenant, owned
+from service.routes.common import ResolveIds, Svc, Tenant, owned, resolve
 from service.routes.query import sandboxed
 from storage import layout
-from storage.manifests import dataset, manifest_files
+from storage.ingest.common import MAX_SOURCES
+from storage.manifests import dataset, manifest_corpus, manifest_files, rejections_sql
 from workers.driver.curriculum_runs import planned_counts
+from workers.jobs.restrict import check_restrict
 from workers.registry import KINDS
-from workers.specs import ref_of
+from workers.specs import MAX_RESTRICT, ref_of
 
 router = APIRouter(responses=ERROR_RESPONSES, dependencies=[ResolveIds])
 
@@ -159,6 +161,85 @@ async def manifest_documents(manifest_id: str, order: Literal["top", "bottom"] =
         r["doc_id"] = str(r["doc_id"])
     await run_in_threadpool(_texts, s.store, rows, snippet)
     return DocumentList(items=[Document(**{k: v for k, v in r.items() if k in Document.model_fields}) for r in rows])
+
+
+class FilterRejections(BaseModel):
+    manifest_id: str
+    kind: str
+    job_id: str | None = None
+    rejected: int = Field(description="the pool's documents this manifest does not select")
+    excluded: int = Field(description="those it is the first of `filters` to reject (what a selection built on "
+                                      "them records as `excluded_by`, and its summary as `excluded`)")
+
+
+class SourceRejections(BaseModel):
+    source: str | None
+    pool: int
+    selected: int = Field(description="documents the manifest itself selects")
+    survivors: int = Field(description="documents no filter rejects")
+    rejected: dict[str, int] = Field(description="filter manifest -> documents of this source it rejects")
+    excluded: dict[str, int] = Field(description="filter manifest -> those it is the first to reject")
+
+
+class Rejections(BaseModel):
+    manifest_id: str
+    corpus_id: str | None
+    selected_only: bool
+    filters: list[FilterRejections] = Field(description="in order: `restrict`, else what the manifest was built "
+                                                        "on, else the manifest itself")
+    pool: int
+    selected: int
+    survivors: int
+    by_source: list[SourceRejections] = Field(description="one per source value of the pool (null last)")
+
+
+REJECTION_COLUMNS = ("doc_id", "corpus_id", "shard", "row", "source", "selected")
+
+
+@router.get("/v1/manifests/{manifest_id}/rejections", response_model=Rejections, tags=["manifests"])
+async def manifest_rejections(manifest_id: str, restrict: list[str] = Query([], description=(
+                                  "filter manifests over the same corpus (repeat the parameter); default: the "
+                                  "manifests it was built on (`built_on`), else the manifest itself")),
+                              selected_only: bool = Query(False, description=(
+                                  "the pool is the manifest's selected documents only (what an export of it "
+                                  "restricted by `restrict` draws from)")),
+                              tenant: str = Tenant, s=Svc):
+    """How many of the pool's documents each filter (a dedup, a decontamination, a quality filter,
+    any selection) rejects, per source, and how many survive them all: for a selection built with
+    `restrict`, for a cleaning manifest itself, or for an export's pool."""
+    man = owned(s, "manifests", manifest_id, tenant)
+    missing = [c for c in REJECTION_COLUMNS if c not in {c["name"] for c in man["columns"]}]
+    if missing:
+        raise ApiError(409, "not_a_selection", f"manifest {manifest_id} ({man['kind']}) has no per-document rows "
+                       f"with a source and `selected` (missing {', '.join(missing)})")
+    if len(restrict) > MAX_RESTRICT:
+        raise ApiError(422, "validation_error", f"restrict: at most {MAX_RESTRICT} manifests, got {len(restrict)}",
+                       {"field": "restrict", "max": MAX_RESTRICT})
+    ids = [resolve(s, "manifests", m, tenant, f"restrict.{i}")["id"] for i, m in enumerate(restrict)]
+    twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
+    if twice is not None:
+        raise ApiError(422, "validation_error", f"restrict names manifest {twice} twice", {"field": "restrict"})
+    corpus = manifest_corpus(s.store, manifest_id)
+    await run_in_threadpool(check_restrict, s.store, s.catalog, tenant, corpus, ids, "restrict")
+    ids = ids or (man.get("meta") or {}).get("built_on") or [manifest_id]
+    tables = {"p": dataset(s.store, manifest_files(s.store, manifest_id)),
+              **{f"f{k}": dataset(s.store, manifest_files(s.store, m)) for k, m in enumerate(ids)}}
+    answer = json.loads(await run_in_threadpool(sandboxed, s, rejections_sql(len(ids), selected_only), tables,
+                                                MAX_SOURCES + 1))
+    names = [c["name"] for c in answer["columns"]]
+    rows = [dict(zip(names, r)) for r in answer["rows"]]
+    by_source = [SourceRejections(source=r["source"], pool=r["pool"], selected=r["selected"], survivors=r["survivors"],
+                                  rejected={m: r[f"rejected_{k}"] for k, m in enumerate(ids)},
+                                  excluded={m: r[f"excluded_{k}"] for k, m in enumerate(ids)}) for r in rows]
+    filters = []
+    for m in ids:
+        rec = s.catalog.get("manifests", m, tenant)
+        filters.append(FilterRejections(manifest_id=m, kind=rec["kind"], job_id=rec.get("job_id"),
+                                        rejected=sum(r.rejected[m] for r in by_source),
+                                        excluded=sum(r.excluded[m] for r in by_source)))
+    return Rejections(manifest_id=manifest_id, corpus_id=corpus, selected_only=selected_only, filters=filters,
+                      by_source=by_source, **{k: sum(getattr(r, k) for r in by_source)
+                                              for k in ("pool", "selected", "survivors")})
 
 
 class EpochCount(BaseModel):

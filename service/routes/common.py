@@ -43,6 +43,9 @@ def resolve(s: ServiceState, table: str, ref: str, tenant: str, field: str | Non
         manifest_id = (job.get("result") or {}).get("manifest_id")
         if manifest_id:
             return s.catalog.get("manifests", manifest_id, tenant)
+        if job["state"] in ("queued", "running"):
+            raise ApiError(409, "job_not_finished", f"{where}{ref!r} is a {job['kind']} job that is still {job['state']}: "
+                           "its manifest exists once it succeeds (wait for it)", {**details, "state": job["state"]})
         raise ApiError(404, "not_found", f"{where}{ref!r} is a job ({job['kind']}, {job['state']}) that wrote no "
                        "manifest; give a manifest id", details)
     if table not in NAMED:

@@ -25,7 +25,8 @@ DOWNLOAD = {200: {"content": {m: {} for m in MEDIA_TYPES.values()}}}
 
 
 def manifest_view(rec: dict) -> Manifest:
-    return Manifest(**{k: v for k, v in rec.items() if k in Manifest.model_fields})
+    return Manifest(**{k: v for k, v in rec.items() if k in Manifest.model_fields},
+                    built_on=(rec.get("meta") or {}).get("built_on") or [])
 
 
 def _stream(s, parts, fmt: str, selected_only: bool, filename: str) -> StreamingResponse:

@@ -27,14 +27,15 @@ from scoring.minhash import (DEFAULT_BANDS, DEFAULT_NGRAM, DEFAULT_ROWS, band_ke
 from scoring.ngrams import text_hashes, word_hashes
 from storage import layout
 from storage.duck import connection
+from storage.errors import DomainError
 from storage.fs import Store
 from storage.manifests import dataset, duckdb_ident, manifest_corpus, manifest_files, write_parts
-from workers.driver.engine import JobContext, JobFailed
+from workers.driver.engine import JobContext
 from workers.jobs.cleaning import CORPUS_SHIFT, MAX_CORPORA, PoolAgainst, corpus_of_uid_sql, doc_columns, uids
 from workers.jobs.common import commit_selection, empty_mask, manifest_id
 from workers.kind import SHARD_TASK, SQL_PASS, JobKind
 from workers.runtime import node_id
-from workers.specs import CorpusId, ManifestId, StrictModel
+from workers.specs import CorpusId, ManifestId, Records, StrictModel
 
 BAND_MEMORY = "512MB"      # DuckDB's memory in a bands task (it spills past it)
 CLUSTER_MEMORY = "1GB"     # and in the cluster task
@@ -47,6 +48,21 @@ class KeepByScore(StrictModel):
     by: Literal["score"]
     manifest: ManifestId
     column: str = Field("score", min_length=1, description="a column of that manifest (higher is kept)")
+
+    def check(self, manifest: dict, over: str | None, pool: str, field: str) -> None:
+        """`manifest` (its record; `over`: the corpus its rows come from) must hold a score per
+        document of `pool` in `column`: bad_keep (422) naming `field`.manifest or `field`.column."""
+        names = [c["name"] for c in manifest.get("columns") or []]
+        if "doc_id" not in names or over != pool:
+            what = (f"has no document rows (no doc_id column; it is a {manifest['kind']} manifest)" if "doc_id" not in names
+                    else f"is over corpus {over}, not the pool {pool}" if over else "holds no documents")
+            raise DomainError("bad_keep", f"{field}.manifest: manifest {self.manifest} {what}; keep by score needs "
+                              "a manifest over the pool", {"field": f"{field}.manifest", "manifest_corpus": over,
+                                                           "pool": pool})
+        if self.column not in names:
+            raise DomainError("bad_keep", f"{field}.column: manifest {self.manifest} has no column {self.column!r}"
+                              f"; its columns are {', '.join(names)}",
+                              {"field": f"{field}.column", "columns": names})
 
 
 class DedupSpec(PoolAgainst):
@@ -64,6 +80,11 @@ class DedupSpec(PoolAgainst):
     keep: Literal["first", "longest"] | KeepByScore = Field(
         "first", description="which member of a cluster is kept: the first in corpus order, the longest, or "
                              "the highest score of another manifest")
+
+    def check_records(self, records: Records, field: str) -> None:
+        if isinstance(self.keep, KeepByScore):    # at submit: a 422 before anything is queued
+            self.keep.check(records.record("manifests", self.keep.manifest),
+                            records.manifest_corpus(self.keep.manifest), self.pool, f"{field}.keep")
 
 
 # -- 1. signatures -------------------------------------------------------------------------------
@@ -217,16 +238,12 @@ def cluster_task(store: Store, sig_parts: list, pair_parts: list, corpora: list,
 
 
 def keep_parts_of(ctx: JobContext, spec: DedupSpec) -> list:
-    """The parts of the manifest whose scores choose what is kept (checked: same pool, has the column)."""
+    """The parts of the manifest whose scores choose what is kept, checked again (the submit checked
+    it, but the job runs later)."""
     if not isinstance(spec.keep, KeepByScore):
         return []
-    man = ctx.catalog.get("manifests", spec.keep.manifest, ctx.tenant)
-    names = [c["name"] for c in man["columns"]]
-    if spec.keep.column not in names or "doc_id" not in names:
-        raise JobFailed("bad_keep", f"keep.column: manifest {spec.keep.manifest} has no column "
-                        f"{spec.keep.column!r} (it has {', '.join(names)})")
-    if manifest_corpus(ctx.store, spec.keep.manifest) != spec.pool:
-        raise JobFailed("bad_keep", f"keep.manifest: manifest {spec.keep.manifest} is not over the pool {spec.pool}")
+    spec.keep.check(ctx.catalog.get("manifests", spec.keep.manifest, ctx.tenant),
+                    manifest_corpus(ctx.store, spec.keep.manifest), spec.pool, "spec.keep")
     return manifest_files(ctx.store, spec.keep.manifest)
 
 

@@ -1,6 +1,6 @@
 // A job-submission form built from a kind's spec JSON Schema: scalars get inputs (with their
-// defaults), enums a select, ids of corpora/models/manifests a select of the caller's own, and
-// anything nested a JSON text area.
+// defaults), enums a select, ids of corpora/models/manifests a select of the caller's own (several
+// for a list of ids: `restrict`, `against`), and anything nested a JSON text area.
 import { api } from "./api.js";
 import { errorBox, h } from "./dom.js";
 
@@ -20,7 +20,7 @@ export function fieldOf(name, prop, root, refs) {
     else s = { type: "json", anyOf: other };
   }
   const hint = prop.description || s.description || "";
-  if (refs[name]) return { type: "ref", table: refs[name], nullable, hint };
+  if (refs[name]) return { type: s.type === "array" ? "refs" : "ref", table: refs[name], nullable, hint };
   if (s.enum) return { type: "enum", options: s.enum, nullable, hint };
   if (["boolean", "integer", "number", "string"].includes(s.type)) {
     return { type: s.type, nullable, hint, min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum };
@@ -76,6 +76,9 @@ export async function buildForm(kind, { signal, onSubmitted }) {
       input = h("select", { id, name },
         !required.has(name) ? h("option", { value: "" }, "— none —") : h("option", { value: "", disabled: true, selected: true }, `choose a ${SINGULAR[f.table]}…`),
         lists[f.table].map((r) => h("option", { value: r.id }, LABELS[f.table](r))));
+    } else if (f.type === "refs") {   // several ids, sent in the list's order (newest first), not the order clicked
+      input = h("select", { id, name, multiple: true, size: Math.min(6, Math.max(2, lists[f.table].length)) },
+        lists[f.table].map((r) => h("option", { value: r.id }, LABELS[f.table](r))));
     } else if (f.type === "enum") {
       input = h("select", { id, name }, f.nullable || (!required.has(name) && def === undefined) ? h("option", { value: "" }, "—") : null,
         f.options.map((o) => h("option", { value: JSON.stringify(o), selected: o === def }, String(o))));
@@ -93,7 +96,7 @@ export async function buildForm(kind, { signal, onSubmitted }) {
     inputs[name] = { input, f, def };
     rows.push(h("div", { class: "field", dataset: { field: name } },
       h("label", { for: id }, name, required.has(name) ? h("span", { class: "req", title: "required" }, " *") : null,
-        h("span", { class: "type" }, f.type === "ref" ? `${SINGULAR[f.table]} id` : f.type)),
+        h("span", { class: "type" }, f.type === "ref" ? `${SINGULAR[f.table]} id` : f.type === "refs" ? `${SINGULAR[f.table]} ids` : f.type)),
       input,
       f.hint ? h("div", { class: "hint" }, f.hint) : null,
       h("div", { class: "field-error" })));
@@ -115,7 +118,10 @@ export async function buildForm(kind, { signal, onSubmitted }) {
     for (const [name, { input, f }] of Object.entries(inputs)) {
       let value;
       if (f.type === "boolean") value = input.checked;
-      else if (input.value === "") continue;
+      else if (f.type === "refs") {
+        value = [...input.selectedOptions].map((o) => o.value);
+        if (!value.length) continue;
+      } else if (input.value === "") continue;
       else if (f.type === "enum") value = JSON.parse(input.value);
       else if (f.type === "integer" || f.type === "number") value = Number(input.value);
       else if (f.type === "json") {

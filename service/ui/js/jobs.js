@@ -2,6 +2,7 @@
 import { api, followJob } from "./api.js";
 import { badge, errorBox, fmtDuration, fmtNum, fmtTime, h, json, kv, link, progressBar, section, setContent, table } from "./dom.js";
 import { buildForm } from "./form.js";
+import { rejectionsSection } from "./rejections.js";
 import { kvTable, renderSummary } from "./summary.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -101,7 +102,17 @@ export async function jobPage(el, jobId, { signal }) {
   const live = h("section", { class: "card", id: "job-live" });
   const result = h("div", { id: "job-result" });
   const details = h("div");
-  setContent(el, head, live, result, details);
+  const rejections = h("div", { id: "job-rejections" });
+  setContent(el, head, live, result, rejections, details);
+  // A selection or export built with restrict: each filter's rejections per source, once it succeeded.
+  let rejectionsShown = false;
+  const showRejections = () => {
+    const r = job.result || {}, builtOn = (r.summary || {}).built_on || [];
+    if (rejectionsShown || job.state !== "succeeded" || !builtOn.length || !r.manifest_id) return;
+    rejectionsShown = true;
+    rejectionsSection(rejections, r.manifest_id, { restrict: builtOn, signal,
+                                                   selectedOnly: job.kind === "export" && (job.spec || {}).selected_only !== false });
+  };
   // A selection's pool, for its per-source shares (fetched once, when the job has finished).
   let pool;
   const poolSources = async () => {
@@ -156,11 +167,12 @@ export async function jobPage(el, jobId, { signal }) {
   if (TERMINAL.has(job.state)) {
     await poolSources();
     render();
+    showRejections();
   } else {
     const show = async (j) => {
       const changed = JSON.stringify(j) !== JSON.stringify(job);
       job = j;
-      if (changed) { await poolSources(); render(); }
+      if (changed) { await poolSources(); render(); showRejections(); }
     };
     render();
     followJob(jobId, show, signal)

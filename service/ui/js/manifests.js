@@ -1,13 +1,16 @@
 // Manifests: the list, and a manifest's page: per-source bars, the score histogram (with the
-// threshold where the selection is a cut on score), CoLoR-Filter's loss scatter, top and bottom
+// threshold where the selection is a cut on score), CoLoR-Filter's loss scatter, the rejections of
+// each filter it was built on (or of a cleaning manifest itself) per source, top and bottom
 // documents, a dedup manifest's duplicate clusters with their members side by side, downloads and
 // a SQL box.
 import { api, download, query } from "./api.js";
 import { bars, chartBox, histogram, scatter, COLORS } from "./charts.js";
 import { snippet } from "./corpora.js";
 import { errorBox, fmtNum, fmtTime, h, kv, link, section, setContent, table } from "./dom.js";
+import { rejectionsSection } from "./rejections.js";
 
 const BINS = 30;
+const CLEANING = new Set(["dedup", "decontaminate", "quality"]);   // manifests that are filters themselves
 
 export async function listPage(el, { signal }) {
   const page = await api("/v1/manifests?limit=1000", { signal });
@@ -201,13 +204,16 @@ export async function manifestPage(el, id, { signal }) {
     section("Overview", kv([
       ["kind", m.kind], ["job", m.job_id ? link(`#/jobs/${m.job_id}`, m.job_id, { class: "mono" }) : "—"],
       ["rows", fmtNum(m.num_rows)], ["selected", hasSelected ? `${fmtNum(m.num_selected)} (${(100 * m.num_selected / Math.max(1, m.num_rows)).toFixed(1)}%)` : "—"],
-      ["shards", fmtNum(m.num_shards)], ["columns", m.columns.map((c) => `${c.name} ${c.type}`).join(", ")],
+      ["shards", fmtNum(m.num_shards)],
+      m.built_on.length ? ["built on", h("span", { id: "built-on" }, m.built_on.map((b, i) => [i ? ", " : "", link(`#/manifests/${b}`, b, { class: "mono" })]))] : null,
+      ["columns", m.columns.map((c) => `${c.name} ${c.type}`).join(", ")],
       ["created", fmtTime(m.created_at)],
       ["download", h("span", { class: "buttons" }, dl("parquet"), dl("csv"), dl("jsonl"),
         hasSelected ? h("label", { class: "check" }, selectedOnly, " selected only") : null, dlStatus)],
       projection ? ["projection", link(`#/projections/${m.job_id}`, "open the projection", { id: "open-projection" })] : null,
     ].filter(Boolean))),
     h("div", { id: "manifest-charts" }),
+    h("div", { id: "manifest-rejections" }),
     h("div", { id: "manifest-clusters" }),
     h("div", { id: "manifest-docs" }),
     section("SQL", sqlBox({ m: m.id }, cols.has("doc_id") && hasSelected && cols.has("source")
@@ -255,6 +261,7 @@ export async function manifestPage(el, id, { signal }) {
       { label: "selected", points: rows.filter((r) => r[2]).map((r) => ({ x: r[0], y: r[1] })), color: COLORS[0] },
     ], { xTitle: "prior loss", yTitle: "conditional loss", diagonal: true });
   }
+  if (m.built_on.length || CLEANING.has(m.kind)) await rejectionsSection(el.querySelector("#manifest-rejections"), id, { signal });
   if (cols.has("cluster_id") && cols.has("corpus_id")) await clustersSection(el.querySelector("#manifest-clusters"), id, signal);
   if (isDocs && cols.has("corpus_id")) {
     const docs = el.querySelector("#manifest-docs");
