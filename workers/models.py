@@ -22,7 +22,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import ray
 import torch
 
-from scoring.checkpoint import load_hf_causal_lm, load_model, save_model
+from scoring.checkpoint import HF_FORMAT, load_hf_causal_lm, load_model, save_model
 from scoring.device import pick_device
 from scoring.lm_loss import DocumentLossEngine, evidence, tokenize_documents
 from scoring.tokenizer import eos_id
@@ -76,21 +76,28 @@ def save_trained(store: Store, model_id: str, model, tokenizer, meta: dict) -> N
         store_checkpoint(store, model_id, tmp)
 
 
+# The longest window a registered Hugging Face model scores or fine-tunes on, however long its own
+# context: the paper's windows are 512 tokens, and a fine-tune batch materialises batch × window ×
+# vocabulary logits (8 × 8,192 × 49,152 floats, 13 GB, for SmolLM2 at its own context).
+HF_MAX_CONTEXT = 512
+
+
 def load_for_scoring(store: Store, record: dict, device=None):
     """(model, tokenizer, prepend_id) for a model record of the catalog.
 
     Our GPTs were trained on documents each preceded by eos, so eos is prepended when scoring and
-    the first real token gets a prediction too; a registered model keeps its own special tokens.
+    the first real token gets a prediction too; a Hugging Face model (registered, or a fine-tune of
+    one) keeps its own special tokens.
     """
     device = device or pick_device()
     if record["source"] == "huggingface":
         with checked_checkpoint(record["meta"]["path"], record["access"]) as folder:
             # No larger than it was when registered (its config may have been replaced since).
             check_hf_checkpoint_size(folder, record["meta"]["params"])
-            model, tokenizer, _ = load_hf_causal_lm(folder, device=device)
+            model, tokenizer, _ = load_hf_causal_lm(folder, device=device, context=HF_MAX_CONTEXT)
         return model, tokenizer, None
-    model, tokenizer, _ = load_model(local_checkpoint(store, record["id"]), device=device)
-    return model, tokenizer, eos_id(tokenizer)
+    model, tokenizer, meta = load_model(local_checkpoint(store, record["id"]), device=device)
+    return model, tokenizer, None if meta.get("format") == HF_FORMAT else eos_id(tokenizer)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -277,7 +284,7 @@ def inspect_checkpoint(path: str, access: Access, max_params: int) -> dict:
     too large one before loading it)."""
     with checked_checkpoint(path, access) as folder:
         check_hf_checkpoint_size(folder, max_params)
-        model, tokenizer, meta = load_hf_causal_lm(folder)
+        model, tokenizer, meta = load_hf_causal_lm(folder, context=HF_MAX_CONTEXT)
     return {**meta, "directory": path, "path": path, "context": model.context, "vocab_size": model.vocab_size,
             "params": sum(p.numel() for p in model.parameters())}
 

@@ -20,6 +20,7 @@ import ray
 import torch
 from pydantic import Field, model_validator
 
+from scoring.checkpoint import tokenizers_form
 from scoring.lm_loss import tokenize_documents
 from scoring.ngrams import overlap
 from scoring.tokenizer import eos_id, train_tokenizer
@@ -103,11 +104,15 @@ def finetune_task(store_root: str, opts: dict, init: dict, shard_parts: list, mo
     torch.set_num_threads(max(1, threads))
     store = Store(store_root)
     o = FinetuneOptions.model_validate(opts)
-    if init["source"] != "trained":
-        raise JobFailed("unsupported_model", "fine-tuning needs a model trained by Thresher")
-    model, tokenizer, _ = load_for_scoring(store, init)
+    # A registered Hugging Face model is fine-tuned like ours, on its own tokens (the prepend its
+    # scoring uses), and stored as a trained model in its own format (scoring.checkpoint.save_model).
+    model, tokenizer, prepend = load_for_scoring(store, init)
+    try:
+        tokenizers_form(tokenizer)
+    except ValueError as e:
+        raise JobFailed("unsupported_model", f"cannot fine-tune model {init['id']}: {e}") from None
     texts = read_texts(store, shard_parts, None, o.seed)
-    docs = tokenize_documents(tokenizer, texts, prepend_id=eos_id(tokenizer))
+    docs = tokenize_documents(tokenizer, texts, prepend_id=prepend)
     stats = finetune_docs(model, docs, o, on_progress=progress_reporter(board))
     meta = {"init_model": init["id"], "finetune_docs": stats["train_docs"], "finetune_tokens": stats["tokens"],
             "max_epochs": o.epochs, "budget_tokens": stats["planned_tokens"], "final_loss": stats["final_loss"],
