@@ -157,9 +157,8 @@ def cluster_pairs(clusters: dict[str, int]) -> set:
             for i, a in enumerate(group) for b in group[i + 1:]}
 
 
-def scores(clusters: dict[str, int], planted: dict, positive: float) -> dict:
-    """Pair precision and recall of predicted clusters {doc id: cluster}."""
-    predicted = cluster_pairs(clusters)
+def scores(predicted: set, planted: dict, positive: float) -> dict:
+    """Pair precision and recall of predicted pairs (cluster_pairs)."""
     positives = {p for p, j in planted.items() if j >= positive}
     found = predicted & set(planted)
     return {"predicted_pairs": len(predicted), "positives": len(positives),
@@ -376,9 +375,11 @@ def planted(args, docs: int, datatrove: bool) -> dict:
         methods = run_methods(tmp / "data", tmp, args, datatrove)
     result = {"docs": docs, "megabytes": corpus["megabytes"], "documents": corpus["documents"],
               "planted_pairs": len(corpus["pairs"]), "methods": {}}
-    rows = []
+    rows, found = [], {}
     for name, m in methods.items():
-        sc = scores(m.pop("clusters"), corpus["pairs"], args.positive)
+        predicted = cluster_pairs(m.pop("clusters"))
+        found[name] = {p for p in predicted if corpus["pairs"].get(p, 0) >= args.positive}
+        sc = scores(predicted, corpus["pairs"], args.positive)
         m.update(sc)
         result["methods"][name] = m
         rows.append([name, sc["recall"], sc["precision"], sc["precision_at_positive"], sc["predicted_pairs"],
@@ -389,6 +390,12 @@ def planted(args, docs: int, datatrove: bool) -> dict:
                  "wall_s", "peak_MB", "idle_MB"], rows)
     for name, m in result["methods"].items():
         print(f"{name} recall by Jaccard: {m['recall_by_jaccard']}")
+    if len(found) == 2:
+        # The positives one finds and the other misses: the paired view of the recall difference
+        # (McNemar: with d1 + d2 discordant pairs, |d1 - d2| beyond ~2·sqrt(d1 + d2) is not chance).
+        (na, a), (nb, b) = found.items()
+        result["found_by_one_only"] = {na: len(a - b), nb: len(b - a)}
+        print(f"positives found by one method only: {result['found_by_one_only']}")
     return result
 
 
@@ -470,9 +477,10 @@ def main() -> None:
     ap.add_argument("--datatrove-max-docs", type=int, default=200_000,
                     help="DataTrove (~5.5 CPU-s/MB) runs only at sizes up to this")
     ap.add_argument("--workdir", default=None, help="where the generated files go (default: the temp dir)")
+    ap.add_argument("--out", default=None, help="results file name (default: curation_CORPUS)")
     args = ap.parse_args()
     results = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "ram_gb": psutil.virtual_memory().total / 2**30}}
-    name = f"curation_{args.corpus}"
+    name = args.out or f"curation_{args.corpus}"
     if args.corpus == "debian":
         results["debian"] = debian(args)
     else:
