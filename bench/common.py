@@ -44,12 +44,15 @@ def upload_file(client, path: str, name: str) -> dict:
     return r.json()
 
 
-def run_job(client, kind: str, spec: dict, timeout: float = 7200) -> dict:
+def run_job(client, kind: str, spec: dict, timeout: float = 7200, on_poll=None) -> dict:
+    """Submit a job and wait for it; `on_poll(job)` sees the job object at every poll (its progress)."""
     r = client.post("/v1/jobs", json={"kind": kind, "spec": spec})
     r.raise_for_status()
     job_id, t0 = r.json()["id"], time.monotonic()
     while time.monotonic() - t0 < timeout:
         job = client.get(f"/v1/jobs/{job_id}").json()
+        if on_poll:
+            on_poll(job)
         if job["state"] in ("succeeded", "failed", "cancelled"):
             if job["state"] != "succeeded":
                 raise RuntimeError(f"{kind} job {job['state']}: {job['error']}")

@@ -146,6 +146,47 @@ def test_killed_worker_mid_dedup_loses_nothing(service):
                              WHERE a.cluster_id = b.cluster_id AND a.kept AND NOT b.kept""", m=man) == [[50]]
 
 
+def test_dedup_cluster_task_writes_a_large_pool_within_its_memory(tmp_path, ray_address, monkeypatch):
+    """The cluster task sorted the whole pool in one DuckDB query to write the manifest: at 3.3M
+    documents that query ran out of the task's 1 GB instead of spilling. The same ratio here: 60,000
+    documents, 16 MB. Written one shard at a time, it fits; the clusters and the keep rule hold."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage import layout
+    from storage.fs import Store
+    from workers.jobs import dedup
+    from workers.jobs.cleaning import uids
+
+    store, shards, per = Store(str(tmp_path)), 6, 10_000
+    sig_parts = [layout.corpus_shard_part("j", "signatures", 0, s) for s in range(shards)]
+    rng = np.random.default_rng(0)
+    for s, part in enumerate(sig_parts):
+        store.write_parquet(pa.table({
+            "uid": uids(0, s, per), "doc_id": [f"doc-{s * per + i:08d}" for i in range(per)],
+            "shard": np.full(per, s, np.int32), "row": np.arange(per), "source": [""] * per,
+            "n_tokens": rng.integers(50, 100, per), "n_chars": rng.integers(300, 600, per),
+            "text_hash": rng.integers(-2**62, 2**62, per)}), *part)
+    every = np.concatenate([uids(0, s, per) for s in range(shards)])
+    a, b = every[1::16], every[0::16][:len(every[1::16])]       # a pair in every 16 documents
+    pair_part = layout.band_part("j", 0)
+    store.write_parquet(pa.table({"a": a, "b": b}), *pair_part)
+    monkeypatch.setattr(dedup, "CLUSTER_MEMORY", "16MB")
+    corpus_id = "cor_" + "0123456789abcdef0123"                 # as long as the service's ids
+    dedup.cluster_task(store, sig_parts, [pair_part], [corpus_id], "man_big", "first", [],
+                       None, layout.job_file("j", "clusters"), 1)
+
+    man = pq.read_table([store.path(*layout.manifest_part("man_big", s)) for s in range(shards)])
+    assert man.num_rows == shards * per and man["row"].to_pylist()[:3] == [0, 1, 2]
+    assert man["shard"].to_pylist() == sorted(man["shard"].to_pylist())
+    rows = {r["doc_id"]: r for r in man.select(["doc_id", "cluster_size", "kept", "duplicate_of"]).to_pylist()}
+    assert sum(not r["kept"] for r in rows.values()) == len(a)
+    assert rows["doc-00000017"] == {"doc_id": "doc-00000017", "cluster_size": 2, "kept": False,
+                                    "duplicate_of": "doc-00000016"}
+    assert rows["doc-00000016"]["kept"] and rows["doc-00000002"]["cluster_size"] == 1
+
+
 # -- decontaminate ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ Three stages, each resumable from its files:
 3. cluster: one task. With a `threshold`, each pair is kept only if the Jaccard similarity estimated
    from the two full signatures reaches it. Connected components by min-label propagation in DuckDB,
    each round followed by pointer jumping (label ← label of label), until no label changes: no
-   single process ever holds the edges. Then the keep rule, and the manifest's parts.
+   single process ever holds the edges. Then the keep rule, and the manifest's parts, written one
+   pool shard at a time (no sort of the whole pool).
 """
 from __future__ import annotations
 
@@ -174,6 +175,46 @@ def components(con, threshold: float | None) -> dict:
     return {"candidate_pairs": int(candidates), "verified_pairs": int(verified), "rounds": rounds}
 
 
+def write_manifest(con, store: Store, sig_parts: list, corpus_id: str, man_id: str) -> dict:
+    """The manifest's parts, one pool shard at a time: each shard's signature part joined with
+    `info`, the pool documents that are in a cluster (from tables `mem`, `cl`). A single query
+    joining and sorting the whole pool ran out of the cluster task's DuckDB memory at 3.3M documents
+    instead of spilling; one shard's rows fit, whatever the pool's size."""
+    con.execute(f"""
+        CREATE TABLE info AS
+        SELECT m.uid, m.cluster, c.size, c.keep_uid, c.keep_doc, c.matched_uid, c.matched_doc,
+               names.corpus AS matched_corpus
+        FROM mem m JOIN cl c USING (cluster) LEFT JOIN names ON names.idx = {corpus_of_uid_sql('c.matched_uid')}
+        WHERE m.ci = 0""")
+    totals = {"num_rows": 0, "num_selected": 0, "num_shards": 0}
+    for part in sig_parts:
+        shard = store.read_parquet(*part, columns=["uid", "doc_id", "shard", "row", "source", "n_tokens",
+                                                   "n_chars", "text_hash"])
+        if not shard.num_rows or shard["uid"][0].as_py() >> CORPUS_SHIFT:
+            continue                  # an `against` corpus's part (a part holds one corpus's shard)
+        con.register("part", shard)
+        reader = con.sql("""
+            WITH k AS (
+              SELECT s.*, i.cluster, i.size, i.keep_doc, i.matched_uid, i.matched_doc, i.matched_corpus,
+                     CASE WHEN s.text_hash IS NULL THEN false
+                          WHEN i.cluster IS NULL THEN true
+                          ELSE i.matched_uid IS NULL AND s.uid = i.keep_uid END AS kept
+              FROM part s LEFT JOIN info i USING (uid))
+            SELECT doc_id, ? AS corpus_id, shard::INTEGER AS shard, row::BIGINT AS row, source,
+                   n_tokens::BIGINT AS n_tokens, n_chars::BIGINT AS n_chars,
+                   CASE WHEN text_hash IS NULL THEN NULL ELSE coalesce(cluster, uid) END::BIGINT AS cluster_id,
+                   CASE WHEN text_hash IS NULL THEN 0 ELSE coalesce(size, 1) END::BIGINT AS cluster_size,
+                   kept,
+                   CASE WHEN NOT kept AND matched_uid IS NULL THEN keep_doc END AS duplicate_of,
+                   matched_corpus, matched_doc,
+                   kept AS selected
+            FROM k ORDER BY row""", params=[corpus_id]).to_arrow_reader(65_536)
+        written = write_parts(store, reader, man_id)
+        con.unregister("part")
+        totals = {k: totals[k] + written[k] for k in totals} | {"columns": written["columns"]}
+    return totals
+
+
 def cluster_task(store: Store, sig_parts: list, pair_parts: list, corpora: list, man_id: str,
                  keep, keep_parts: list, threshold: float | None, out: tuple, threads: int) -> dict:
     with connection(memory_limit=CLUSTER_MEMORY, threads=threads) as con:
@@ -202,26 +243,7 @@ def cluster_task(store: Store, sig_parts: list, pair_parts: list, corpora: list,
                    first(uid ORDER BY {order}) FILTER (WHERE ci = 0) AS keep_uid,
                    first(doc_id ORDER BY {order}) FILTER (WHERE ci = 0) AS keep_doc
             FROM mem GROUP BY cluster""")
-        reader = con.sql(f"""
-            WITH d AS (
-              SELECT s.*, m.cluster, c.size, c.keep_uid, c.keep_doc, c.matched_uid, c.matched_doc
-              FROM sig s LEFT JOIN mem m USING (uid) LEFT JOIN cl c USING (cluster)
-              WHERE {corpus_of_uid_sql('s.uid')} = 0),
-            k AS (
-              SELECT *, CASE WHEN text_hash IS NULL THEN false
-                             WHEN cluster IS NULL THEN true
-                             ELSE matched_uid IS NULL AND uid = keep_uid END AS kept FROM d)
-            SELECT k.doc_id, ? AS corpus_id, k.shard::INTEGER AS shard, k.row::BIGINT AS row, k.source,
-                   k.n_tokens::BIGINT AS n_tokens, k.n_chars::BIGINT AS n_chars,
-                   CASE WHEN k.text_hash IS NULL THEN NULL ELSE coalesce(k.cluster, k.uid) END::BIGINT AS cluster_id,
-                   CASE WHEN k.text_hash IS NULL THEN 0 ELSE coalesce(k.size, 1) END::BIGINT AS cluster_size,
-                   k.kept,
-                   CASE WHEN NOT k.kept AND k.matched_uid IS NULL THEN k.keep_doc END AS duplicate_of,
-                   names.corpus AS matched_corpus, k.matched_doc,
-                   k.kept AS selected
-            FROM k LEFT JOIN names ON names.idx = {corpus_of_uid_sql('k.matched_uid')}
-            ORDER BY k.shard, k.row""", params=[corpora[0]]).to_arrow_reader(65_536)
-        info = write_parts(store, reader, man_id)
+        info = write_manifest(con, store, sig_parts, corpora[0], man_id)
         counts = con.execute(f"""
             SELECT count(*) FILTER (WHERE text_hash IS NULL),
                    count(text_hash) - count(DISTINCT text_hash)
