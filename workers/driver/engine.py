@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import pyarrow as pa
 import ray
 
 from storage import layout
@@ -296,8 +297,16 @@ class JobContext:
         return layout.corpus_shards(self.store, corpus_id)
 
     def corpus_shard_sizes(self, corpus_id: str) -> dict[int, int]:
-        """Documents per shard, from the Parquet footers (no data read)."""
-        return {s: self.store.parquet_file(*p).metadata.num_rows for s, p in self.corpus_shards(corpus_id)}
+        """Documents per shard, from the Parquet footers (no data read). A damaged shard fails the job
+        naming its file (redacted to `<server>/…` when the error is recorded)."""
+        sizes = {}
+        for s, p in self.corpus_shards(corpus_id):
+            try:
+                sizes[s] = self.store.parquet_file(*p).metadata.num_rows
+            except pa.ArrowInvalid as e:
+                raise JobFailed("corrupt_shard", f"shard {s} of corpus {corpus_id} ({self.store.path(*p)}) "
+                                                 f"cannot be read: {e}") from None
+        return sizes
 
     def run_tasks(self, stage: str, tasks: list[Task], unit: str = "shards",
                   detail: Callable[[set], dict] | None = None) -> dict:
