@@ -127,7 +127,7 @@ def test_proxy_training_whose_job_has_ended_stops_itself(tmp_path, ray_address):
     store.write_parquet(pa.table({"selected": [True] * len(rows)}), *man)
     lifeline = Lifeline.remote()
     ref = proxy_task.options(num_cpus=1, max_retries=0).remote(
-        store.root, [(part, man)], True, None, "documents", [part], [part],
+        store.root, [(part, man, None)], True, None, "documents", [part], [part],
         {"preset": "tiny", "tokens": 50_000_000}, 1, lifeline)
     time.sleep(1)
     ray.kill(lifeline)
