@@ -449,7 +449,7 @@ def test_evaluate_job_page_shows_the_gain_with_its_error(browser, live, data):
     for arm in arms:
         assert float(arms[arm][1].replace(",", "")) == pytest.approx(s[arm]["validation_loss"], rel=1e-4)
     assert len(browser.find_elements("css selector", "#eval-repeats tbody tr")) == 2
-    assert stages_shown(browser) == ["train_proxies"]
+    assert stages_shown(browser) == ["train_proxies", "check_overlap"]
     shot(browser, "job-evaluate")
 
 
