@@ -56,7 +56,7 @@ def test_a_kind_registered_in_its_module_runs_per_shard_over_http_and_through_th
     assert len(served.get("/v1/jobs").json()["items"]) == before
 
     client = Client(str(served.base_url), "key-alice", retries=0)
-    job = client.word_count("wc", {"count": 10}, min_words=3).wait(timeout=180)
+    job = client.word_count("wc", count=10, min_words=3).wait(timeout=180)
     assert job.summary["num_rows"] == 100 and job.summary["num_selected"] == 10
 
     rec = served.get(f"/v1/jobs/{job.id}").json()
