@@ -108,11 +108,17 @@ SelectMode = Literal["global", "per_shard"]
 MAX_RESTRICT = 16  # manifests one pool may be restricted by
 
 
-def _distinct(ids: list[str]) -> list[str]:
-    twice = next((i for n, i in enumerate(ids) if i in ids[:n]), None)
-    if twice is not None:
-        raise ValueError(f"restrict names manifest {twice!r} twice")
-    return ids
+def distinct(what: str):
+    """A validator refusing a list that holds an item twice: "<what> 'x' twice"."""
+    def check(items: list[str]) -> list[str]:
+        twice = next((i for n, i in enumerate(items) if i in items[:n]), None)
+        if twice is not None:
+            raise ValueError(f"{what} {twice!r} twice")
+        return items
+    return check
+
+
+_distinct = distinct("restrict names manifest")
 
 
 class Restricted(StrictModel):

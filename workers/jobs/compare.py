@@ -34,7 +34,7 @@ from storage.manifests import manifest_files, selection_overlap
 from workers.driver.engine import JobContext, JobFailed, derived_id
 from workers.jobs import classifier, embedding, lm, selection
 from workers.kind import BOOKKEEPING, JobKind
-from workers.specs import CorpusId, Restricted, Seed, Select, SelectMode, StrictModel
+from workers.specs import CorpusId, Restricted, Seed, Select, SelectMode, StrictModel, distinct
 from workers.training import TrainOptions
 
 SELECTORS = ("random", "dsir", "classifier", "embedding", "color_filter")
@@ -58,11 +58,7 @@ SelectorOptions = create_model(
     **{name: (_options_model(name) | None, None) for name in SELECTORS})
 
 
-def _distinct(names: list[str]) -> list[str]:
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
-    if twice is not None:
-        raise ValueError(f"selectors names {twice!r} twice")
-    return names
+_distinct = distinct("selectors names")
 
 
 class CompareSpec(Restricted):
