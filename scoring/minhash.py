@@ -1,6 +1,7 @@
 """MinHash signatures and LSH band keys of documents (Broder 1997; banding as in Leskovec et al.,
-Mining of Massive Datasets, ch. 3), with DataTrove's defaults: word 5-gram shingles of the normalised
-text (scoring.ngrams), 64-bit shingle hashes, 14 bands × 8 rows = 112 hash functions.
+Mining of Massive Datasets, ch. 3): word 5-gram shingles of the normalised text (scoring.ngrams) and
+64-bit shingle hashes as DataTrove; 20 bands × 8 rows = 160 hash functions, where DataTrove has 14 × 8
+(detection at Jaccard 0.8: 0.975 against its 0.924, for 43% more hashing).
 
 Each hash function is h_i(x) = a_i·x + b_i mod 2^64 with a_i odd (a bijection of the 64-bit
 shingle hashes, which splitmix64 has already spread); a document's signature holds, per function,
@@ -16,7 +17,7 @@ import numpy as np
 from scoring.ngrams import ngram_hashes, splitmix64, word_hashes
 
 DEFAULT_NGRAM = 5
-DEFAULT_BANDS = 14
+DEFAULT_BANDS = 20
 DEFAULT_ROWS = 8
 SEED = 1
 _CHUNK = 1 << 11          # shingles per block: the block's (shingles × functions) matrix stays in cache (~2 MB)

@@ -66,7 +66,7 @@ def test_dedup_finds_planted_exact_and_near_duplicates(service, dedup_data):
     assert summary["num_selected"] == 320 - 10 - 10 - 5
     assert summary["clusters"] == 20 and summary["exact_duplicates"] == 10
     assert summary["matched_against"] == {seen["id"]: 5}
-    assert summary["lsh"]["bands"] == 14 and summary["lsh"]["implied_threshold"] == pytest.approx(0.719, abs=1e-3)
+    assert summary["lsh"]["bands"] == 20 and summary["lsh"]["implied_threshold"] == pytest.approx(0.688, abs=1e-3)
     man = service.get(f"/v1/manifests/{job['result']['manifest_id']}").json()
     assert man["kind"] == "dedup" and man["num_selected"] == 295 and man["num_shards"] == 2
 

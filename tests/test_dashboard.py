@@ -676,7 +676,7 @@ def test_dedup_job_page_shows_clusters_pairs_and_lsh(browser, live, cleaning):
     assert figures["candidate_pairs"][1] == f"{s['candidate_pairs']:,}"
     assert figures["verified_pairs"][1] == f"{s['verified_pairs']:,}"
     lsh = table_rows(browser, "#dedup-lsh", "data-key")
-    assert lsh["bands"][1] == "14 × 8 = 112 MinHash values per document"
+    assert lsh["bands"][1] == "20 × 8 = 160 MinHash values per document"
     assert lsh["detection_probability_at_0.8"][1] == f"{100 * s['lsh']['detection_probability_at_0.8']:.2f}%"
     assert lsh["threshold"][1] == "≥ 0.7"
     until(browser, lambda d: chart(d, "chart-lsh", "c.data.datasets[0].data.length") == 101, what="the LSH curve")

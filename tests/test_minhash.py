@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from scoring.minhash import (band_keys, detection_probability, estimated_jaccard, implied_threshold,
-                             signatures)
+from scoring.minhash import (DEFAULT_BANDS, DEFAULT_ROWS, band_keys, detection_probability, estimated_jaccard,
+                             implied_threshold, signatures)
 from scoring.ngrams import best_owner, distinct_ngrams, ngram_hashes, normalised_words, text_hashes, word_hashes
 from tests.corpus_gen import corpus
 
@@ -71,10 +71,14 @@ def test_band_keys_depend_on_every_row_of_their_band_only():
         band_keys(sig, 15, 8)
 
 
-def test_band_math_matches_datatrove_defaults():
-    assert implied_threshold(14, 8) == pytest.approx(0.719, abs=1e-3)
-    assert detection_probability(0.8, 14, 8) == pytest.approx(0.924, abs=1e-3)
+def test_band_math_for_datatrove_and_the_default():
+    assert implied_threshold(14, 8) == pytest.approx(0.719, abs=1e-3)          # DataTrove's 14 × 8
+    assert detection_probability(0.8, 14, 8) == pytest.approx(0.924, abs=1e-3)  # 1 − (1 − 0.8^8)^14
     assert detection_probability(0.5, 14, 8) < 0.06
+    assert (DEFAULT_BANDS, DEFAULT_ROWS) == (20, 8)
+    assert implied_threshold(20, 8) == pytest.approx(0.688, abs=1e-3)          # (1/20)^(1/8)
+    assert detection_probability(0.8, 20, 8) == pytest.approx(0.975, abs=1e-3)  # 1 − (1 − 0.8^8)^20
+    assert detection_probability(0.5, 20, 8) < 0.08
 
 
 def test_distinct_ngrams_and_best_owner():
