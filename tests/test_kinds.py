@@ -69,3 +69,16 @@ def test_a_kind_registered_in_its_module_runs_per_shard_over_http_and_through_th
                min(n_tokens) FILTER (WHERE selected) >= max(n_tokens) FILTER (WHERE NOT selected AND score IS NOT NULL)
         FROM m"""}).json()["rows"]
     assert rows == [[0, True]]
+
+
+def test_plans_list_the_stages_a_spec_runs():
+    """The plan is what the dashboard and `jobs watch` show as still to come: a selecting kind ends
+    with its select stage, and evaluate measures the selection's characters only when it matches them."""
+    from workers.registry import KINDS
+    ev = KINDS["evaluate"].spec.model_validate({"selection": "man_1", "validation": "cor_1"})
+    assert KINDS["evaluate"].plan(ev) == ["train_proxies", "check_overlap"]
+    assert KINDS["evaluate"].plan(ev.model_copy(update={"match": "characters"}))[0] == "measure"
+    for kind in ("classifier", "embedding", "random", "dsir", "color_filter"):
+        spec = KINDS[kind].spec.model_validate({"pool": "cor_1", "target": "cor_2", "select": {"fraction": 0.1}}
+                                               if kind != "random" else {"pool": "cor_1", "select": {"count": 1}})
+        assert "select" in KINDS[kind].plan(spec), kind

@@ -31,7 +31,7 @@ from storage.manifests import score_part
 from workers.driver.engine import JobContext, JobFailed
 from workers.jobs.common import empty_mask, finish_selection, unscored
 from workers.jobs.restrict import Restriction, restriction
-from workers.kind import CPU_TRAINING, SHARD_TASK, JobKind
+from workers.kind import BOOKKEEPING, CPU_TRAINING, SHARD_TASK, JobKind
 from workers.runtime import node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
@@ -187,5 +187,5 @@ def run_classifier(ctx: JobContext, spec: ClassifierSpec) -> dict:
 KINDS = [
     JobKind("classifier", ClassifierSpec, run_classifier,
             "DCLM-style fastText classifier (word bigrams): target against a sample of the pool, P(target)",
-            stages={"train": CPU_TRAINING, "score": SHARD_TASK}),
+            stages={"train": CPU_TRAINING, "score": SHARD_TASK, "select": BOOKKEEPING}),
 ]

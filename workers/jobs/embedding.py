@@ -34,7 +34,7 @@ from workers.jobs.classifier import (FastTextOptions, Rows, ensure_fasttext, fas
                                      sample_rows)
 from workers.jobs.restrict import Restriction, restriction
 from workers.jobs.common import empty_mask, finish_selection, load_array, save_array, score_pieces, unscored
-from workers.kind import CPU_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
+from workers.kind import BOOKKEEPING, CPU_TRAINING, SCORER, SHARD_TASK, TRAINING, JobKind
 from workers.runtime import actor_cpu, cluster_cpus, cluster_gpus, node_id
 from workers.specs import Seed, StrictModel, TargetedSelection
 
@@ -260,6 +260,7 @@ def run_embedding(ctx: JobContext, spec: EmbeddingSpec) -> dict:
 KINDS = [
     JobKind("embedding", EmbeddingSpec, run_embedding,
             "similarity of sentence embeddings (all-MiniLM-L6-v2) to the target; optionally BETR's sample + classifier",
-            stages={"embed_target": TRAINING, "score": SCORER, "train": CPU_TRAINING, "classify": SHARD_TASK},
+            stages={"embed_target": TRAINING, "score": SCORER, "train": CPU_TRAINING, "classify": SHARD_TASK,
+                    "select": BOOKKEEPING},
             skip={"train": lambda s: s.betr is None, "classify": lambda s: s.betr is None}),
 ]

@@ -645,5 +645,7 @@ KINDS = [
     JobKind("evaluate", EvaluateSpec, run_evaluate,
             "what a selection is worth: proxies trained on it and on a random subset of equal size, or on "
             "another selection (head to head)",
-            stages={"measure": SHARD_TASK, "train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK}),
+            stages={"measure": SHARD_TASK, "train_proxies": HALF_TRAINING, "check_overlap": SHARD_TASK},
+            # Only a random arm matched in characters needs the selection's size measured.
+            skip={"measure": lambda s: s.against is not None or s.match != "characters"}),
 ]
