@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.errors import DomainError
 
@@ -46,6 +48,15 @@ class Rows(NamedTuple):
     ids: pa.Array | pa.ChunkedArray | None
     source: pa.Array | pa.ChunkedArray | None
     extras: pa.Table | None = None
+
+
+def empty_mask(texts) -> np.ndarray:
+    """Documents with no text or nothing but whitespace (an Arrow column or a list of strings):
+    counted at ingest, never scored, selected or trained on. The one rule, for ingest and every job."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
+    lengths = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)
+    return lengths.to_numpy(zero_copy_only=False) == 0
 
 
 def stored_name(name: str) -> str:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from storage import layout
 from storage.fs import Store
-from storage.ingest.common import JSON_META, MAX_EMPTY_IDS, MAX_SOURCES, SCHEMA, IngestError, Rows
+from storage.ingest.common import JSON_META, MAX_EMPTY_IDS, MAX_SOURCES, SCHEMA, IngestError, Rows, empty_mask
 
 
 @dataclass
@@ -129,8 +129,7 @@ class StatsBuilder:
         lengths = pc.binary_length(text)
         self.num_docs += table.num_rows
         self.num_bytes += pc.sum(lengths).as_py() or 0
-        # utf8_is_space is false for "", hence the length test
-        empty = pc.or_(pc.equal(lengths, 0), pc.utf8_is_space(text))
+        empty = pa.array(empty_mask(text))
         n_empty = pc.sum(empty).as_py() or 0
         if n_empty:
             self.num_empty += n_empty

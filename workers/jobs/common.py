@@ -7,26 +7,16 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
 from storage import layout
 from storage.catalog import NotFound
 from storage.fs import Store
+from storage.ingest.common import empty_mask  # noqa: F401  (the rule ingest counts by; jobs import it from here)
 from storage.manifests import dataset, manifest_files, selected_by_source, write_selection
 from workers.driver.engine import JobContext, JobFailed, derived_id
 from workers.jobs.restrict import Restriction
 from workers.specs import Select
-
-
-def empty_mask(texts) -> np.ndarray:
-    """Documents with no text or nothing but whitespace (an Arrow column or a list of strings):
-    counted at ingest, never scored, selected or trained on."""
-    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
-        texts = pa.array(texts, pa.string())
-    lengths = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0)
-    return lengths.to_numpy(zero_copy_only=False) == 0
 
 
 def unscored(texts, allowed: np.ndarray | None) -> np.ndarray:
