@@ -65,9 +65,18 @@ def alive(p: psutil.Process) -> bool:
 
 
 def ray_task_processes(*names: str) -> list[psutil.Process]:
-    """The Ray worker processes running a task or actor method named one of `names`."""
-    return [p for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and p.info["cmdline"][0].startswith(tuple(f"ray::{n}" for n in names))]
+    """The worker processes of this test session's Ray running a task or actor method named one of
+    `names`. Only its raylet's children: another Ray on the machine (a bench) is not ours to kill."""
+    import ray
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    out = []
+    for p in raylet.children(recursive=True):
+        try:
+            if p.cmdline()[:1] and p.cmdline()[0].startswith(tuple(f"ray::{n}" for n in names)):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
 
 
 def kill_tasks_of(client, job_id: str, *names: str, timeout: float = 120) -> int:

@@ -8,12 +8,11 @@ import sys
 import time
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import ALICE
 from tests.corpus_gen import corpus
-from tests.helpers import kill_tasks_of, submit, upload, wait
+from tests.helpers import kill_tasks_of, ray_task_processes, submit, upload, wait
 from tests.net import free_port, start_service_process
 
 
@@ -145,21 +144,6 @@ def test_no_keys_refuses_public_bind(tmp_path):
 pytestmark = pytest.mark.timeout(400)
 
 
-def our_ray_tasks(name: str) -> list[psutil.Process]:
-    """Worker processes of this session's Ray now running task `name` (other Rays on the machine
-    are not ours to look at)."""
-    import ray
-    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
-    out = []
-    for p in raylet.children(recursive=True):
-        try:
-            if p.cmdline() and p.cmdline()[0].startswith(f"ray::{name}"):
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
-
-
 def test_a_job_its_service_dies_under_is_failed_not_resumed_forever(tmp_path, ray_address):
     """A job that kills its service would be resumed, and kill it, at every start (issue 32: a
     projection grew the service by GBs at each start until the catalog was edited by hand). With
@@ -198,12 +182,12 @@ def test_a_cancelled_projection_stays_cancelled_and_its_tasks_stop(tmp_path, ray
                          "proxy": {"vocab_size": 300, "batch_size": 4, "seq_len": 16}}}
         job = submit(client, "projection", spec)
         deadline = time.monotonic() + 120
-        while not our_ray_tasks("pilot_task"):
+        while not ray_task_processes("pilot_task"):
             assert time.monotonic() < deadline, client.get(f"/v1/jobs/{job['id']}").json()
             time.sleep(0.2)
         assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
         deadline = time.monotonic() + 30
-        while our_ray_tasks("pilot_task"):
+        while ray_task_processes("pilot_task"):
             assert time.monotonic() < deadline, "the cancelled job's proxies still train"
             time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
@@ -211,7 +195,7 @@ def test_a_cancelled_projection_stays_cancelled_and_its_tasks_stop(tmp_path, ray
         proc = start_service(tmp_path, port, ray_address)
         time.sleep(2)  # a resumed job would have started again by now
         assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelled"
-        assert not our_ray_tasks("pilot_task")
+        assert not ray_task_processes("pilot_task")
     finally:
         proc.kill()
         proc.wait()
