@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python -m service.demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) .thresher-demo
