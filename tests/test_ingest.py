@@ -316,3 +316,11 @@ def test_long_document_longer_than_a_block(store, tmp_path):
     ingest(write(tmp_path, "d.jsonl", jsonl(docs)), filename="d.jsonl", store=store, dest=DEST,
            block_size=4096)
     assert [len(r["text"]) for r in stored(store)] == [1, 1_500_000, 1]
+
+
+def test_empty_rule_is_no_text_or_only_unicode_whitespace():
+    """The one rule ingest counts by and jobs leave unscored (storage.ingest.common.empty_mask)."""
+    from storage.ingest.common import empty_mask
+    texts = ["", " ", "\n\t", "\u3000", "\xa0", None, "a", " a ", "\u200b"]
+    assert empty_mask(texts).tolist() == [True, True, True, True, True, True, False, False, False]
+    assert empty_mask(pa.chunked_array([["", "x"], ["  "]])).tolist() == [True, False, True]
