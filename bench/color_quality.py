@@ -114,10 +114,13 @@ def machine() -> dict:
             "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
 
 
+def upload_task(c, name: str, task: dict, seed: int) -> tuple[dict, dict, dict]:
+    """The task's pool, target and validation corpora, uploaded."""
+    return tuple(upload_file(c, task[k], f"{name}-{k}-{seed}") for k in ("pool", "target", "validation"))
+
+
 def run_task(c, name: str, task: dict, seed: int, args) -> dict:
-    pool = upload_file(c, task["pool"], f"{name}-pool-{seed}")
-    target = upload_file(c, task["target"], f"{name}-target-{seed}")
-    val = upload_file(c, task["validation"], f"{name}-validation-{seed}")
+    pool, target, val = upload_task(c, name, task, seed)
     in_pool = pool["sources"].get(task["label"], 0)
     select = {"fraction": task["fraction"]}
     color = {"pool": pool["id"], "target": target["id"], "select": select, "compare_with": "dsir"}
@@ -174,9 +177,7 @@ def run_task(c, name: str, task: dict, seed: int, args) -> dict:
 def run_compare(c, name: str, task: dict, seed: int, args) -> dict:
     """The same selectors through one `compare` job: one random arm shared by every selector, the
     same proxy seeds, the paired winner; each selection's precision from its part job."""
-    pool = upload_file(c, task["pool"], f"{name}-pool-{seed}")
-    target = upload_file(c, task["target"], f"{name}-target-{seed}")
-    val = upload_file(c, task["validation"], f"{name}-validation-{seed}")
+    pool, target, val = upload_task(c, name, task, seed)
     in_pool = pool["sources"].get(task["label"], 0)
     selectors = [s for s in ("random", "dsir", "classifier", "embedding", "color_filter") if s not in args.skip.split(",")]
     options = {s: {"seed": seed} for s in selectors if s != "color_filter"}
